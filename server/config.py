@@ -1,0 +1,299 @@
+"""Config: every setting of the server, in one frozen dataclass.
+
+This module owns the list of settings: name, type, default, unit, help text and the
+rule that makes a value valid. The CLI flags (``--max-connections``), the environment
+variables (``ECHO_MAX_CONNECTIONS``), ``--help`` and the README table are all built
+from the ``SETTINGS`` below, so they cannot drift apart.
+
+A Config is immutable and validated on construction: any thread may read one.
+``Config(port=70000)`` raises ConfigError naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "ECHO_"
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value. ``setting`` is the field name."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+# --- Parsers: text (from a flag or the environment) -> value. They raise ValueError
+# with a message fit to show a user after the setting's name.
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _optional_text(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _admin_port(text: str) -> int | None:
+    """``off`` or a negative number disables the admin endpoint (None)."""
+    if text.strip().lower() in ("off", "none", "disabled", ""):
+        return None
+    port = _integer(text)
+    return None if port < 0 else port
+
+
+# --- Checks: value -> problem (str) or None when the value is valid.
+
+
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        if not low <= value <= high:
+            return f"must be between {low:g} and {high:g}, got {value:g}"
+        return None
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}; got {value!r}"
+        return None
+
+    return check
+
+
+def _port_or_off(value: Any) -> str | None:
+    return None if value is None else _between(0, 65535)(value)
+
+
+def _nonempty(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must not be empty"
+
+
+def _always_valid(value: Any) -> str | None:
+    return None
+
+
+DAY_S = 86_400.0
+DEFAULT_ADMIN_PORT = 7008
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any],
+    check: Callable[[Any], str | None],
+    unit: str = "",
+    metavar: str = "",
+) -> Any:
+    """A dataclass field carrying what the CLI, env and docs need to know about it."""
+    meta = {"help": help, "parse": parse, "check": check, "unit": unit, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # Loopback by default: a server started by hand is not reachable from the network
+    # until someone asks for it. The container image sets ECHO_HOST=0.0.0.0.
+    host: str = setting(
+        "127.0.0.1",
+        "address to listen on; '::' listens on IPv6 and IPv4 (dual-stack), 0.0.0.0 on all IPv4",
+        parse=_text,
+        check=_nonempty,
+        metavar="ADDR",
+    )
+    port: int = setting(
+        7007,
+        "TCP port for echo; 0 picks a free port",
+        parse=_integer,
+        check=_between(0, 65535),
+        metavar="PORT",
+    )
+    loops: int = setting(
+        1,
+        "scheduler threads running connections; under the GIL one is fastest",
+        parse=_integer,
+        check=_between(1, 64),
+        metavar="N",
+    )
+    # Sized for bursts: a load balancer's health checks plus a load test's ramp-up can
+    # open thousands of connections within one scheduler turn.
+    backlog: int = setting(
+        1024,
+        "listen backlog (the kernel caps it at net.core.somaxconn)",
+        parse=_integer,
+        check=_between(1, 65535),
+        metavar="N",
+    )
+    max_connections: int = setting(
+        10_000,
+        "connections open at once; more are accepted and closed at once (raised to fit RLIMIT_NOFILE if allowed)",
+        parse=_integer,
+        check=_between(1, 1_000_000),
+        metavar="N",
+    )
+    max_connections_per_ip: int = setting(
+        1_000,
+        "connections open at once from one client address; more are accepted and closed at once",
+        parse=_integer,
+        check=_between(1, 1_000_000),
+        metavar="N",
+    )
+    idle_timeout: float = setting(
+        300.0,
+        "close a connection that sends nothing for this long",
+        parse=_number,
+        check=_between(0.001, DAY_S),
+        unit="s",
+        metavar="SECONDS",
+    )
+    write_stall_timeout: float = setting(
+        30.0,
+        "close a connection whose echo cannot be written for this long",
+        parse=_number,
+        check=_between(0.001, DAY_S),
+        unit="s",
+        metavar="SECONDS",
+    )
+    # Every byte read is echoed whatever this is; the drain only lets clients finish on
+    # their own terms. Short enough to fit well inside docker stop's 10 s default.
+    shutdown_timeout: float = setting(
+        2.0,
+        "on SIGTERM, keep echoing open connections this long before closing them",
+        parse=_number,
+        check=_between(0, 3600),
+        unit="s",
+        metavar="SECONDS",
+    )
+    buffer_size: int = setting(
+        65_536,
+        "receive buffer per scheduler; also the most echo a connection may owe (memory bound per slow reader)",
+        parse=_integer,
+        check=_between(1024, 16 * 1024 * 1024),
+        unit="bytes",
+        metavar="BYTES",
+    )
+    stats_interval: float = setting(
+        60.0,
+        "publish a stats event this often; 0 turns it off",
+        parse=_number,
+        check=_between(0, DAY_S),
+        unit="s",
+        metavar="SECONDS",
+    )
+    log_format: str = setting(
+        "text",
+        "log line format: text or json",
+        parse=_text,
+        check=_one_of("text", "json"),
+        metavar="FORMAT",
+    )
+    log_level: str = setting(
+        "info",
+        "lowest level logged: debug, info, warning or error",
+        parse=lambda text: text.strip().lower(),
+        check=_one_of("debug", "info", "warning", "error"),
+        metavar="LEVEL",
+    )
+    log_file: str | None = setting(
+        None,
+        "write logs to this file (rotated, old files gzipped) instead of stdout",
+        parse=_optional_text,
+        check=_always_valid,
+        metavar="PATH",
+    )
+    log_max_bytes: int = setting(
+        10 * 1024 * 1024,
+        "rotate the log file when it would grow past this size",
+        parse=_integer,
+        check=_between(1024, 1 << 40),
+        unit="bytes",
+        metavar="BYTES",
+    )
+    log_backups: int = setting(
+        5,
+        "rotated log files to keep",
+        parse=_integer,
+        check=_between(0, 1000),
+        metavar="N",
+    )
+    log_queue: int = setting(
+        10_000,
+        "log events waiting to be written; more are dropped and counted",
+        parse=_integer,
+        check=_between(1, 10_000_000),
+        metavar="N",
+    )
+    admin_host: str | None = setting(
+        None,
+        "address of the admin HTTP endpoint (default: the echo host)",
+        parse=_optional_text,
+        check=_always_valid,
+        metavar="ADDR",
+    )
+    admin_port: int | None = setting(
+        DEFAULT_ADMIN_PORT,
+        "port of the admin HTTP endpoint; 0 picks a free port; 'off' or negative disables it",
+        parse=_admin_port,
+        check=_port_or_off,
+        metavar="PORT",
+    )
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            problem = spec.metadata["check"](getattr(self, spec.name))
+            if problem:
+                raise ConfigError(spec.name, problem)
+
+    @property
+    def effective_admin_host(self) -> str:
+        return self.admin_host if self.admin_host is not None else self.host
+
+
+SETTINGS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Config)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse one setting from text; raises ConfigError naming the setting."""
+    spec = next((s for s in SETTINGS if s.name == name), None)
+    if spec is None:
+        raise ConfigError(name, "no such setting")
+    try:
+        return spec.metadata["parse"](text)
+    except ValueError as error:
+        raise ConfigError(name, str(error)) from None

@@ -1,0 +1,195 @@
+"""Stats: the server's counters, the one mutable object that threads share.
+
+Every method takes the lock for its whole read-modify-write, so any thread may call
+any method. Readers get ``snapshot()``, an immutable copy taken under the lock.
+
+Admission lives here too (``admit``/``release``): the total and per-address counts of
+open connections are counters like the others, and checking a limit and counting the
+connection must be one atomic step, or two acceptors could both take the last place.
+
+The echo hot path never calls in here: a connection counts its bytes itself and folds
+them in at close, and its scheduler folds long connections' bytes in once a second.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# Histogram upper bounds (Prometheus "le" labels); +Inf is implicit.
+DURATION_BUCKETS_S = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0)
+BYTES_BUCKETS = (0, 64, 1024, 16_384, 262_144, 4_194_304, 67_108_864, 1_073_741_824)
+
+REJECT_MAX_CONNECTIONS = "max_connections"
+REJECT_PER_IP = "max_connections_per_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative-free bucket counts: counts[i] is for values <= bounds[i]
+    (and above bounds[i-1]); the last count is for values above every bound."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    total: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    accepted: int = 0
+    active: int = 0
+    peak_active: int = 0
+    closed: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    errors: int = 0
+    accept_errors: int = 0
+    log_events_dropped: int = 0
+    rejected: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    timed_out: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    closed_by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    duration_s: Histogram = Histogram(DURATION_BUCKETS_S, (0,) * (len(DURATION_BUCKETS_S) + 1), 0.0)
+    bytes_per_connection: Histogram = Histogram(BYTES_BUCKETS, (0,) * (len(BYTES_BUCKETS) + 1), 0.0)
+    uptime_s: float = 0.0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "accepted": self.accepted,
+            "active": self.active,
+            "peak_active": self.peak_active,
+            "closed": self.closed,
+            "rejected": dict(self.rejected),
+            "timed_out": dict(self.timed_out),
+            "closed_by_reason": dict(self.closed_by_reason),
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "errors": self.errors,
+            "accept_errors": self.accept_errors,
+            "log_events_dropped": self.log_events_dropped,
+            "uptime_s": round(self.uptime_s, 3),
+        }
+
+
+# Close reasons that count as timeouts.
+TIMEOUT_REASONS = frozenset({"idle_timeout", "write_stall"})
+
+
+class Stats:
+    """Lock-protected counters; see the module docstring for the threading contract."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = self._clock()
+        self._accepted = 0
+        self._active = 0
+        self._peak_active = 0
+        self._closed = 0
+        self._bytes_received = 0
+        self._bytes_sent = 0
+        self._errors = 0
+        self._accept_errors = 0
+        self._log_events_dropped = 0
+        self._rejected: Counter[str] = Counter()
+        self._closed_by_reason: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()
+        self._duration_counts = [0] * (len(DURATION_BUCKETS_S) + 1)
+        self._duration_sum = 0.0
+        self._bytes_counts = [0] * (len(BYTES_BUCKETS) + 1)
+        self._bytes_sum = 0
+
+    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
+        """Count a new connection from ``ip`` if both limits allow it.
+
+        Returns None when admitted, else the rejection reason (already counted).
+        An admitted connection must later be passed to ``connection_closed``.
+        """
+        with self._lock:
+            if self._active >= max_total:
+                reason = REJECT_MAX_CONNECTIONS
+            elif self._per_ip[ip] >= max_per_ip:
+                reason = REJECT_PER_IP
+            else:
+                self._accepted += 1
+                self._active += 1
+                self._per_ip[ip] += 1
+                if self._active > self._peak_active:
+                    self._peak_active = self._active
+                return None
+            self._rejected[reason] += 1
+            return reason
+
+    def add_traffic(self, received: int, sent: int) -> None:
+        """Fold bytes of still-open connections in (called about once a second)."""
+        with self._lock:
+            self._bytes_received += received
+            self._bytes_sent += sent
+
+    def connection_closed(
+        self, ip: str, reason: str, received: int, sent: int, total_bytes: int, duration_s: float
+    ) -> None:
+        """A connection admitted by ``admit`` ended. ``received``/``sent`` are the bytes
+        not yet folded in; ``total_bytes`` is its whole traffic (in + out)."""
+        duration_slot = bisect.bisect_left(DURATION_BUCKETS_S, duration_s)
+        bytes_slot = bisect.bisect_left(BYTES_BUCKETS, total_bytes)
+        with self._lock:
+            self._active -= 1
+            left = self._per_ip[ip] - 1
+            if left > 0:
+                self._per_ip[ip] = left
+            else:
+                del self._per_ip[ip]
+            self._closed += 1
+            self._closed_by_reason[reason] += 1
+            if reason == "error":
+                self._errors += 1
+            self._bytes_received += received
+            self._bytes_sent += sent
+            self._duration_counts[duration_slot] += 1
+            self._duration_sum += duration_s
+            self._bytes_counts[bytes_slot] += 1
+            self._bytes_sum += total_bytes
+
+    def accept_failed(self) -> None:
+        with self._lock:
+            self._accept_errors += 1
+
+    def log_event_dropped(self) -> None:
+        with self._lock:
+            self._log_events_dropped += 1
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            closed_by_reason = dict(self._closed_by_reason)
+            return StatsSnapshot(
+                accepted=self._accepted,
+                active=self._active,
+                peak_active=self._peak_active,
+                closed=self._closed,
+                bytes_received=self._bytes_received,
+                bytes_sent=self._bytes_sent,
+                errors=self._errors,
+                accept_errors=self._accept_errors,
+                log_events_dropped=self._log_events_dropped,
+                rejected=MappingProxyType(dict(self._rejected)),
+                timed_out=MappingProxyType({r: n for r, n in closed_by_reason.items() if r in TIMEOUT_REASONS}),
+                closed_by_reason=MappingProxyType(closed_by_reason),
+                duration_s=Histogram(DURATION_BUCKETS_S, tuple(self._duration_counts), self._duration_sum),
+                bytes_per_connection=Histogram(BYTES_BUCKETS, tuple(self._bytes_counts), float(self._bytes_sum)),
+                uptime_s=self._clock() - self._started,
+            )
