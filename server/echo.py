@@ -1,0 +1,168 @@
+"""The echo task: one connection's life, as a generator run by a Scheduler.
+
+It reads the loop top to bottom like the blocking code it replaces: wait readable,
+``recv_into`` the scheduler's buffer, ``send`` it back; if the send was partial, copy
+what is owed and wait writable until it drains, reading nothing more meanwhile. So a
+client that never reads costs at most one buffer, and then the write-stall deadline.
+
+Per message: one ``recv_into``, one ``send``, two attribute updates. No lock, clock
+read, allocation (but on a partial send), event or log line. Bytes are counted on the
+Connection; its scheduler folds them into Stats once a second, and the task folds the
+rest at close.
+
+How it ends (``Connection.reason``):
+    eof          the client half-closed; everything it sent was echoed, then FIN
+    idle_timeout nothing arrived for idle_timeout
+    write_stall  the echo could not be written for write_stall_timeout (closed with RST)
+    reset        the peer reset the connection
+    shutdown     the server stopped: stop reading, flush what is owed, FIN, close
+    error        any other socket error (counted in Stats.errors)
+
+Everything here runs on the connection's scheduler thread only.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
+
+# After a shutdown FIN, read and drop what the client still sends until it closes, so
+# that closing does not turn into an RST that could destroy echo the client has not yet
+# read. Bounded by the scheduler's abort deadline.
+_LINGER_WAIT = Wait(READ)
+
+
+class Connection:
+    """One connection's identity and counters, shared by its task and its scheduler."""
+
+    __slots__ = ("bytes_in", "bytes_out", "folded_in", "folded_out", "id", "ip", "opened_at", "peer", "reason")
+
+    def __init__(self, conn_id: int, peer: str, ip: str, opened_at: float) -> None:
+        self.id = conn_id
+        self.peer = peer
+        self.ip = ip
+        self.opened_at = opened_at
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.folded_in = 0  # bytes already added to Stats by the periodic fold
+        self.folded_out = 0
+        self.reason = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EchoWaits:
+    """The Wait objects an echo task yields, made once per server (no per-message allocation)."""
+
+    read: Wait
+    write: Wait
+    write_stall_timeout: float
+
+    @classmethod
+    def from_timeouts(cls, idle_timeout: float, write_stall_timeout: float) -> EchoWaits:
+        return cls(Wait(READ, idle_timeout), Wait(WRITE, write_stall_timeout), write_stall_timeout)
+
+
+def echo(
+    sock: socket.socket,
+    conn: Connection,
+    buffer: memoryview,
+    waits: EchoWaits,
+    on_close: Callable[[Connection], None],
+) -> TaskGen:
+    """Echo until EOF, a deadline, an error or shutdown; then report via ``on_close``."""
+    recv_into = sock.recv_into
+    send = sock.send
+    read_wait = waits.read
+    try:
+        while True:
+            try:
+                yield read_wait
+            except WaitTimeout:
+                conn.reason = "idle_timeout"
+                return
+            except Shutdown:
+                conn.reason = "shutdown"
+                break
+            try:
+                received = recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except (ConnectionResetError, ConnectionAbortedError):
+                conn.reason = "reset"
+                return
+            if not received:
+                conn.reason = "eof"
+                break
+            conn.bytes_in += received
+            try:
+                sent = send(buffer[:received])
+            except BlockingIOError:
+                sent = 0
+            if sent != received:
+                # The buffer belongs to the scheduler: keep a copy of what is owed.
+                owed = bytes(buffer[sent:received])
+                if not (yield from _flush(send, owed, waits, conn)):
+                    # Closing with RST makes the kernel drop the echo it still holds.
+                    reset_on_close(sock)
+                    return
+                conn.bytes_out += received
+                if conn.reason == "shutdown":  # arrived while flushing: read no more
+                    break
+            else:
+                conn.bytes_out += received
+        # Graceful end (EOF or shutdown): nothing is owed here, so say we are done.
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        if conn.reason == "shutdown":
+            yield from _discard_until_eof(sock, buffer)
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+        conn.reason = "reset"
+    except OSError:
+        conn.reason = "error"
+    finally:
+        if not conn.reason:  # closed from outside: the scheduler's abort deadline
+            conn.reason = "shutdown"
+        on_close(conn)
+
+
+def _flush(
+    send: Callable[[memoryview], int], owed: bytes, waits: EchoWaits, conn: Connection
+) -> Generator[Wait, None, bool]:
+    """Send ``owed`` in full, waiting writable; False if the write stalled for too long.
+
+    A Shutdown arriving here changes nothing: what was read is still owed. (The
+    scheduler's abort deadline bounds this.)
+    """
+    view = memoryview(owed)
+    while view:
+        try:
+            yield waits.write
+        except WaitTimeout:
+            conn.reason = "write_stall"
+            return False
+        except Shutdown:
+            conn.reason = "shutdown"
+            continue
+        try:
+            sent = send(view)
+        except BlockingIOError:
+            continue
+        view = view[sent:]
+    return True
+
+
+def _discard_until_eof(sock: socket.socket, buffer: memoryview) -> TaskGen:
+    while True:
+        yield _LINGER_WAIT
+        try:
+            if not sock.recv_into(buffer):
+                return
+        except BlockingIOError:
+            continue
+        except OSError:
+            return

@@ -1,0 +1,62 @@
+"""The operating-system resources the server starts from: its listening socket and
+enough file descriptors for ``max_connections``.
+
+Called by EchoServer.start() on the thread that starts the server, before any other
+thread of the server exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import socket
+
+from server.config import Config
+
+# Descriptors the server needs besides its connections: listener, the schedulers'
+# selectors and wake-up socketpairs, the log file, admin sockets, stdio.
+FD_HEADROOM = 64
+
+
+class ListenError(OSError):
+    """The echo port could not be bound (in use, no such address, no permission)."""
+
+
+def open_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """A non-blocking listening socket; '::' is dual-stack where the OS allows it."""
+    try:
+        if host == "::" and socket.has_dualstack_ipv6():
+            sock = socket.create_server((host, port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True)
+        else:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            sock = socket.create_server((host, port), family=family, backlog=backlog)
+    except socket.gaierror as error:
+        raise ListenError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ListenError(error.errno, f"cannot listen on {host}:{port}: {reason}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def fit_fd_limit(config: Config) -> tuple[Config, str | None]:
+    """Raise the soft RLIMIT_NOFILE to fit max_connections if the hard limit allows;
+    otherwise clamp max_connections. Returns the config to use and, if clamped, why."""
+    needed = config.max_connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return config, None
+    target = needed if hard == resource.RLIM_INFINITY or hard >= needed else hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target >= needed:
+        return config, None
+    clamped = max(1, target - FD_HEADROOM)
+    reason = (
+        f"max_connections {config.max_connections} needs {needed} file descriptors but "
+        f"RLIMIT_NOFILE allows {target}; using max_connections {clamped}"
+    )
+    return dataclasses.replace(config, max_connections=clamped), reason

@@ -1,0 +1,358 @@
+"""Scheduler: runs many generator tasks in one thread, on a ``selectors`` selector.
+
+A task is a generator written like the blocking loop it replaces. It yields what it
+waits for and is resumed when that happens:
+
+    yield Wait(READ, timeout)    # its socket is readable (or WaitTimeout is thrown in)
+    yield Wait(WRITE, timeout)   # its socket is writable (or WaitTimeout)
+    yield Sleep(seconds)         # time passed
+
+A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
+that socket's registration and closes it when the task ends (the task must not close
+it: unregistering a closed socket is a linear search in ``selectors``).
+
+Timeouts are lazy, so the hot path reads no clock and touches no timer structure:
+a waiting task only records when its wait began (``now``, read once per loop turn).
+Each distinct timeout value has a FIFO deque of (deadline, task); with one constant
+timeout a FIFO is already sorted. A deadline found with newer activity is pushed back.
+
+Threads: ``run``/``run_once``, ``spawn`` and ``tasks`` belong to the scheduler's own
+thread (tasks run there). ``call_soon_threadsafe`` and ``request_stop`` may be called
+from any thread: they go through a queue plus a socketpair wake-up.
+
+Stopping: ``request_stop(grace, abort)`` closes daemon tasks at once, throws Shutdown
+into the others at ``grace`` (they finish on their own terms), and closes whatever is
+left at ``abort`` with a reset. ``run`` returns once no task is left.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import selectors
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+log = logging.getLogger("echo.scheduler")
+
+
+class Wait:
+    """Wait until the task's socket is ready for ``events``; ``timeout`` seconds or None."""
+
+    __slots__ = ("events", "timeout")
+
+    def __init__(self, events: int, timeout: float | None = None) -> None:
+        self.events = events
+        self.timeout = timeout
+
+
+class Sleep:
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class WaitTimeout(Exception):
+    """Thrown into a task whose Wait lasted ``timeout`` seconds with no readiness."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+
+class Shutdown(Exception):
+    """Thrown into each remaining task at the stop's grace deadline: finish up."""
+
+
+TaskGen = Generator["Wait | Sleep", None, None]
+
+
+class Task:
+    __slots__ = ("daemon", "done", "events", "gen", "queued", "sock", "state", "timeout", "wait_since")
+
+    def __init__(self, gen: TaskGen, sock: socket.socket | None, daemon: bool, state: Any) -> None:
+        self.gen = gen
+        self.sock = sock
+        self.daemon = daemon
+        self.state = state  # the owner's per-task data (the echo Connection)
+        self.events = 0  # what the socket is registered for; 0 = not registered
+        self.wait_since = 0.0
+        self.timeout: float | None = None
+        self.queued: set[float] = set()  # timeout values this task has a deque entry in
+        self.done = False
+
+
+def _name(task: Task) -> str:
+    return getattr(task.gen, "__qualname__", repr(task.gen))
+
+
+class _StopRequest:
+    __slots__ = ("abort", "grace")
+
+    def __init__(self, grace: float, abort: float) -> None:
+        self.grace = grace
+        self.abort = abort
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make close() send RST: no orphaned kernel buffers for a peer that stopped reading."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
+def every(interval_s: float, action: Callable[[], None]) -> TaskGen:
+    """A task that calls ``action`` every ``interval_s`` seconds on its scheduler."""
+    while True:
+        yield Sleep(interval_s)
+        action()
+
+
+class Scheduler:
+    """Generator tasks on one selector, in one thread. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        buffer_size: int = 65_536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        # Scratch memory for this scheduler's tasks, valid between two yields only.
+        self.buffer = memoryview(bytearray(buffer_size))
+        self._clock = clock
+        self.now = clock()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, READ, None)
+        self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | _StopRequest] = queue.SimpleQueue()
+        self._tasks: set[Task] = set()
+        self._deadlines: dict[float, deque[tuple[float, Task]]] = {}
+        self._sleepers: list[tuple[float, int, Task]] = []
+        self._sleep_order = itertools.count()
+        self._stop: _StopRequest | None = None
+        self._shutdown_thrown = False
+
+    # --- any thread ---------------------------------------------------------------
+
+    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the scheduler's thread at its next turn."""
+        self._inbox.put((fn, args))
+        self._wake()
+
+    def spawn_threadsafe(
+        self, gen: TaskGen, sock: socket.socket | None = None, *, daemon: bool = False, state: Any = None
+    ) -> None:
+        """``spawn`` from any thread: the task starts at the scheduler's next turn."""
+        self._inbox.put((lambda: self.spawn(gen, sock, daemon=daemon, state=state), ()))
+        self._wake()
+
+    def request_stop(self, grace: float, abort: float) -> None:
+        """Stop: daemon tasks now, Shutdown into the rest at ``grace``, reset at ``abort``
+        (both on the scheduler's clock)."""
+        self._inbox.put(_StopRequest(grace, abort))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full: a wake-up is already pending; closed: the scheduler is gone
+
+    # --- the scheduler's thread ---------------------------------------------------------
+
+    def spawn(
+        self, gen: TaskGen, sock: socket.socket | None = None, *, daemon: bool = False, state: Any = None
+    ) -> Task:
+        """Start a task; it runs until its first yield now."""
+        task = Task(gen, sock, daemon, state)
+        self._tasks.add(task)
+        if self._stop is not None and daemon:
+            self._end(task, close_gen=True)
+            return task
+        self._step(task, None)
+        return task
+
+    def tasks(self) -> Iterator[Task]:
+        return iter(tuple(self._tasks))
+
+    def run(self) -> None:
+        """Run tasks until a stop was requested and every task has ended."""
+        try:
+            while self.run_once():
+                pass
+        finally:
+            self._close()
+
+    def run_once(self, block: bool = True) -> bool:
+        """One loop turn; returns False once stopped and empty."""
+        ready = self._selector.select(self._next_timeout() if block else 0)
+        self.now = self._clock()
+        step = self._step
+        for key, _ in ready:
+            task = key.data
+            if task is None:
+                self._drain_inbox()
+            elif not task.done:
+                step(task, None)
+        if self._deadlines:
+            self._fire_deadlines()
+        if self._sleepers:
+            self._wake_sleepers()
+        if self._stop is not None:
+            return self._advance_stop()
+        return True
+
+    def _step(self, task: Task, error: BaseException | None) -> None:
+        try:
+            wait = task.gen.send(None) if error is None else task.gen.throw(error)
+        except StopIteration:
+            self._end(task)
+            return
+        except Exception:
+            log.exception("task %s on %s failed", _name(task), self.name)
+            self._end(task)
+            return
+        if type(wait) is Wait:
+            events = wait.events
+            if events != task.events:
+                assert task.sock is not None, "a Wait needs the task's socket"
+                if task.events:
+                    self._selector.modify(task.sock, events, task)
+                else:
+                    self._selector.register(task.sock, events, task)
+                task.events = events
+            task.wait_since = self.now
+            timeout = task.timeout = wait.timeout
+            if timeout is not None and timeout not in task.queued:
+                task.queued.add(timeout)
+                line = self._deadlines.get(timeout)
+                if line is None:
+                    line = self._deadlines[timeout] = deque()
+                line.append((self.now + timeout, task))
+        elif type(wait) is Sleep:
+            if task.events:
+                assert task.sock is not None
+                self._selector.unregister(task.sock)
+                task.events = 0
+            task.timeout = None
+            heapq.heappush(self._sleepers, (self.now + wait.seconds, next(self._sleep_order), task))
+        else:
+            self._step(task, TypeError(f"a task yielded {wait!r}, not a Wait or Sleep"))
+
+    def _end(self, task: Task, *, close_gen: bool = False, reset: bool = False) -> None:
+        if task.done:
+            return
+        task.done = True
+        if close_gen:
+            try:
+                task.gen.close()
+            except Exception:
+                log.exception("task %s on %s failed while closing", _name(task), self.name)
+        self._tasks.discard(task)
+        if task.sock is not None:
+            if task.events:
+                self._selector.unregister(task.sock)
+                task.events = 0
+            if reset:
+                reset_on_close(task.sock)
+            task.sock.close()
+
+    def _drain_inbox(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _StopRequest):
+                self._begin_stop(item)
+            else:
+                fn, args = item
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("call on %s failed", self.name)
+
+    def _fire_deadlines(self) -> None:
+        now = self.now
+        for timeout, line in list(self._deadlines.items()):
+            while line and line[0][0] <= now:
+                _, task = line.popleft()
+                if task.done or task.timeout != timeout:
+                    task.queued.discard(timeout)
+                    continue
+                due = task.wait_since + timeout
+                if due > now:  # active since it was queued: push back, not fire
+                    line.append((due, task))
+                    continue
+                task.queued.discard(timeout)
+                self._step(task, WaitTimeout(timeout))
+
+    def _wake_sleepers(self) -> None:
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            _, _, task = heapq.heappop(self._sleepers)
+            if not task.done:
+                self._step(task, None)
+
+    def _next_timeout(self) -> float | None:
+        when = [line[0][0] for line in self._deadlines.values() if line]
+        if self._sleepers:
+            when.append(self._sleepers[0][0])
+        if self._stop is not None:
+            if not self._tasks:
+                return 0.0
+            when.append(self._stop.abort if self._shutdown_thrown else self._stop.grace)
+        if not when:
+            return None
+        return max(0.0, min(when) - self._clock())
+
+    # --- stopping (the scheduler's thread) ------------------------------------------------
+
+    def _begin_stop(self, request: _StopRequest) -> None:
+        if self._stop is None:
+            self._stop = request
+        else:  # a later request may only make the stop sooner
+            self._stop = _StopRequest(min(self._stop.grace, request.grace), min(self._stop.abort, request.abort))
+        for task in [t for t in self._tasks if t.daemon]:
+            self._end(task, close_gen=True)
+
+    def _advance_stop(self) -> bool:
+        assert self._stop is not None
+        if not self._shutdown_thrown and self.now >= self._stop.grace:
+            self._shutdown_thrown = True
+            for task in list(self._tasks):
+                if not task.done:
+                    self._step(task, Shutdown())
+        if self.now >= self._stop.abort:
+            for task in list(self._tasks):
+                self._end(task, close_gen=True, reset=True)
+        return bool(self._tasks)
+
+    def _close(self) -> None:
+        for task in list(self._tasks):
+            self._end(task, close_gen=True, reset=True)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
