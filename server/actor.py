@@ -1,0 +1,84 @@
+"""Actor: a thread that owns some state and is reached only through its Queue mailbox.
+
+    actor.start()            # any thread, once
+    actor.send(message)      # any thread; never blocks: False (and counted) if full
+    actor.send_wait(m, t)    # any thread; waits up to t seconds for room
+    actor.close(); actor.join(timeout)   # the stop marker goes after everything sent
+
+Subclasses override ``handle(message)`` (and optionally ``idle()``, called when the
+mailbox has just run empty); both run on the actor's thread only. The stop marker is a
+private object, so None is a valid message. An exception escaping ``handle`` is
+reported on stderr with its traceback, kept in ``error``, and stops the actor: never
+silent. stderr, not ``logging``, because logging may itself be routed to an actor.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import traceback
+from typing import Any
+
+_STOP = object()
+
+
+class Actor:
+    def __init__(self, name: str, mailbox_size: int = 0) -> None:
+        self.name = name
+        self._mailbox: queue.Queue[Any] = queue.Queue(mailbox_size)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, message: Any) -> bool:
+        try:
+            self._mailbox.put_nowait(message)
+        except queue.Full:
+            return False
+        return True
+
+    def send_wait(self, message: Any, timeout: float) -> bool:
+        try:
+            self._mailbox.put(message, timeout=timeout)
+        except queue.Full:
+            return False
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Ask the actor to stop after the messages already sent. False if no room came."""
+        return self.send_wait(_STOP, timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True if it has ended."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def handle(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def idle(self) -> None:
+        """The mailbox has just run empty."""
+
+    def _main(self) -> None:
+        mailbox = self._mailbox
+        try:
+            while True:
+                message = mailbox.get()
+                if message is _STOP:
+                    break
+                self.handle(message)
+                if mailbox.empty():
+                    self.idle()
+            self.idle()
+        except BaseException as error:
+            self.error = error
+            print(f"actor {self.name} failed:", file=sys.stderr)
+            traceback.print_exception(error, file=sys.stderr)

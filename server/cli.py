@@ -1,0 +1,168 @@
+"""echo-server's command line: argv + environment -> Config, then run until a signal.
+
+Every setting is a flag and an ``ECHO_*`` environment variable, built from
+config.SETTINGS; a flag wins over the environment. Exit codes:
+
+    0  stopped by SIGTERM/SIGINT after a graceful drain
+    1  could not listen (port in use, bad address), or a second signal during the drain
+    2  invalid flag or environment value: one line naming the setting, no traceback
+
+``python3 -m server healthcheck`` is the container's probe (see healthcheck.py).
+Everything here runs on the main thread, but the stopper thread (see ``serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from server import __version__
+from server.config import SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
+from server.core import EchoServer
+from server.exchange import get_exchange
+from server.listener import ListenError
+from server.logger import LEVELS, LogActor
+from server.signals import WOKEN, StopSignals
+from server.stats import Stats
+
+PROG = "echo-server"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOG_DRAIN_S = 5.0
+
+log = logging.getLogger("echo.cli")
+
+
+class UsageError(Exception):
+    """Bad command line or environment; the message names the setting."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=PROG,
+        description="TCP echo service (RFC 862): every byte sent comes back, in order.",
+        epilog="Each setting can also be given as the environment variable shown; a flag wins. "
+        "Subcommand: 'healthcheck [--admin-port N]' probes a running server's admin endpoint.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for spec in SETTINGS:
+        unit = spec.metadata["unit"]
+        default = "off" if spec.default is None and spec.name == "admin_port" else spec.default
+        shown = f"{default}{' ' + unit if unit else ''}" if default is not None else "unset"
+        parser.add_argument(
+            flag_name(spec.name),
+            dest=spec.name,
+            metavar=spec.metadata["metavar"] or None,
+            default=None,
+            help=f"{spec.metadata['help']} [env {env_name(spec.name)}; default {shown}]",
+        )
+    return parser
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """Build the Config; raises UsageError naming the flag or variable at fault."""
+    args = build_parser().parse_args(list(argv))
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SETTINGS:
+        for source, text in (
+            (env_name(spec.name), environ.get(env_name(spec.name))),
+            (flag_name(spec.name), getattr(args, spec.name)),
+        ):
+            if text is None:
+                continue
+            try:
+                values[spec.name] = parse_value(spec.name, text)
+            except ConfigError as error:
+                raise UsageError(f"{source}: {error.problem}") from None
+            sources[spec.name] = source
+    try:
+        return Config(**values)
+    except ConfigError as error:
+        raise UsageError(f"{sources.get(error.setting, flag_name(error.setting))}: {error.problem}") from None
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if argv[:1] == ["healthcheck"]:
+        from server.healthcheck import main as healthcheck
+
+        return healthcheck(argv[1:], environ)
+    try:
+        config = load_config(argv, environ)
+        stats = Stats()
+        actor = LogActor(
+            stats,
+            log_format=config.log_format,
+            log_level=config.log_level,
+            mailbox_size=config.log_queue,
+            log_file=config.log_file,
+            max_bytes=config.log_max_bytes,
+            backups=config.log_backups,
+        )
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"{PROG}: error: --log-file: cannot open {error.filename}: {error.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve(config, stats, actor)
+
+
+def serve(config: Config, stats: Stats, actor: LogActor) -> int:
+    exchange = get_exchange("events")
+    echo_logger = logging.getLogger("echo")
+    echo_logger.setLevel(LEVELS[config.log_level])
+    echo_logger.propagate = False
+    echo_logger.addHandler(actor.handler)
+    actor.start()
+    exchange.attach(actor)
+    server = EchoServer(config, stats=stats, exchange=exchange)
+    try:
+        with StopSignals() as signals:
+            try:
+                server.start()
+            except ListenError as error:
+                print(f"{PROG}: {error.strerror}", file=sys.stderr)
+                return EXIT_FAILED
+            first = signals.wait()
+            log.info("received %s", signal.Signals(first).name)
+            stopper = threading.Thread(target=_stop, args=(server, signals), name="stopper", daemon=True)
+            stopper.start()
+            second = signals.wait()
+            if second != WOKEN:
+                log.warning("received %s while draining: exiting now", signal.Signals(second).name)
+                _finish_logging(exchange, echo_logger, actor, timeout=1.0)
+                os._exit(EXIT_FAILED)  # pool threads would otherwise be joined at exit
+            stopper.join()
+    finally:
+        _finish_logging(exchange, echo_logger, actor, timeout=LOG_DRAIN_S)
+    return EXIT_OK
+
+
+def _stop(server: EchoServer, signals: StopSignals) -> None:
+    try:
+        server.shutdown()
+    finally:
+        signals.wake()
+
+
+def _finish_logging(exchange: Any, logger: logging.Logger, actor: LogActor, timeout: float) -> None:
+    """Write everything logged so far, within ``timeout``, then stop the actor."""
+    exchange.detach(actor)
+    logger.removeHandler(actor.handler)
+    if actor.alive:
+        actor.close(timeout)
+        actor.join(timeout)
+    sys.stdout.flush()
