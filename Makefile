@@ -1,0 +1,40 @@
+# Targets a newcomer guesses. `make test` and `make lint` make their own virtualenv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+IMAGE ?= echo-service:latest
+
+.PHONY: run test lint bench image clean venv
+
+run:  ## run the server from this checkout (nothing installed): make run ARGS="--port 9000"
+	$(PYTHON) -m server $(ARGS)
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# pytest exits 5 when it collected no test: for this suite that means it is broken.
+test: $(BIN)/.installed  ## the whole suite, in .venv
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; \
+	exit $$status
+
+lint: $(BIN)/.installed  ## ruff, mypy and hadolint
+	$(BIN)/ruff check server client loadtest tests
+	$(BIN)/ruff format --check server client loadtest tests
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+bench: $(BIN)/.installed  ## the performance table against reference servers (loadtest/bench.py)
+	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
+image:  ## build the container image (set PYTHON_IMAGE for a local base image)
+	docker build $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) -t $(IMAGE) .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

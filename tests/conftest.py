@@ -1,0 +1,68 @@
+"""Fixtures: in-process servers on ephemeral ports, with leak and error checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from server.config import Config
+from server.core import EchoServer
+from server.exchange import Exchange
+from tests.helpers import EventRecorder
+
+
+class _ErrorCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+ServerFactory = Callable[..., tuple[EchoServer, EventRecorder]]
+
+
+@pytest.fixture
+def make_server() -> Iterator[ServerFactory]:
+    """Start EchoServers on 127.0.0.1:0; at teardown stop them and check that no
+    thread or file descriptor leaked and nothing was logged at ERROR."""
+    threads_before = set(threading.enumerate())
+    fds_before = _open_fds()
+    errors = _ErrorCollector()
+    logging.getLogger("echo").addHandler(errors)
+    servers: list[EchoServer] = []
+
+    def factory(**settings: Any) -> tuple[EchoServer, EventRecorder]:
+        settings.setdefault("port", 0)
+        settings.setdefault("admin_port", None)
+        settings.setdefault("stats_interval", 0)
+        recorder = EventRecorder()
+        exchange = Exchange("test-events")
+        exchange.attach(recorder)
+        server = EchoServer(Config(**settings), exchange=exchange)
+        servers.append(server)
+        server.start()
+        assert server.ready.wait(5), "server did not become ready"
+        return server, recorder
+
+    yield factory
+    for server in servers:
+        server.shutdown()
+    logging.getLogger("echo").removeHandler(errors)
+    for thread in set(threading.enumerate()) - threads_before:
+        thread.join(5)
+    leaked_threads = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    assert not leaked_threads, f"threads left running: {leaked_threads}"
+    leaked_fds = _open_fds() - fds_before
+    assert not leaked_fds, f"file descriptors left open: {leaked_fds}"
+    assert not errors.records, f"server logged errors: {[r.getMessage() for r in errors.records]}"

@@ -1,0 +1,196 @@
+"""Test helpers: event recording, socket round trips, and a server subprocess.
+
+Nothing here sleeps to synchronize: every wait is on a condition, a socket or a
+process pipe, with a bounded timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class EventRecorder:
+    """An Exchange subscriber that keeps every event and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._cond = threading.Condition()
+
+    def send(self, event: Any) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    names = [e.name for e in self.events]
+                    raise AssertionError(f"no matching event within {timeout} s; saw {names}")
+                self._cond.wait(left)
+
+    def named(self, name: str) -> list[Any]:
+        with self._cond:
+            return [e for e in self.events if e.name == name]
+
+
+def echo_round_trip(address: tuple[Any, ...], payload: bytes, *, chunk: int = 65536, timeout: float = 30.0) -> bytes:
+    """Send ``payload`` (from a thread), half-close, and read until EOF."""
+    with socket.create_connection(address[:2], timeout=timeout) as sock:
+
+        def writer() -> None:
+            view = memoryview(payload)
+            for start in range(0, len(view), chunk):
+                sock.sendall(view[start : start + chunk])
+            sock.shutdown(socket.SHUT_WR)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        received = read_until_eof(sock)
+        thread.join(timeout)
+        return received
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    chunks = bytearray()
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return bytes(chunks)
+        chunks += data
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+class ServerProcess:
+    """``python3 -m server`` in a subprocess, logging JSON to a pipe we read lines from."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.args = [sys.executable, "-m", "server", "--log-format", "json", *args]
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.address: tuple[str, int] = ("", 0)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, name: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        """The first (not yet consumed) JSON line with event ``name`` and the given fields."""
+        for record in self.seen:
+            if record.get("event") == name and all(record.get(k) == v for k, v in match.items()):
+                return record
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {name!r} line within {timeout} s; saw {[r.get('event') for r in self.seen]}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"server exited ({self.proc.wait()}) before {name!r}; stderr: {self.stderr()}")
+            record = json.loads(line)
+            self.seen.append(record)
+            if record.get("event") == name and all(record.get(k) == v for k, v in match.items()):
+                return record
+
+    def start(self) -> ServerProcess:
+        ready = self.wait_for("ready")
+        host, _, port = ready["address"].rpartition(":")
+        self.address = (host.strip("[]"), int(port))
+        return self
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def finish(self, timeout: float = 15.0) -> int:
+        """Wait for exit; then every remaining stdout line is in ``seen``."""
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None and line.strip():
+                self.seen.append(json.loads(line))
+        return code
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        if self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe:
+                pipe.close()
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_readable(sock: socket.socket, timeout: float) -> bool:
+    return bool(select.select([sock], [], [], timeout)[0])

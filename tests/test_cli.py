@@ -1,0 +1,231 @@
+"""``python3 -m server`` as a real subprocess: settings, exit codes, signals, abuse."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.helpers import ROOT, ServerProcess, read_exactly, read_until_eof, run_cli
+
+
+@pytest.fixture
+def server_process() -> ServerProcess:
+    processes: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, **popen: object) -> ServerProcess:
+        process = ServerProcess("--port", "0", "--admin-port", "off", *args, env=env)
+        processes.append(process)
+        return process.start()
+
+    yield start  # type: ignore[misc]
+    for process in processes:
+        process.stop()
+
+
+def test_help_lists_every_setting_with_env_and_default() -> None:
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    for text in (
+        "--max-connections",
+        "ECHO_MAX_CONNECTIONS",
+        "default 10000",
+        "--idle-timeout",
+        "ECHO_IDLE_TIMEOUT",
+        "default 300.0 s",
+        "--host",
+        "default 127.0.0.1",
+    ):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--port", "70000"], {}, "--port"),
+        ([], {"ECHO_PORT": "abc"}, "ECHO_PORT"),
+        (["--idle-timeout", "-1"], {}, "--idle-timeout"),
+        (["--shutdown-timeout", "soon"], {}, "--shutdown-timeout"),
+        (["--log-format", "xml"], {}, "--log-format"),
+        ([], {"ECHO_MAX_CONNECTIONS": "0"}, "ECHO_MAX_CONNECTIONS"),
+        (["--no-such-flag"], {}, "--no-such-flag"),
+        (["--log-file", "/nonexistent-dir/echo.log"], {}, "--log-file"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(args: list[str], env: dict[str, str], named: str) -> None:
+    result = run_cli(args, env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_flag_wins_over_the_environment(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process("--max-connections", "7", env={"ECHO_MAX_CONNECTIONS": "3", "ECHO_LOOPS": "2"})
+    started = process.wait_for("started")
+    assert started["max_connections"] == 7
+    assert started["loops"] == 2
+
+
+def test_port_in_use_exits_1_with_a_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli(["--port", str(taken.getsockname()[1]), "--admin-port", "off"])
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_under_load_echoes_every_byte_read_and_exits_0(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process("--shutdown-timeout", "0.5")
+    clients = 20
+    received: dict[int, bytes] = {}
+    sent: dict[int, bytes] = {}
+    ports: dict[int, int] = {}
+    streaming = threading.Barrier(clients + 1)
+
+    def client(index: int) -> None:
+        payload = os.urandom(4 << 20)
+        with socket.create_connection(process.address, timeout=30) as sock:
+            ports[index] = sock.getsockname()[1]
+
+            def write() -> None:
+                view = memoryview(payload)
+                try:
+                    for start in range(0, len(view), 16384):
+                        sock.sendall(view[start : start + 16384])
+                        if start == 16384 * 4:
+                            streaming.wait(30)
+                except OSError:
+                    pass  # the server stopped reading and closed: expected
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            received[index] = read_until_eof(sock)
+            sock.shutdown(socket.SHUT_RDWR)
+            writer.join(30)
+        sent[index] = payload
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    streaming.wait(30)  # every client is mid-stream
+    process.signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(60)
+    assert process.finish() == 0
+    closed = {r["peer"]: r for r in process.seen if r["event"] == "closed"}
+    for index in range(clients):
+        echoed = received[index]
+        assert echoed == sent[index][: len(echoed)], "echo is not a byte-exact prefix of what was sent"
+        record = closed[f"127.0.0.1:{ports[index]}"]
+        assert record["bytes_in"] == record["bytes_out"] == len(echoed), "a byte read was not echoed"
+    stopped = process.wait_for("stopped")
+    assert stopped["accepted"] == clients and stopped["active"] == 0
+
+
+def test_second_signal_exits_1_at_once(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process("--shutdown-timeout", "60")
+    with socket.create_connection(process.address, timeout=10) as held:
+        held.sendall(b"keep me open")
+        read_exactly(held, 12)
+        process.signal(signal.SIGTERM)
+        process.wait_for("stopping")
+        process.signal(signal.SIGINT)
+        assert process.finish(timeout=5) == 1
+
+
+def test_never_reading_client_sending_64_mib_is_closed_with_bounded_memory(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process("--write-stall-timeout", "0.5")
+    rss_before = process.rss_kib()
+    total = 0
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.connect(process.address)
+        sock.settimeout(20)
+        chunk = os.urandom(1 << 20)
+        try:
+            while total < 64 << 20:
+                total += sock.send(chunk)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        closed = process.wait_for("closed")
+    assert closed["reason"] == "write_stall"
+    assert total < 64 << 20, "the server should close the connection before taking 64 MiB"
+    grown_kib = process.rss_kib() - rss_before
+    assert grown_kib < 16 * 1024, f"server RSS grew by {grown_kib} KiB for one stalled client"
+
+
+def test_max_connections_above_the_fd_limit_is_clamped_once() -> None:
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--port",
+            "0",
+            "--admin-port",
+            "off",
+            "--log-format",
+            "json",
+            "--max-connections",
+            "5000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=low_limit,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(4)]
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = "".join(lines) + rest
+    assert text.count("RLIMIT_NOFILE") == 1
+    assert "using max_connections 136" in text
+    assert process.returncode == 0
+
+
+def test_accept_pauses_on_emfile_and_recovers(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process("--max-connections", "100")
+    soft, hard = resource.prlimit(process.proc.pid, resource.RLIMIT_NOFILE)
+    open_fds = len(os.listdir(f"/proc/{process.proc.pid}/fd"))
+    resource.prlimit(process.proc.pid, resource.RLIMIT_NOFILE, (open_fds + 3, hard))
+    clients = []
+    try:
+        for _ in range(10):  # more than the descriptors left: accept() hits EMFILE
+            clients.append(socket.create_connection(process.address, timeout=10))
+        process.wait_for("accept_paused")
+        for sock in clients:
+            sock.close()
+        clients.clear()
+        resource.prlimit(process.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        with socket.create_connection(process.address, timeout=10) as sock:
+            sock.sendall(b"recovered")
+            assert read_exactly(sock, 9) == b"recovered"
+        process.wait_for("accept_resumed")
+    finally:
+        for sock in clients:
+            sock.close()
+    process.signal(signal.SIGTERM)
+    assert process.finish() == 0
+    warnings = [r for r in process.seen if r["event"] == "log" and "accept() failed" in r.get("message", "")]
+    assert 1 <= len(warnings) <= 3  # at most once a second, not once per failure
+    assert not any("Traceback" in r.get("exc", "") for r in process.seen)

@@ -1,0 +1,91 @@
+"""Every limit: connection caps, idle timeout, write stall."""
+
+from __future__ import annotations
+
+import socket
+
+from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
+from tests.conftest import ServerFactory
+from tests.helpers import read_exactly, read_until_eof
+
+
+def _closed_at_once(sock: socket.socket) -> bool:
+    """The server closed without a byte: EOF (or a reset) on the first read."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_over_max_connections_is_closed_at_once_and_counted(make_server: ServerFactory) -> None:
+    server, recorder = make_server(max_connections=3)
+    address = server.server_address[:2]
+    held = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    try:
+        for sock in held:  # all three are served
+            sock.sendall(b"ok")
+            assert read_exactly(sock, 2) == b"ok"
+        with socket.create_connection(address, timeout=10) as extra:
+            assert _closed_at_once(extra)
+        rejected = recorder.wait_for(lambda e: e.name == "rejected")
+        assert rejected.data["reason"] == REJECT_MAX_CONNECTIONS
+        assert server.stats.snapshot().rejected == {REJECT_MAX_CONNECTIONS: 1}
+    finally:
+        for sock in held:
+            sock.close()
+    # Once the held ones have closed, a new client is served again.
+    recorder.wait_for(lambda e: len(recorder.named("closed")) == 3)
+    with socket.create_connection(address, timeout=10) as again:
+        again.sendall(b"back")
+        assert read_exactly(again, 4) == b"back"
+
+
+def test_over_per_ip_limit_is_closed_at_once(make_server: ServerFactory) -> None:
+    server, recorder = make_server(max_connections_per_ip=2)
+    address = server.server_address[:2]
+    held = [socket.create_connection(address, timeout=10) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(b"hi")
+            assert read_exactly(sock, 2) == b"hi"
+        for _ in range(3):
+            with socket.create_connection(address, timeout=10) as extra:
+                assert _closed_at_once(extra)
+        stats = server.stats.snapshot()
+        assert stats.rejected == {REJECT_PER_IP: 3}
+        assert stats.active == 2
+        # Published at most once a second per reason: one event stands for the burst.
+        events = recorder.named("rejected")
+        assert 1 <= len(events) <= 3 and events[0].data["reason"] == REJECT_PER_IP
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_idle_connection_is_closed(make_server: ServerFactory) -> None:
+    server, recorder = make_server(idle_timeout=0.2)
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"then silence")
+        assert read_exactly(sock, 12) == b"then silence"
+        assert read_until_eof(sock) == b""  # the server closes it
+    closed = recorder.wait_for(lambda e: e.name == "closed")
+    assert closed.data["reason"] == "idle_timeout"
+    assert server.stats.snapshot().timed_out == {"idle_timeout": 1}
+
+
+def test_client_that_never_reads_is_closed_after_write_stall(make_server: ServerFactory) -> None:
+    server, recorder = make_server(write_stall_timeout=0.3, buffer_size=4096)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.server_address[:2])
+        sock.settimeout(10)
+        chunk = b"s" * 65536
+        sent = 0
+        try:
+            while sent < 256 << 20:  # the server must give up long before this
+                sent += sock.send(chunk)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass
+    closed = recorder.wait_for(lambda e: e.name == "closed")
+    assert closed.data["reason"] == "write_stall"
+    assert server.stats.snapshot().timed_out == {"write_stall": 1}
