@@ -68,7 +68,7 @@ def test_a_stuck_log_sink_drops_events_and_does_not_slow_the_echo(make_server: S
     a writing LogActor competes for the GIL (client and server share this process)."""
     server, _ = make_server(max_connections_per_ip=100_000)
     address = server.server_address[:2]
-    fast = LogActor(server.stats, log_format="json", mailbox_size=100, stream=open("/dev/null", "w"))  # noqa: SIM115
+    fast = LogActor(server.stats, log_format="json", mailbox_size=100, stream=open("/dev/null", "w"))
     stuck_stream = StuckStream()
     stuck = LogActor(server.stats, log_format="json", mailbox_size=100, stream=stuck_stream)
     fast.start()
