@@ -1,0 +1,126 @@
+"""Prometheus text exposition (format 0.0.4) of a Stats snapshot and process facts.
+
+``render(snapshot, ...)`` is a pure function of its arguments plus what /proc says
+about this process; any thread may call it. Names follow Prometheus conventions:
+counters end in ``_total``, units are base units (seconds, bytes), labels carry the
+reason. Every reason label is always present (0 until it happens) so that rate() and
+alerts work from the first scrape.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from collections.abc import Iterable
+
+from server import __version__
+from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, TIMEOUT_REASONS, Histogram, StatsSnapshot
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CLOSE_REASONS = ("eof", "idle_timeout", "write_stall", "reset", "shutdown", "error")
+REJECT_REASONS = (REJECT_MAX_CONNECTIONS, REJECT_PER_IP)
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{labels} {_number(value)}" for labels, value in samples]
+    return lines
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def _histogram(name: str, help_text: str, histogram: Histogram) -> list[str]:
+    samples: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+        cumulative += count
+        samples.append((f'_bucket{{le="{_number(bound)}"}}', cumulative))
+    samples.append(('_bucket{le="+Inf"}', histogram.count))
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    lines += [f"{name}{suffix} {_number(value)}" for suffix, value in samples]
+    lines += [f"{name}_sum {_number(histogram.total)}", f"{name}_count {histogram.count}"]
+    return lines
+
+
+def render(snapshot: StatsSnapshot, *, ready: bool, draining: bool) -> str:
+    s = snapshot
+    lines: list[str] = []
+    lines += _family("echo_connections_accepted_total", "counter", "Connections admitted.", [("", s.accepted)])
+    lines += _family("echo_connections_active", "gauge", "Connections open now.", [("", s.active)])
+    lines += _family("echo_connections_active_peak", "gauge", "Most connections open at once.", [("", s.peak_active)])
+    lines += _family(
+        "echo_connections_closed_total",
+        "counter",
+        "Connections closed, by reason.",
+        [(f'{{reason="{r}"}}', s.closed_by_reason.get(r, 0)) for r in CLOSE_REASONS],
+    )
+    lines += _family(
+        "echo_connections_rejected_total",
+        "counter",
+        "Connections refused at a limit, by reason.",
+        [(f'{{reason="{r}"}}', s.rejected.get(r, 0)) for r in REJECT_REASONS],
+    )
+    lines += _family(
+        "echo_connections_timed_out_total",
+        "counter",
+        "Connections closed by a deadline, by reason.",
+        [(f'{{reason="{r}"}}', s.timed_out.get(r, 0)) for r in sorted(TIMEOUT_REASONS)],
+    )
+    lines += _family("echo_received_bytes_total", "counter", "Bytes read from clients.", [("", s.bytes_received)])
+    lines += _family("echo_sent_bytes_total", "counter", "Bytes echoed to clients.", [("", s.bytes_sent)])
+    lines += _family("echo_connection_errors_total", "counter", "Connections ended by an error.", [("", s.errors)])
+    lines += _family("echo_accept_errors_total", "counter", "accept() calls that failed.", [("", s.accept_errors)])
+    lines += _family(
+        "echo_log_events_dropped_total",
+        "counter",
+        "Log events dropped because the log mailbox was full.",
+        [("", s.log_events_dropped)],
+    )
+    lines += _histogram("echo_connection_duration_seconds", "How long closed connections lasted.", s.duration_s)
+    lines += _histogram("echo_connection_bytes", "Bytes in plus out per closed connection.", s.bytes_per_connection)
+    lines += _family("echo_ready", "gauge", "1 while accepting and not draining.", [("", int(ready and not draining))])
+    lines += _family("echo_draining", "gauge", "1 while shutting down.", [("", int(draining))])
+    lines += _family(
+        "echo_build_info",
+        "gauge",
+        "Version of echo-service and of Python.",
+        [(f'{{version="{__version__}",python_version="{platform.python_version()}"}}', 1)],
+    )
+    lines += _process_lines()
+    return "\n".join(lines) + "\n"
+
+
+def _process_lines() -> list[str]:
+    """Process facts from /proc (Linux); nothing where /proc is missing."""
+    try:
+        with open("/proc/self/stat") as stat_file:
+            fields = stat_file.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as system_stat:
+            boot_time = next(int(line.split()[1]) for line in system_stat if line.startswith("btime"))
+        with open("/proc/self/status") as status:
+            threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return []
+    ticks = os.sysconf("SC_CLK_TCK")
+    page = resource.getpagesize()
+    # Fields after the command name, 0-based: utime 11, stime 12, starttime 19, vsize 20, rss 21.
+    cpu_seconds = (int(fields[11]) + int(fields[12])) / ticks
+    start_time = boot_time + int(fields[19]) / ticks
+    soft_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    lines: list[str] = []
+    lines += _family("process_cpu_seconds_total", "counter", "User and system CPU time.", [("", round(cpu_seconds, 2))])
+    lines += _family("process_open_fds", "gauge", "Open file descriptors.", [("", open_fds)])
+    lines += _family("process_max_fds", "gauge", "File descriptor limit (soft).", [("", soft_fds)])
+    lines += _family("process_threads", "gauge", "OS threads.", [("", threads)])
+    lines += _family("process_resident_memory_bytes", "gauge", "Resident memory.", [("", int(fields[21]) * page)])
+    lines += _family("process_virtual_memory_bytes", "gauge", "Virtual memory.", [("", int(fields[20]))])
+    lines += _family(
+        "process_start_time_seconds", "gauge", "Start time, seconds since the epoch.", [("", round(start_time, 2))]
+    )
+    return lines
