@@ -28,15 +28,17 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from typing import Any
 
 from server.acceptor import Acceptor
+from server.admin import AdminServer
 from server.config import Config
 from server.echo import Connection, EchoWaits, echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
 from server.listener import fit_fd_limit, open_listener
 from server.scheduler import Scheduler, every
-from server.stats import Stats
+from server.stats import Stats, StatsSnapshot
 
 log = logging.getLogger("echo.server")
 
@@ -60,12 +62,19 @@ class EchoServer:
         self._acceptor_loop: Scheduler | None = None
         self._loops: list[Scheduler] = []
         self._futures: list[Future[None]] = []
+        self.admin: AdminServer | None = None
         self._waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
 
     @property
     def draining(self) -> bool:
         """True from the moment shutdown begins."""
         return self._draining
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set()
+
+    def snapshot(self) -> StatsSnapshot:
+        return self.stats.snapshot()
 
     def publish(self, record: Event) -> None:
         self.exchange.send(record)
@@ -83,10 +92,20 @@ class EchoServer:
             self.config = config
             listener = open_listener(config.host, config.port, config.backlog)
             self.server_address = listener.getsockname()
+            if config.admin_port is not None:
+                try:
+                    self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
+                except OSError:
+                    listener.close()
+                    raise
             self._started = True
             self.publish(event("started", loops=config.loops, max_connections=config.max_connections))
-            self.publish(event("listening", address=format_address(self.server_address)))
-            log.info("echo listening on %s", format_address(self.server_address))
+            addresses: dict[str, Any] = {"address": format_address(self.server_address)}
+            if self.admin is not None:
+                addresses["admin_address"] = format_address(self.admin.address)
+                self.admin.start()
+            self.publish(event("listening", **addresses))
+            log.info("echo listening on %s", " and admin on ".join(addresses.values()))
 
             self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
             self._acceptor_loop = Scheduler("acceptor", buffer_size=0)
@@ -149,6 +168,8 @@ class EchoServer:
                 final.bytes_sent,
                 final.errors,
             )
+            if self.admin is not None:  # last: probes and /events watchers see the drain
+                self.admin.close()
             self.stopped.set()
 
     def close(self) -> None:
