@@ -1,0 +1,36 @@
+# echo-service: TCP echo (RFC 862) on the Python standard library.
+# The base is an ARG so that a machine without a registry can build on a local image:
+#   docker build --build-arg PYTHON_IMAGE=localhost/python-base:bookworm -t echo-service .
+ARG PYTHON_IMAGE=python:3.13-slim
+FROM ${PYTHON_IMAGE}
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="echo-service" \
+      org.opencontainers.image.description="Production TCP echo service (RFC 862): byte-exact, bounded, observable" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="https://github.com/echo-service/echo-service" \
+      org.opencontainers.image.licenses="MIT"
+
+# A fixed non-root UID/GID, so volume permissions and policies can name it.
+RUN groupadd --system --gid 10001 echo \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin echo
+
+# The product only: two standard-library packages, no build tools, no dependencies.
+# Byte-compiled now, as root, because the runtime user cannot write __pycache__.
+WORKDIR /app
+COPY server ./server
+COPY client ./client
+RUN python -m compileall -q /app
+
+ENV ECHO_HOST=0.0.0.0 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/app
+
+USER 10001:10001
+EXPOSE 7007 7008
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-m", "server", "healthcheck"]
+ENTRYPOINT ["python", "-m", "server"]
