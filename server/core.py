@@ -160,7 +160,6 @@ class EchoServer:
                 log.error("%d scheduler thread(s) did not stop in time", len(stuck))
             self._pool.shutdown(wait=not stuck)
             final = self.stats.snapshot()
-            self.publish(event("stopped", **final.as_dict()))
             log.info(
                 "stopped: %d accepted, %d rejected, %d bytes echoed, %d errors",
                 final.accepted,
@@ -168,6 +167,7 @@ class EchoServer:
                 final.bytes_sent,
                 final.errors,
             )
+            self.publish(event("stopped", **final.as_dict()))
             if self.admin is not None:  # last: probes and /events watchers see the drain
                 self.admin.close()
             self.stopped.set()

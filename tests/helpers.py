@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,33 +89,35 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-class ServerProcess:
-    """``python3 -m server`` in a subprocess, logging JSON to a pipe we read lines from."""
+class JsonLines:
+    """JSON log lines from a pipe, read on a thread; ``wait_for`` blocks on the next line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
-        full_env.update(env or {})
-        full_env["PYTHONUNBUFFERED"] = "1"
-        self.args = [sys.executable, "-m", "server", "--log-format", "json", *args]
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+    def __init__(self, pipe: IO[str]) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(pipe,), daemon=True)
         self._reader.start()
-        self.address: tuple[str, int] = ("", 0)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _read(self, pipe: IO[str]) -> None:
+        for line in pipe:
             self.lines.put(line)
         self.lines.put(None)
 
+    def _take(self, line: str) -> dict[str, Any] | None:
+        if not line.startswith("{"):
+            return None
+        record: dict[str, Any] = json.loads(line)
+        self.seen.append(record)
+        return record
+
     def wait_for(self, name: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
-        """The first (not yet consumed) JSON line with event ``name`` and the given fields."""
+        """The first line seen with event ``name`` and the given fields."""
+
+        def matches(record: dict[str, Any]) -> bool:
+            return record.get("event") == name and all(record.get(k) == v for k, v in match.items())
+
         for record in self.seen:
-            if record.get("event") == name and all(record.get(k) == v for k, v in match.items()):
+            if matches(record):
                 return record
         deadline = time.monotonic() + timeout
         while True:
@@ -127,16 +129,52 @@ class ServerProcess:
             except queue.Empty:
                 continue
             if line is None:
-                raise AssertionError(f"server exited ({self.proc.wait()}) before {name!r}; stderr: {self.stderr()}")
-            record = json.loads(line)
-            self.seen.append(record)
-            if record.get("event") == name and all(record.get(k) == v for k, v in match.items()):
+                raise AssertionError(f"the log ended before {name!r}; saw {[r.get('event') for r in self.seen]}")
+            record = self._take(line)
+            if record is not None and matches(record):
                 return record
 
+    def finish(self, timeout: float) -> list[dict[str, Any]]:
+        """Read to the end of the pipe; returns every record."""
+        self._reader.join(timeout)
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return self.seen
+            if line is not None:
+                self._take(line)
+
+
+def address_of(record: dict[str, Any], key: str = "address") -> tuple[str, int]:
+    host, _, port = str(record[key]).rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ServerProcess:
+    """``python3 -m server`` in a subprocess, logging JSON to a pipe we read lines from."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.args = [sys.executable, "-m", "server", "--log-format", "json", *args]
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.log = JsonLines(self.proc.stdout)
+        self.address: tuple[str, int] = ("", 0)
+
+    @property
+    def seen(self) -> list[dict[str, Any]]:
+        return self.log.seen
+
+    def wait_for(self, name: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        return self.log.wait_for(name, timeout, **match)
+
     def start(self) -> ServerProcess:
-        ready = self.wait_for("ready")
-        host, _, port = ready["address"].rpartition(":")
-        self.address = (host.strip("[]"), int(port))
+        self.address = address_of(self.wait_for("ready"))
         return self
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
@@ -145,14 +183,7 @@ class ServerProcess:
     def finish(self, timeout: float = 15.0) -> int:
         """Wait for exit; then every remaining stdout line is in ``seen``."""
         code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None and line.strip():
-                self.seen.append(json.loads(line))
+        self.log.finish(timeout)
         return code
 
     def stderr(self) -> str:
