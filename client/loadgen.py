@@ -1,0 +1,289 @@
+"""The load generator behind ``echo-client bench``: closed-loop echo load from worker
+processes on a ProcessPoolExecutor, every echoed byte verified.
+
+Each worker process (``drive``) opens its share of the connections, non-blocking on one
+selector, keeps ``pipeline`` messages of ``size`` bytes in flight on each, and measures
+from a common start time for ``duration`` seconds. A message's latency runs from when it
+was queued for sending until its last byte came back. Latencies go into a log-bucketed
+histogram (about 2% resolution) so a worker returns kilobytes, not millions of floats.
+
+``run`` is called in the parent: it opens the idle connections (if any), submits the
+workers, reports progress through ``add_done_callback``, and merges their results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import selectors
+import socket
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BUCKETS_PER_OCTAVE = 32  # histogram resolution: 2 ** (1/32) ~ 2.2%
+SETUP_S_PER_CONNECTION = 0.0005
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    host: str
+    port: int
+    conns: int = 50
+    size: int = 1024
+    duration_s: float = 5.0
+    pipeline: int = 1
+    processes: int = 1
+    idle: int = 0
+    connect_timeout_s: float = 5.0
+
+
+@dataclass
+class WorkerResult:
+    messages: int = 0
+    bytes: int = 0
+    elapsed_s: float = 0.0
+    connected: int = 0
+    mismatches: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    histogram: Counter[int] = field(default_factory=Counter)
+    max_latency_s: float = 0.0
+
+
+@dataclass
+class BenchResult:
+    spec: LoadSpec
+    messages: int
+    msgs_per_s: float
+    mb_per_s: float
+    latency_ms: dict[str, float]
+    errors: dict[str, int]
+    mismatches: int
+    connected: int
+    idle_open_at_end: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["spec"] = asdict(self.spec)
+        return document
+
+
+def _bucket(seconds: float) -> int:
+    micros = max(seconds * 1e6, 1.0)
+    return int(math.log2(micros) * BUCKETS_PER_OCTAVE)
+
+
+def percentile(histogram: Counter[int], fraction: float) -> float:
+    """The latency (seconds) below which ``fraction`` of the samples fall."""
+    total = sum(histogram.values())
+    if not total:
+        return 0.0
+    rank = fraction * total
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return float(2 ** ((bucket + 0.5) / BUCKETS_PER_OCTAVE) / 1e6)
+    return 0.0
+
+
+class _Conn:
+    __slots__ = ("sock", "received", "sent_at", "outbox")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = 0  # bytes of echo so far: its position in the repeating payload
+        self.sent_at: deque[float] = deque()  # queue time of each message in flight
+        self.outbox = b""  # what a partial send left over
+
+
+def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResult:
+    """One worker process: run ``conns`` connections; see the module docstring."""
+    result = WorkerResult()
+    payload = random.Random(seed).randbytes(spec.size)
+    expected = memoryview(payload)
+    selector = selectors.DefaultSelector()
+    buffer = bytearray(max(256 * 1024, spec.size))
+    view = memoryview(buffer)
+    live: list[_Conn] = []
+    for _ in range(conns):
+        try:
+            sock = socket.create_connection((spec.host, spec.port), timeout=spec.connect_timeout_s)
+        except OSError as error:
+            result.errors[f"connect: {error.strerror or error}"] += 1
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        live.append(_Conn(sock))
+    result.connected = len(live)
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)  # the workers start measuring together
+    started = time.perf_counter()
+    deadline = started + spec.duration_s
+
+    def fail(conn: _Conn, reason: str) -> None:
+        result.errors[reason] += 1
+        selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def queue_message(conn: _Conn, now: float) -> bool:
+        conn.sent_at.append(now)
+        data = conn.outbox + payload if conn.outbox else payload
+        try:
+            sent = conn.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            fail(conn, f"send: {error.strerror or error}")
+            return False
+        conn.outbox = data[sent:]
+        if conn.outbox:
+            selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        return True
+
+    now = time.perf_counter()
+    for conn in live:
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        for _ in range(spec.pipeline):
+            if not queue_message(conn, now):
+                break
+    size = spec.size
+    while True:
+        ready = selector.select(max(0.0, deadline - time.perf_counter()))
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        for key, mask in ready:
+            conn = key.data
+            if mask & selectors.EVENT_WRITE and conn.outbox:
+                try:
+                    sent = conn.sock.send(conn.outbox)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as error:
+                    fail(conn, f"send: {error.strerror or error}")
+                    continue
+                conn.outbox = conn.outbox[sent:]
+                if not conn.outbox:
+                    selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            if not mask & selectors.EVENT_READ:
+                continue
+            try:
+                count = conn.sock.recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                fail(conn, f"recv: {error.strerror or error}")
+                continue
+            if not count:
+                fail(conn, "closed by server")
+                continue
+            # Verify: the echo stream is the payload repeated.
+            offset = conn.received % size
+            done = 0
+            while done < count:
+                step = min(count - done, size - offset)
+                if view[done : done + step] != expected[offset : offset + step]:
+                    result.mismatches += 1
+                done += step
+                offset = 0
+            before = conn.received // size
+            conn.received += count
+            result.bytes += count
+            for _ in range(conn.received // size - before):
+                latency = now - conn.sent_at.popleft()
+                result.histogram[_bucket(latency)] += 1
+                if latency > result.max_latency_s:
+                    result.max_latency_s = latency
+                result.messages += 1
+                if not queue_message(conn, now):
+                    break
+    result.elapsed_s = time.perf_counter() - started
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    selector.close()
+    return result
+
+
+def _open_idle(spec: LoadSpec) -> tuple[list[socket.socket], Counter[str]]:
+    idle: list[socket.socket] = []
+    errors: Counter[str] = Counter()
+    for _ in range(spec.idle):
+        try:
+            idle.append(socket.create_connection((spec.host, spec.port), timeout=spec.connect_timeout_s))
+        except OSError as error:
+            errors[f"idle connect: {error.strerror or error}"] += 1
+    return idle, errors
+
+
+def _still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""  # data from a silent client's echo server: not expected
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def run(spec: LoadSpec, on_progress: Callable[[int, int], None] | None = None) -> BenchResult:
+    """Run the benchmark; ``on_progress(done, total)`` as each worker finishes."""
+    idle, errors = _open_idle(spec)
+    workers = max(1, min(spec.processes, spec.conns))
+    shares = [spec.conns // workers + (1 if i < spec.conns % workers else 0) for i in range(workers)]
+    start_at = time.time() + 0.3 + SETUP_S_PER_CONNECTION * max(shares)
+    merged = WorkerResult(errors=errors)
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures: list[Future[WorkerResult]] = [
+                pool.submit(drive, spec, share, start_at, os.getpid() + index) for index, share in enumerate(shares)
+            ]
+            finished = 0
+
+            def done(_: Future[WorkerResult]) -> None:
+                nonlocal finished
+                finished += 1
+                if on_progress:
+                    on_progress(finished, len(futures))
+
+            for future in futures:
+                future.add_done_callback(done)
+            wait_futures(futures)
+            rate = 0.0
+            for future in futures:
+                part = future.result()
+                merged.messages += part.messages
+                merged.bytes += part.bytes
+                merged.connected += part.connected
+                merged.mismatches += part.mismatches
+                merged.errors.update(part.errors)
+                merged.histogram.update(part.histogram)
+                merged.max_latency_s = max(merged.max_latency_s, part.max_latency_s)
+                if part.elapsed_s > 0:
+                    rate += part.messages / part.elapsed_s
+        idle_open = sum(_still_open(sock) for sock in idle) if spec.idle else None
+    finally:
+        for sock in idle:
+            sock.close()
+    latency_ms = {
+        name: round(percentile(merged.histogram, fraction) * 1000, 4)
+        for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
+    }
+    latency_ms["max"] = round(merged.max_latency_s * 1000, 4)
+    return BenchResult(
+        spec=spec,
+        messages=merged.messages,
+        msgs_per_s=round(rate, 1),
+        mb_per_s=round(rate * spec.size / 1e6, 3),  # payload echoed back, one direction
+        latency_ms=latency_ms,
+        errors=dict(merged.errors),
+        mismatches=merged.mismatches,
+        connected=merged.connected,
+        idle_open_at_end=idle_open,
+    )
