@@ -1,0 +1,177 @@
+"""The EchoClient library and the echo-client command against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.library import ConnectFailed, ConnectionReset, EchoClient, EchoMismatch, EchoTimeout, ShortEcho
+from tests.conftest import ServerFactory
+from tests.faulty import FaultyServer
+from tests.helpers import ROOT
+
+
+def client_cli(*args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_echo_round_trips_large_payloads(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    payload = os.urandom(8 << 20)  # larger than socket buffers: needs send and recv at once
+    with EchoClient(*server.server_address[:2]) as client:
+        assert client.echo(payload) == payload
+        assert client.echo(b"") == b""
+        client.send(b"stream")
+        client.close_write()
+        assert client.recv() == b"stream"
+        assert client.recv() == b""
+
+
+def test_refused_is_a_clear_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(ConnectFailed, match="refused"):
+        EchoClient("127.0.0.1", port).connect()
+
+
+def test_a_corrupted_echo_is_a_mismatch() -> None:
+    with (
+        FaultyServer("corrupt") as faulty,
+        EchoClient(*faulty.address) as client,
+        pytest.raises(EchoMismatch, match="first at byte") as caught,
+    ):
+        client.echo(b"0123456789")
+    assert caught.value.offset == 5
+
+
+def test_a_server_that_closes_early_is_a_short_echo() -> None:
+    with (
+        FaultyServer("close") as faulty,
+        EchoClient(*faulty.address) as client,
+        pytest.raises(ShortEcho, match="0 of 5 bytes"),
+    ):
+        client.echo(b"hello")
+
+
+def test_a_reset_is_reported_as_such() -> None:
+    with (
+        FaultyServer("reset") as faulty,
+        EchoClient(*faulty.address) as client,
+        pytest.raises(ConnectionReset, match="reset"),
+    ):
+        client.echo(b"hello")
+
+
+def test_a_silent_server_times_out() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as silent,  # accepts (in the kernel), never answers
+        EchoClient(*silent.getsockname()[:2], timeout=0.2) as client,
+        pytest.raises(EchoTimeout, match="0 of 4 bytes"),
+    ):
+        client.echo(b"ping")
+
+
+def test_interactive_mode_through_a_pipe(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    host, port = server.server_address[:2]
+    text = b"first line\nsecond line\n" + bytes(range(256))
+    result = client_cli(host, str(port), stdin=text)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == text
+
+
+def test_send_prints_the_verified_echo(make_server: ServerFactory, tmp_path: Path) -> None:
+    server, _ = make_server()
+    port = str(server.server_address[1])
+    assert client_cli("send", "hello there", "--port", port).stdout == b"hello there"
+    quiet = client_cli("send", "shh", "--port", port, "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == b""
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(300_000))
+    from_file = client_cli("send", "--file", str(blob), "--port", port)
+    assert from_file.returncode == 0 and from_file.stdout == blob.read_bytes()
+
+
+def test_send_exits_2_on_a_mismatch_and_1_when_unreachable() -> None:
+    with FaultyServer("corrupt") as faulty:
+        mismatch = client_cli("send", "0123456789", "--port", str(faulty.address[1]))
+    assert mismatch.returncode == 2 and b"differs" in mismatch.stderr
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = str(unused.getsockname()[1])
+    refused = client_cli("send", "x", "--port", port)
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip().count("\n") == 0 and b"refused" in refused.stderr
+    unknown = client_cli("send", "x", "--host", "no-such-host.invalid")
+    assert unknown.returncode == 1 and b"cannot resolve" in unknown.stderr
+
+
+@pytest.mark.parametrize("args", [["bench", "--conns", "0"], ["ping", "-c", "x"], ["send"], ["--bogus"]])
+def test_bad_arguments_exit_2(args: list[str]) -> None:
+    result = client_cli(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.decode().strip().splitlines()) == 1 and b"Traceback" not in result.stderr
+
+
+def test_ping_reports_round_trip_times(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    result = client_cli("ping", "-c", "5", *map(str, server.server_address[:2]))
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 0
+    assert sum("seq=" in line for line in lines) == 5
+    assert lines[-1].startswith("--- 5 round trips: min") and "p99" in lines[-1]
+
+
+def test_bench_json_has_the_figures_and_no_errors(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    host, port = server.server_address[:2]
+    result = client_cli(
+        "bench",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--conns",
+        "8",
+        "--size",
+        "512",
+        "--duration",
+        "1",
+        "--processes",
+        "2",
+        "--pipeline",
+        "2",
+        "--idle",
+        "20",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errors"] == {} and report["mismatches"] == 0
+    assert report["messages"] > 100 and report["msgs_per_s"] > 100 and report["mb_per_s"] > 0
+    assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
+    assert report["connected"] == 8 and report["idle_open_at_end"] == 20
+
+
+def test_bench_counts_mismatches_against_a_corrupting_server() -> None:
+    with FaultyServer("corrupt") as faulty:
+        result = client_cli(
+            "bench", "--port", str(faulty.address[1]), "--conns", "2", "--duration", "0.5", "--processes", "1", "--json"
+        )
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["mismatches"] > 0
