@@ -18,6 +18,7 @@ import os
 import random
 import selectors
 import socket
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Any
 
 BUCKETS_PER_OCTAVE = 32  # histogram resolution: 2 ** (1/32) ~ 2.2%
 SETUP_S_PER_CONNECTION = 0.0005
+STARVED_S = 1.0  # a message in flight longer than this at the end counts as an error
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,9 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
                     break
     result.elapsed_s = time.perf_counter() - started
     for key in list(selector.get_map().values()):
+        conn = key.data
+        if conn.sent_at and now - conn.sent_at[0] > STARVED_S:
+            result.errors[f"no echo for {STARVED_S:g} s"] += 1  # a server that left it unserved
         key.fileobj.close()  # type: ignore[union-attr]
     selector.close()
     return result
@@ -232,13 +237,26 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
-def run(spec: LoadSpec, on_progress: Callable[[int, int], None] | None = None) -> BenchResult:
-    """Run the benchmark; ``on_progress(done, total)`` as each worker finishes."""
+def run(
+    spec: LoadSpec,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_window: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Run the benchmark; ``on_progress(done, total)`` as each worker finishes, and
+    ``on_window("start"/"end")`` when the measured window opens and closes (the idle
+    connections are still open at "end"); both are called on other threads."""
     idle, errors = _open_idle(spec)
     workers = max(1, min(spec.processes, spec.conns))
     shares = [spec.conns // workers + (1 if i < spec.conns % workers else 0) for i in range(workers)]
-    start_at = time.time() + 0.3 + SETUP_S_PER_CONNECTION * max(shares)
+    start_in = 0.3 + SETUP_S_PER_CONNECTION * max(shares)
+    start_at = time.time() + start_in
     merged = WorkerResult(errors=errors)
+    timers = [
+        threading.Timer(start_in, on_window, args=("start",)),
+        threading.Timer(start_in + spec.duration_s, on_window, args=("end",)),
+    ] if on_window else []
+    for timer in timers:
+        timer.start()
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures: list[Future[WorkerResult]] = [
@@ -255,6 +273,8 @@ def run(spec: LoadSpec, on_progress: Callable[[int, int], None] | None = None) -
             for future in futures:
                 future.add_done_callback(done)
             wait_futures(futures)
+            for timer in timers:
+                timer.join()
             rate = 0.0
             for future in futures:
                 part = future.result()
@@ -269,6 +289,8 @@ def run(spec: LoadSpec, on_progress: Callable[[int, int], None] | None = None) -
                     rate += part.messages / part.elapsed_s
         idle_open = sum(_still_open(sock) for sock in idle) if spec.idle else None
     finally:
+        for timer in timers:
+            timer.cancel()
         for sock in idle:
             sock.close()
     latency_ms = {

@@ -1,0 +1,271 @@
+"""``make bench``: echo-service against reference servers, in one run, on one machine.
+
+    python -m loadtest.bench [--repeats 3] [--duration 3] [--scenarios ...] [--servers ...]
+
+For every scenario and repeat, each server is started fresh (a subprocess pinned to
+CPU 0 when there are two or more), driven by client.loadgen from this process (pinned
+to the other CPUs), measured, and stopped. Repeats are interleaved across servers so
+that a noisy minute hurts them alike. Per row: msgs/s, MB/s, latency percentiles, the
+server's CPU microseconds per echoed message and its RSS (from /proc), errors.
+
+Writes ``results.json``, ``results.md`` (the table with medians and ranges, and which
+targets hold) and ``results.svg`` (a bar chart) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client import loadgen
+from loadtest import report
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    conns: int
+    size: int
+    idle: int = 0
+
+
+SCENARIOS = [
+    Scenario("1 conn, 64 B", 1, 64),
+    Scenario("50 conns, 1 KiB", 50, 1024),
+    Scenario("50 conns, 64 KiB", 50, 65536),
+    Scenario("1000 busy conns, 1 KiB", 1000, 1024),
+    Scenario("100 busy + 10000 idle, 1 KiB", 100, 1024, idle=10_000),
+]
+SERVERS = {
+    # As users run it (info logging included); only the limits are raised for 10,000 idle.
+    "echo-service": [
+        sys.executable,
+        "-m",
+        "server",
+        "--port",
+        "0",
+        "--admin-port",
+        "off",
+        "--max-connections",
+        "15000",
+        "--max-connections-per-ip",
+        "15000",
+    ],
+    "asyncio-protocol": [sys.executable, "-m", "loadtest.reference_servers", "asyncio"],
+    "asyncio-streams": [sys.executable, "-m", "loadtest.reference_servers", "streams"],
+    "threading-tcpserver": [sys.executable, "-m", "loadtest.reference_servers", "threading"],
+    "seed-threadpool-128": [sys.executable, "-m", "loadtest.reference_servers", "seed"],
+}
+
+
+class ServerUnderTest:
+    """A server subprocess; its address comes from its first line of output."""
+
+    def __init__(self, name: str, server_cpus: set[int] | None) -> None:
+        self.name = name
+
+        def pin() -> None:
+            if server_cpus:
+                os.sched_setaffinity(0, server_cpus)
+
+        self.proc = subprocess.Popen(
+            SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=pin
+        )
+        assert self.proc.stdout is not None
+        self.address = self._read_address()
+        # Keep reading its output so a full pipe never stalls it.
+        self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+        self._drain.start()
+
+    def _read_address(self) -> tuple[str, int]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # blocks until the server says where it listens
+            if line.startswith("LISTENING "):
+                _, host, port = line.split()
+                return host, int(port)
+            if '"event":"ready"' in line or " ready address=" in line:
+                host, _, port = line.split("address=")[1].split()[0].rpartition(":")
+                return host.strip("[]"), int(port)
+        raise RuntimeError(f"{self.name} exited before listening")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def memory_kib(self, key: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+        self._drain.join(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def measure(
+    server_name: str,
+    scenario: Scenario,
+    duration_s: float,
+    cpus: tuple[set[int] | None, set[int] | None],
+    processes: int,
+) -> dict[str, Any]:
+    server = ServerUnderTest(server_name, cpus[0])
+    try:
+        rss_before_kib = server.memory_kib("VmRSS")
+        window: dict[str, float] = {}
+        lock = threading.Lock()
+
+        def on_window(edge: str) -> None:
+            with lock:
+                window[f"cpu_{edge}"] = server.cpu_seconds()
+                window[f"rss_{edge}_kib"] = server.memory_kib("VmRSS")
+
+        spec = loadgen.LoadSpec(
+            host=server.address[0],
+            port=server.address[1],
+            conns=scenario.conns,
+            size=scenario.size,
+            duration_s=duration_s,
+            pipeline=1,
+            processes=processes,
+            idle=scenario.idle,
+            connect_timeout_s=10,
+        )
+        result = loadgen.run(spec, on_window=on_window)
+        peak_kib = server.memory_kib("VmHWM")
+    finally:
+        server.stop()
+    cpu_s = window.get("cpu_end", 0.0) - window.get("cpu_start", 0.0)
+    messages_in_window = result.msgs_per_s * duration_s
+    row: dict[str, Any] = {
+        "server": server_name,
+        "scenario": scenario.name,
+        "msgs_per_s": result.msgs_per_s,
+        "mb_per_s": result.mb_per_s,
+        "p50_ms": result.latency_ms["p50"],
+        "p99_ms": result.latency_ms["p99"],
+        "p999_ms": result.latency_ms["p99.9"],
+        "cpu_us_per_msg": round(cpu_s * 1e6 / messages_in_window, 2) if messages_in_window else None,
+        "server_cpu_util": round(cpu_s / duration_s, 3),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "errors": sum(result.errors.values()) + result.mismatches,
+        "error_kinds": result.errors,
+    }
+    if scenario.idle:
+        row["idle_held"] = result.idle_open_at_end
+        row["rss_per_idle_conn_bytes"] = round((window.get("rss_end_kib", 0) - rss_before_kib) * 1024 / scenario.idle)
+    return row
+
+
+def pinning() -> tuple[set[int] | None, set[int] | None]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per row")
+    parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-4)")
+    parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
+    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
+    args = parser.parse_args(argv)
+    scenarios = [SCENARIOS[int(i)] for i in args.scenarios.split(",")] if args.scenarios else SCENARIOS
+    servers = args.servers.split(",") if args.servers else list(SERVERS)
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(sorted(unknown))}")
+    server_cpus, load_cpus = pinning()
+    if load_cpus:
+        os.sched_setaffinity(0, load_cpus)  # the load generator's processes inherit it
+    rows: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        for repeat in range(args.repeats):
+            for name in servers:
+                started = time.monotonic()
+                row = measure(name, scenario, args.duration, (server_cpus, load_cpus), args.processes)
+                row["repeat"] = repeat
+                rows.append(row)
+                print(
+                    f"{scenario.name:32} {name:22} #{repeat}  {row['msgs_per_s']:>10,.0f} msgs/s  "
+                    f"{row['cpu_us_per_msg'] or 0:>7.2f} us/msg  errors {row['errors']}  "
+                    f"({time.monotonic() - started:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    summary = summarize(rows)
+    document = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "server_cpus": sorted(server_cpus or []),
+            "load_cpus": sorted(load_cpus or []),
+        },
+        "settings": {"repeats": args.repeats, "duration_s": args.duration, "processes": args.processes},
+        "rows": rows,
+        "summary": summary,
+        "targets": report.targets(summary),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "results.md").write_text(report.markdown(document))
+    (out / "results.svg").write_text(report.svg(summary))
+    print((out / "results.md").read_text())
+    return 0
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and range of each figure, per (scenario, server), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["scenario"], row["server"]), []).append(row)
+    summary = []
+    figures = (
+        "msgs_per_s",
+        "mb_per_s",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "cpu_us_per_msg",
+        "peak_rss_mib",
+        "rss_per_idle_conn_bytes",
+        "idle_held",
+        "errors",
+    )
+    for (scenario, server), group in groups.items():
+        entry: dict[str, Any] = {"scenario": scenario, "server": server, "repeats": len(group)}
+        for figure in figures:
+            values = [row[figure] for row in group if row.get(figure) is not None]
+            if values:
+                entry[figure] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        summary.append(entry)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Reference echo servers that the benchmark measures echo-service against.
+
+    python -m loadtest.reference_servers KIND [--host H] [--port P]
+
+KIND is one of:
+    seed       the design echo-service replaced: ThreadPoolExecutor(128), a thread per
+               connection, blocking recv + sendall
+    threading  socketserver.ThreadingTCPServer: a new thread per connection
+    asyncio    an asyncio Protocol: data_received -> transport.write
+    streams    asyncio streams: await reader.read(), writer.write(), await writer.drain()
+
+Each prints ``LISTENING HOST PORT`` once it listens, and runs until killed. All use a
+1024 backlog and TCP_NODELAY, like echo-service, so the comparison is of the designs.
+They are benchmark fixtures, not products: no limits, no logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import socketserver
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+BACKLOG = 1024
+CHUNK = 65536
+
+
+def _ready(sock: socket.socket) -> None:
+    host, port = sock.getsockname()[:2]
+    print(f"LISTENING {host} {port}", flush=True)
+
+
+def _blocking_echo(conn: socket.socket) -> None:
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while data := conn.recv(CHUNK):
+                conn.sendall(data)
+        except OSError:
+            pass
+
+
+def serve_seed(host: str, port: int) -> None:
+    listener = socket.create_server((host, port), backlog=BACKLOG)
+    _ready(listener)
+    with ThreadPoolExecutor(max_workers=128) as pool:
+        while True:
+            conn, _ = listener.accept()
+            pool.submit(_blocking_echo, conn)
+
+
+class _ThreadingServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        _blocking_echo(self.request)
+
+
+def serve_threading(host: str, port: int) -> None:
+    with _ThreadingServer((host, port), _EchoHandler) as server:
+        _ready(server.socket)
+        server.serve_forever()
+
+
+class _EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def _serve_asyncio(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_EchoProtocol, host, port, backlog=BACKLOG)
+    _ready(server.sockets[0])
+    await server.serve_forever()
+
+
+async def _stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve_streams(host: str, port: int) -> None:
+    server = await asyncio.start_server(_stream_echo, host, port, backlog=BACKLOG)
+    _ready(server.sockets[0])
+    await server.serve_forever()
+
+
+SERVERS: dict[str, Callable[[str, int], None]] = {
+    "seed": serve_seed,
+    "threading": serve_threading,
+    "asyncio": lambda host, port: asyncio.run(_serve_asyncio(host, port)),
+    "streams": lambda host, port: asyncio.run(_serve_streams(host, port)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.reference_servers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("kind", choices=sorted(SERVERS))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        SERVERS[args.kind](args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
