@@ -108,7 +108,6 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
     """One worker process: run ``conns`` connections; see the module docstring."""
     result = WorkerResult()
     payload = random.Random(seed).randbytes(spec.size)
-    expected = memoryview(payload)
     selector = selectors.DefaultSelector()
     buffer = bytearray(max(256 * 1024, spec.size))
     view = memoryview(buffer)
@@ -186,12 +185,13 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
             if not count:
                 fail(conn, "closed by server")
                 continue
-            # Verify: the echo stream is the payload repeated.
+            # Verify: the echo stream is the payload repeated. Compare as bytes: a
+            # memoryview comparison goes element by element, ~50x slower than memcmp.
             offset = conn.received % size
             done = 0
             while done < count:
                 step = min(count - done, size - offset)
-                if view[done : done + step] != expected[offset : offset + step]:
+                if view[done : done + step].tobytes() != payload[offset : offset + step]:
                     result.mismatches += 1
                 done += step
                 offset = 0
@@ -251,10 +251,14 @@ def run(
     start_in = 0.3 + SETUP_S_PER_CONNECTION * max(shares)
     start_at = time.time() + start_in
     merged = WorkerResult(errors=errors)
-    timers = [
-        threading.Timer(start_in, on_window, args=("start",)),
-        threading.Timer(start_in + spec.duration_s, on_window, args=("end",)),
-    ] if on_window else []
+    timers = (
+        [
+            threading.Timer(start_in, on_window, args=("start",)),
+            threading.Timer(start_in + spec.duration_s, on_window, args=("end",)),
+        ]
+        if on_window
+        else []
+    )
     for timer in timers:
         timer.start()
     try:
