@@ -1,0 +1,181 @@
+"""Locust load test for the TCP echo service.
+
+    locust -f loadtest/locustfile.py --host tcp://127.0.0.1:7007            # web UI on :8089
+    locust -f loadtest/locustfile.py --host 127.0.0.1:7007 --headless -t 30s --csv out
+
+Locust is HTTP-first; this follows its documented contract for other protocols: each
+simulated user keeps one persistent TCP connection (reconnecting after a failure) and,
+for every echo, fires ``environment.events.request`` with request_type "TCP", a name
+per message size, the response time in ms (``time.perf_counter``), the response length,
+and an exception on timeout, reset, short echo or mismatch. The whole echo is read and
+compared byte for byte (EchoClient.echo), never a single recv.
+
+Pass/fail for headless runs (the ``quitting`` listener): no requests, any failure, or a
+p95 above ``--echo-max-p95-ms`` makes the process exit 1.
+
+Defaults live in loadtest/locust.conf, which this file registers as a config file (a
+./locust.conf or ~/.locust.conf, flags and LOCUST_* variables still win).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from locust import User, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+try:
+    from client.library import EchoClient, EchoError
+except ImportError:  # run from a checkout without `pip install .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from client.library import EchoClient, EchoError
+
+log = logging.getLogger("echo.locust")
+CONFIG_FILE = str(Path(__file__).resolve().with_name("locust.conf"))
+
+
+class TargetError(ValueError):
+    pass
+
+
+def parse_target(host: str | None) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` or ``HOST:PORT`` (IPv6 in brackets) -> (host, port)."""
+    text = (host or "").strip()
+    if text.startswith("tcp://"):
+        text = text[len("tcp://") :]
+    name, sep, port_text = text.rpartition(":")
+    name = name.strip("[]")
+    if not sep or not name or "/" in text or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise TargetError(f"--host {host!r} is not tcp://HOST:PORT or HOST:PORT (port 1-65535)")
+    return name, int(port_text)
+
+
+@events.init_command_line_parser.add_listener
+def add_options(parser: Any) -> None:
+    # Locust reads ./locust.conf only; put ours first so that file, ~/.locust.conf and
+    # flags still override it. (_default_config_files is configargparse's own list.)
+    files = list(getattr(parser, "_default_config_files", []))
+    if CONFIG_FILE not in files:
+        parser._default_config_files = [CONFIG_FILE, *files]
+    group = parser.add_argument_group("TCP echo", "options of loadtest/locustfile.py")
+    group.add_argument("--echo-small-bytes", type=int, default=64, help="size of the small message (weight 9)")
+    group.add_argument("--echo-large-bytes", type=int, default=16384, help="size of the large message (weight 1)")
+    group.add_argument("--echo-connect-timeout", type=float, default=5.0, help="seconds to connect")
+    group.add_argument("--echo-read-timeout", type=float, default=5.0, help="seconds without echo before failing")
+    group.add_argument("--echo-think-time", type=float, default=0.05, help="seconds each user waits between echoes")
+    group.add_argument(
+        "--echo-max-p95-ms",
+        type=float,
+        default=500.0,
+        help="headless pass/fail: fail the run if p95 response time exceeds this",
+    )
+
+
+@events.init.add_listener
+def check_target(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        # With --master-bind-port 0 the OS picks the port: say which, for the workers.
+        log.info("master listening for workers on port %d", environment.runner.server.port)
+    if isinstance(environment.runner, WorkerRunner) or not environment.host:
+        return  # workers get the target from the master
+    try:
+        parse_target(environment.host)
+    except TargetError as error:
+        print(f"locustfile: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@events.quitting.add_listener
+def apply_thresholds(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    total = environment.stats.total
+    limit_ms = environment.parsed_options.echo_max_p95_ms if environment.parsed_options else 500.0
+    p95 = total.get_response_time_percentile(0.95) or 0
+    if total.num_requests == 0:
+        problem = "no requests were made"
+    elif total.fail_ratio > 0:
+        problem = f"{total.num_failures} of {total.num_requests} requests failed ({total.fail_ratio:.2%})"
+    elif p95 > limit_ms:
+        problem = f"p95 response time {p95:.0f} ms is above --echo-max-p95-ms {limit_ms:g}"
+    else:
+        return
+    log.error("load test FAILED: %s", problem)
+    environment.process_exit_code = 1
+
+
+class EchoUser(User):
+    """One persistent connection per user; small and large echoes, weighted 9:1."""
+
+    host = "tcp://127.0.0.1:7007"
+
+    def wait_time(self) -> float:
+        options = self.environment.parsed_options
+        return float(options.echo_think_time) if options else 0.05
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.small = os.urandom(options.echo_small_bytes if options else 64)
+        self.large = os.urandom(options.echo_large_bytes if options else 16384)
+        self.connect_timeout = options.echo_connect_timeout if options else 5.0
+        self.read_timeout = options.echo_read_timeout if options else 5.0
+        self.client: EchoClient | None = None
+
+    def on_stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    @task(9)
+    def echo_small(self) -> None:
+        self._echo(self.small)
+
+    @task(1)
+    def echo_large(self) -> None:
+        self._echo(self.large)
+
+    def _connected(self) -> EchoClient:
+        if self.client is None:
+            host, port = parse_target(self.host)
+            client = EchoClient(host, port, timeout=self.connect_timeout)
+            started = time.perf_counter()
+            try:
+                client.connect()
+            except EchoError as error:
+                self._report("connect", started, 0, error)
+                raise
+            self._report("connect", started, 0, None)
+            client.timeout = self.read_timeout
+            client.sock.settimeout(self.read_timeout)
+            self.client = client
+        return self.client
+
+    def _echo(self, payload: bytes) -> None:
+        try:
+            client = self._connected()
+        except (EchoError, TargetError):
+            return  # already reported; the next task tries again
+        started = time.perf_counter()
+        try:
+            client.echo(payload)
+        except EchoError as error:
+            client.close()
+            self.client = None  # reconnect on the next task
+            self._report(f"echo {len(payload)}B", started, 0, error)
+            return
+        self._report(f"echo {len(payload)}B", started, len(payload), None)
+
+    def _report(self, name: str, started: float, length: int, error: Exception | None) -> None:
+        self.environment.events.request.fire(
+            request_type="TCP",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=error,
+            context={},
+        )
