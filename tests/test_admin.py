@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from server import admin as admin_module
 from server.core import EchoServer
 from tests.conftest import ServerFactory
-from tests.helpers import ROOT, echo_round_trip, read_exactly, read_until_eof
+from tests.helpers import echo_round_trip, read_exactly, read_until_eof, run_cli
 
 
 def admin_of(server: EchoServer) -> tuple[str, int]:
@@ -175,23 +174,9 @@ def test_a_slow_events_reader_is_disconnected(make_server: ServerFactory, monkey
 
 def test_healthcheck_subcommand(make_server: ServerFactory) -> None:
     server, _ = make_server(admin_port=0)
-    port = str(admin_of(server)[1])
-    ok = subprocess.run(
-        [sys.executable, "-m", "server", "healthcheck", "--admin-port", port],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    probe = ["healthcheck", "--admin-port", str(admin_of(server)[1])]
+    ok = run_cli(probe)
     assert ok.returncode == 0, ok.stderr
     server.shutdown()
-    down = subprocess.run(
-        [sys.executable, "-m", "server", "healthcheck", "--admin-port", port],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    down = run_cli(probe)
     assert down.returncode == 1 and "healthz" in down.stderr
