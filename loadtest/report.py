@@ -128,11 +128,11 @@ def svg(summary: list[dict[str, Any]]) -> str:
     """Two grouped bar charts: median msgs/s and median server CPU us/msg, with ranges."""
     scenarios = list(dict.fromkeys(e["scenario"] for e in summary))
     servers = list(dict.fromkeys(e["server"] for e in summary))
-    width, panel_height, top, left = 980, 260, 40, 70
+    width, panel_height, top, left, gap = 980, 260, 40, 70, 60
     group_width = (width - left - 20) / max(1, len(scenarios))
     bar_width = group_width * 0.8 / max(1, len(servers))
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * panel_height + 120}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * panel_height + gap + 90}" '
         'font-family="sans-serif" font-size="11">',
         '<rect width="100%" height="100%" fill="white"/>',
     ]
@@ -142,7 +142,7 @@ def svg(summary: list[dict[str, Any]]) -> str:
             ("cpu_us_per_msg", "Server CPU per message, us (lower is better)"),
         )
     ):
-        y0 = top + panel * (panel_height + 30)
+        y0 = top + panel * (panel_height + gap)
         peak = max((e[figure]["max"] for e in summary if figure in e), default=1) or 1
         parts.append(f'<text x="{left}" y="{y0 - 12}" font-size="13" font-weight="bold">{escape(title)}</text>')
         parts.append(
@@ -170,13 +170,15 @@ def svg(summary: list[dict[str, Any]]) -> str:
                 low = y0 + panel_height - panel_height * stats["min"] / peak
                 high = y0 + panel_height - panel_height * stats["max"] / peak
                 mid = x + bar_width * 0.45
+                if stats["max"] == 0:  # served nothing: say so rather than draw nothing
+                    parts.append(f'<text x="{mid:.1f}" y="{y0 + panel_height - 4}" text-anchor="middle">0</text>')
                 parts.append(f'<line x1="{mid:.1f}" y1="{low:.1f}" x2="{mid:.1f}" y2="{high:.1f}" stroke="#000"/>')
             if panel == 1:
                 parts.append(
                     f'<text x="{gx + group_width * 0.4:.1f}" y="{y0 + panel_height + 16}" '
                     f'text-anchor="middle">{escape(scenario)}</text>'
                 )
-    legend_y = 2 * panel_height + 100
+    legend_y = 2 * panel_height + gap + 75
     for s, server in enumerate(servers):
         x = left + s * 170
         parts.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{COLORS[s % len(COLORS)]}"/>')
