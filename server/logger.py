@@ -86,7 +86,7 @@ class LogActor(Actor):
         self._sink.write(self._format(record))
 
     def idle(self) -> None:
-        dropped = self._stats.snapshot().log_events_dropped
+        dropped = self._stats.log_events_dropped_total()
         if dropped > self._dropped_reported:
             note = event("log_dropped", level="warning", dropped=dropped - self._dropped_reported, total=dropped)
             self._dropped_reported = dropped

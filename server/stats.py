@@ -173,6 +173,11 @@ class Stats:
         with self._lock:
             self._log_events_dropped += 1
 
+    def log_events_dropped_total(self) -> int:
+        """The one counter the LogActor checks each time its mailbox runs empty."""
+        with self._lock:
+            return self._log_events_dropped
+
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
             closed_by_reason = dict(self._closed_by_reason)
