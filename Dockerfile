@@ -4,12 +4,13 @@
 ARG PYTHON_IMAGE=python:3.13-slim
 FROM ${PYTHON_IMAGE}
 
+# `make image` fills these from server/__init__.py and `git remote get-url origin`.
 ARG VERSION=0.1.0
+ARG SOURCE_URL=""
 LABEL org.opencontainers.image.title="echo-service" \
       org.opencontainers.image.description="Production TCP echo service (RFC 862): byte-exact, bounded, observable" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.source="https://github.com/echo-service/echo-service" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.source="${SOURCE_URL}"
 
 # A fixed non-root UID/GID, so volume permissions and policies can name it.
 RUN groupadd --system --gid 10001 echo \

@@ -33,8 +33,12 @@ lint: $(BIN)/.installed  ## ruff, mypy and hadolint
 bench: $(BIN)/.installed  ## the performance table against reference servers (loadtest/bench.py)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
+VERSION := $(shell $(PYTHON) -c 'import server; print(server.__version__)')
+SOURCE_URL := $(shell git remote get-url origin 2>/dev/null)
+
 image:  ## build the container image (set PYTHON_IMAGE for a local base image)
-	docker build $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) -t $(IMAGE) .
+	docker build $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+		--build-arg VERSION=$(VERSION) --build-arg SOURCE_URL=$(SOURCE_URL) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -229,3 +229,14 @@ def test_accept_pauses_on_emfile_and_recovers(server_process) -> None:  # type: 
     warnings = [r for r in process.seen if r["event"] == "log" and "accept() failed" in r.get("message", "")]
     assert 1 <= len(warnings) <= 3  # at most once a second, not once per failure
     assert not any("Traceback" in r.get("exc", "") for r in process.seen)
+
+
+def test_sigint_stops_gracefully_like_sigterm(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process()
+    with socket.create_connection(process.address, timeout=10) as sock:
+        sock.sendall(b"before ^C")
+        assert read_exactly(sock, 9) == b"before ^C"
+        process.signal(signal.SIGINT)
+        assert read_until_eof(sock) == b""  # drained and closed with FIN, not reset
+    assert process.finish() == 0
+    assert process.seen[-1]["event"] == "stopped"

@@ -9,9 +9,13 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 
 import pytest
 
+from server.config import Config
+from server.core import EchoServer
+from server.exchange import Exchange
 from tests.conftest import ServerFactory
 from tests.helpers import echo_round_trip, read_exactly, read_until_eof, wait_readable
 
@@ -144,3 +148,15 @@ def test_dual_stack_listens_on_ipv6_and_ipv4(make_server: ServerFactory) -> None
     port = server.server_address[1]
     assert echo_round_trip(("::1", port), b"over ipv6") == b"over ipv6"
     assert echo_round_trip(("127.0.0.1", port), b"over ipv4") == b"over ipv4"
+
+
+def test_serve_forever_returns_after_shutdown_from_another_thread() -> None:
+    server = EchoServer(Config(port=0, admin_port=None, stats_interval=0), exchange=Exchange("serve-forever"))
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    assert server.ready.wait(5)
+    assert echo_round_trip(server.server_address, b"served") == b"served"
+    server.shutdown()
+    serving.join(10)
+    assert not serving.is_alive() and server.stopped.is_set()
+    server.shutdown()  # idempotent
