@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,6 +31,14 @@ def _open_fds() -> set[str]:
 
 
 ServerFactory = Callable[..., tuple[EchoServer, EventRecorder]]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_gevent_patching() -> Iterator[None]:
+    """Importing locust monkey-patches threads and sockets with gevent for the whole
+    process; the Locust tests run it in subprocesses. Fail loudly if that changes."""
+    yield
+    assert "locust" not in sys.modules, "a test imported locust in-process (gevent monkey-patching)"
 
 
 @pytest.fixture

@@ -62,7 +62,9 @@ def image() -> Iterator[str]:
 
 
 class Container:
-    def __init__(self, image: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, image: str, *args: str, env: dict[str, str] | None = None, docker_args: tuple[str, ...] = ()
+    ) -> None:
         self.name = f"echo-test-{uuid.uuid4().hex[:8]}"
         env_flags = [flag for key, value in (env or {}).items() for flag in ("-e", f"{key}={value}")]
         docker(
@@ -77,6 +79,7 @@ class Container:
             "-p",
             "127.0.0.1::7008",
             *env_flags,
+            *docker_args,
             image,
             *args,
         )
@@ -105,9 +108,9 @@ class Container:
 def run_container(image: str) -> Iterator[Any]:
     containers: list[Container] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Container:
+    def start(*args: str, env: dict[str, str] | None = None, docker_args: tuple[str, ...] = ()) -> Container:
         env = {"ECHO_LOG_FORMAT": "json", **(env or {})}
-        container = Container(image, *args, env=env)
+        container = Container(image, *args, env=env, docker_args=docker_args)
         containers.append(container)
         container.wait_ready()
         return container
@@ -129,8 +132,8 @@ def test_netcat_round_trip_and_metrics_through_published_ports(run_container: An
     assert f"echo_received_bytes_total {len(text)}" in body
 
 
-def test_runs_as_a_non_root_uid_and_is_healthy(run_container: Any) -> None:
-    container = run_container()
+def test_runs_as_a_non_root_uid_on_a_read_only_root_and_is_healthy(run_container: Any) -> None:
+    container = run_container(docker_args=("--read-only", "--cap-drop", "ALL"))  # as deploy/ runs it
     assert docker("exec", container.name, "id", "-u").stdout.strip() == UID
     # PID 1 is the server itself (exec-form ENTRYPOINT): its real and effective UIDs.
     status = docker("exec", container.name, "cat", "/proc/1/status").stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import queue
 import re
@@ -18,7 +19,8 @@ from tests.conftest import ServerFactory
 from tests.faulty import FaultyServer
 from tests.helpers import ROOT
 
-pytest.importorskip("locust")
+# Never import locust here: importing it monkey-patches this whole process with gevent.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust is not installed")
 LOCUSTFILE = str(ROOT / "loadtest" / "locustfile.py")
 
 
