@@ -84,6 +84,8 @@ class EchoServer:
     def start(self) -> None:
         """Bind, listen and start the threads. Raises ListenError if the port is taken."""
         with self._lock:
+            if self.stopped.is_set():
+                raise RuntimeError("this EchoServer was shut down; make a new one")
             if self._started:
                 return
             config, clamped = fit_fd_limit(self.config)

@@ -160,3 +160,5 @@ def test_serve_forever_returns_after_shutdown_from_another_thread() -> None:
     serving.join(10)
     assert not serving.is_alive() and server.stopped.is_set()
     server.shutdown()  # idempotent
+    with pytest.raises(RuntimeError, match="shut down"):
+        server.start()
