@@ -14,6 +14,7 @@ Everything here runs on the main thread, but the stopper thread (see ``serve``).
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from server import __version__
-from server.config import SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
+from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
 from server.core import EchoServer
 from server.exchange import get_exchange
 from server.listener import ListenError
@@ -92,6 +93,18 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
         raise UsageError(f"{sources.get(error.setting, flag_name(error.setting))}: {error.problem}") from None
 
 
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ECHO_* variable that is no setting (a typo is otherwise silent)."""
+    known = [env_name(spec.name) for spec in SETTINGS]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"ignoring environment variable {name}: no such setting{hint}")
+    return warnings
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
@@ -117,10 +130,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except OSError as error:
         print(f"{PROG}: error: --log-file: cannot open {error.filename}: {error.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    return serve(config, stats, actor)
+    return serve(config, stats, actor, unknown_environment(environ))
 
 
-def serve(config: Config, stats: Stats, actor: LogActor) -> int:
+def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str] = ()) -> int:
     exchange = get_exchange("events")
     echo_logger = logging.getLogger("echo")
     echo_logger.setLevel(LEVELS[config.log_level])
@@ -128,6 +141,8 @@ def serve(config: Config, stats: Stats, actor: LogActor) -> int:
     echo_logger.addHandler(actor.handler)
     actor.start()
     exchange.attach(actor)
+    for warning in warnings:
+        log.warning("%s", warning)
     server = EchoServer(config, stats=stats, exchange=exchange)
     try:
         with StopSignals() as signals:

@@ -240,3 +240,11 @@ def test_sigint_stops_gracefully_like_sigterm(server_process) -> None:  # type: 
         assert read_until_eof(sock) == b""  # drained and closed with FIN, not reset
     assert process.finish() == 0
     assert process.seen[-1]["event"] == "stopped"
+
+
+def test_a_misspelt_environment_variable_is_named_with_a_suggestion(server_process) -> None:  # type: ignore[no-untyped-def]
+    process = server_process(env={"ECHO_MAX_CONECTIONS": "5"})
+    warning = process.wait_for("log", level="warning")
+    assert warning["message"] == (
+        "ignoring environment variable ECHO_MAX_CONECTIONS: no such setting; did you mean ECHO_MAX_CONNECTIONS?"
+    )

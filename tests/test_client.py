@@ -175,3 +175,28 @@ def test_bench_counts_mismatches_against_a_corrupting_server() -> None:
         )
     assert result.returncode == 1
     assert json.loads(result.stdout)["mismatches"] > 0
+
+
+def test_interactive_mode_says_when_the_server_refuses_it(make_server: ServerFactory) -> None:
+    server, _ = make_server(max_connections=1)
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as held:
+        held.sendall(b"x")
+        held.recv(1)
+        # stdin stays open, so the server's close (the rejection) is what ends it.
+        client = subprocess.Popen(
+            [sys.executable, "-m", "client", host, str(port)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert client.wait(timeout=30) == 1
+            assert client.stderr is not None and client.stdout is not None
+            assert client.stderr.read() == b"echo-client: the server closed the connection\n"
+            assert client.stdout.read() == b""
+        finally:
+            for pipe in (client.stdin, client.stdout, client.stderr):
+                if pipe:
+                    pipe.close()

@@ -1,6 +1,6 @@
 """The container image, built and run with a real engine through the ``docker`` CLI.
 
-Skipped with the reason when no engine answers; ECHO_REQUIRE_CONTAINER=1 (set by
+Skipped with the reason when no engine answers; REQUIRE_CONTAINER_TESTS=1 (set by
 .ci/run after it brings the engine up) turns that skip into a failure. The base image
 comes from PYTHON_BASE_IMAGE when set (no registry is reachable on these machines).
 """
@@ -49,8 +49,8 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 def image() -> Iterator[str]:
     problem = _engine_problem()
     if problem:
-        if os.environ.get("ECHO_REQUIRE_CONTAINER") == "1":
-            pytest.fail(f"ECHO_REQUIRE_CONTAINER=1 but {problem}")
+        if os.environ.get("REQUIRE_CONTAINER_TESTS") == "1":
+            pytest.fail(f"REQUIRE_CONTAINER_TESTS=1 but {problem}")
         pytest.skip(problem)
     tag = f"echo-service:test-{uuid.uuid4().hex[:8]}"
     build = ["build", "-q", "-t", tag]

@@ -88,8 +88,9 @@ def test_netcat_round_trip(make_server: ServerFactory) -> None:
     assert result.stdout == text
 
 
-def test_500_concurrent_clients(make_server: ServerFactory) -> None:
-    server, _ = make_server()
+@pytest.mark.parametrize("loops", [1, 3])
+def test_500_concurrent_clients(make_server: ServerFactory, loops: int) -> None:
+    server, _ = make_server(loops=loops)
     clients = [socket.create_connection(server.server_address[:2], timeout=20) for _ in range(500)]
     try:
         for index, sock in enumerate(clients):
