@@ -11,6 +11,9 @@ subscribes with a bounded queue. A watcher that falls behind is disconnected; no
 here can make the echo path wait. Admin clients that stall are timed out after
 REQUEST_TIMEOUT_S.
 
+At most MAX_CLIENTS admin connections are served at once (each has a thread); more
+are closed on arrival, with a warning at most once a second.
+
 Threads: ``start`` and ``close`` from the thread that owns the server's lifecycle;
 handlers on their own threads.
 """
@@ -33,10 +36,12 @@ from server.events import Event
 from server.exchange import Exchange
 from server.listener import open_listener
 from server.stats import StatsSnapshot
+from server.throttle import Throttle
 
 log = logging.getLogger("echo.admin")
 
 REQUEST_TIMEOUT_S = 10.0
+MAX_CLIENTS = 64  # admin connections served at once (each is a thread); more are closed
 WATCHER_QUEUE = 1000  # events an /events reader may fall behind before it is cut off
 MAX_REQUEST_LINE = 8192
 INDEX = """echo-service admin endpoint
@@ -158,12 +163,23 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         self.socket = listener
         self.server_name, self.server_port = str(listener.getsockname()[0]), listener.getsockname()[1]
         self._handler_threads: list[threading.Thread] = []
+        self._refusals = Throttle()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
+        if len(self._handler_threads) >= MAX_CLIENTS:
+            self.shutdown_request(request)  # closed at once: a finite number of threads
+            held_back = self._refusals.allow()
+            if held_back is not None:
+                log.warning(
+                    "admin: %d clients already connected; refusing more (%d more refused since last said)",
+                    MAX_CLIENTS,
+                    held_back,
+                )
+            return
         thread = threading.Thread(
             target=self.process_request_thread, args=(request, client_address), name="admin-request", daemon=True
         )
-        self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
         self._handler_threads.append(thread)
         thread.start()
 

@@ -180,3 +180,19 @@ def test_healthcheck_subcommand(make_server: ServerFactory) -> None:
     server.shutdown()
     down = run_cli(probe)
     assert down.returncode == 1 and "healthz" in down.stderr
+
+
+def test_admin_connections_are_capped(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admin_module, "MAX_CLIENTS", 2)
+    server, _ = make_server(admin_port=0)
+    streams = []
+    for _ in range(2):  # each /events reader holds a handler thread once its headers arrive
+        stream = http.client.HTTPConnection(*admin_of(server), timeout=10)
+        stream.request("GET", "/events")
+        assert stream.getresponse().status == 200
+        streams.append(stream)
+    with socket.create_connection(admin_of(server), timeout=10) as third:
+        assert read_until_eof(third) == b""  # closed on arrival, unanswered
+    for stream in streams:
+        stream.close()
+    server.shutdown()  # ends the streams; the capped endpoint stopped cleanly
