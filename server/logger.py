@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from typing import IO, Any
@@ -26,6 +27,7 @@ from server.actor import Actor
 from server.events import Event, event, iso_utc
 from server.rotation import RotatingGzipFile
 from server.stats import Stats
+from server.throttle import Throttle
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 LIFECYCLE = frozenset({"started", "listening", "ready", "stopping", "stopped"})
@@ -54,6 +56,7 @@ class LogActor(Actor):
         )
         self._owns_sink = log_file is not None
         self._dropped_reported = 0
+        self._failure_throttle = Throttle()
         self.handler = _MailboxHandler(self)
         self.handler.setLevel(self._threshold)
 
@@ -83,15 +86,45 @@ class LogActor(Actor):
             record = _record_fields(message)
         else:
             record = {"ts": iso_utc(0), "level": "error", "event": "log", "message": repr(message)}
-        self._sink.write(self._format(record))
+        self._write(self._format(record))
 
     def idle(self) -> None:
         dropped = self._stats.log_events_dropped_total()
         if dropped > self._dropped_reported:
             note = event("log_dropped", level="warning", dropped=dropped - self._dropped_reported, total=dropped)
             self._dropped_reported = dropped
-            self._sink.write(self._format(note.as_dict()))
-        self._sink.flush()
+            self._write(self._format(note.as_dict()))
+        try:
+            self._sink.flush()
+        except OSError as error:
+            self._write_failed(error)
+
+    def _write(self, line: str) -> None:
+        try:
+            self._sink.write(line)
+        except OSError as error:
+            self._stats.log_event_dropped()
+            self._write_failed(error)
+
+    def _write_failed(self, error: OSError) -> None:
+        """A full disk or a closed stdout must not stop the actor: drop, count, say so
+        on stderr at most once a second. A broken stdout pipe is gone for good: write
+        to /dev/null from now on, so that exiting does not trip over it either."""
+        if isinstance(error, BrokenPipeError) and self._sink is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        held_back = self._failure_throttle.allow()
+        if held_back is not None:
+            try:
+                print(
+                    f"echo-server: cannot write the log ({error.strerror or error}); dropping lines "
+                    f"({held_back} more failures since last said)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            except OSError:
+                pass
 
     def join(self, timeout: float | None = None) -> bool:
         ended = super().join(timeout)

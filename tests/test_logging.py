@@ -6,6 +6,8 @@ import json
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -13,7 +15,7 @@ import pytest
 
 from server.logger import LogActor
 from tests.conftest import ServerFactory
-from tests.helpers import ServerProcess, read_exactly
+from tests.helpers import ROOT, ServerProcess, address_of, read_exactly
 from tests.test_events import StuckStream
 
 CANARY = b"CANARY-4e1f7c-payload-must-never-be-logged"
@@ -91,3 +93,37 @@ def test_a_stuck_log_sink_drops_events_and_does_not_slow_the_echo(make_server: S
     ratio = max(rates["stuck"]) / max(rates["fast"])
     assert ratio >= 0.9, f"stuck-sink echo rate is {ratio:.0%} of the fast-sink rate: {rates}"
     assert statistics.median(rates["stuck"]) > 0
+
+
+def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
+    """`python3 -m server | head -1`: the pipe closes; echo goes on, one line on stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0", "--admin-port", "off", "--log-format", "json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        address = None
+        while address is None:  # read up to the ready line, then stop reading for good
+            record = json.loads(process.stdout.readline())
+            if record["event"] == "ready":
+                address = address_of(record)
+        process.stdout.close()
+        for _ in range(20):
+            with socket.create_connection(address, timeout=10) as sock:
+                sock.sendall(b"still echoing")
+                assert read_exactly(sock, 13) == b"still echoing"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        errors = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+    assert errors.count("\n") == 1 and errors.startswith("echo-server: cannot write the log (Broken pipe)")
+    assert "Traceback" not in errors and "Exception ignored" not in errors
