@@ -55,6 +55,7 @@ class LogActor(Actor):
             RotatingGzipFile(log_file, max_bytes, backups) if log_file else (stream or sys.stdout)
         )
         self._owns_sink = log_file is not None
+        self._to_stdout = log_file is None and stream is None
         self._dropped_reported = 0
         self._failure_throttle = Throttle()
         self.handler = _MailboxHandler(self)
@@ -110,7 +111,7 @@ class LogActor(Actor):
         """A full disk or a closed stdout must not stop the actor: drop, count, say so
         on stderr at most once a second. A broken stdout pipe is gone for good: write
         to /dev/null from now on, so that exiting does not trip over it either."""
-        if isinstance(error, BrokenPipeError) and self._sink is sys.stdout:
+        if isinstance(error, BrokenPipeError) and self._to_stdout:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
