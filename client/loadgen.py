@@ -13,7 +13,6 @@ workers, reports progress through ``add_done_callback``, and merges their result
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import selectors
@@ -27,7 +26,8 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-BUCKETS_PER_OCTAVE = 32  # histogram resolution: 2 ** (1/32) ~ 2.2%
+from server.histogram import bucket, percentile
+
 SETUP_S_PER_CONNECTION = 0.0005
 STARVED_S = 1.0  # a message in flight longer than this at the end counts as an error
 
@@ -73,25 +73,6 @@ class BenchResult:
         document = asdict(self)
         document["spec"] = asdict(self.spec)
         return document
-
-
-def _bucket(seconds: float) -> int:
-    micros = max(seconds * 1e6, 1.0)
-    return int(math.log2(micros) * BUCKETS_PER_OCTAVE)
-
-
-def percentile(histogram: Counter[int], fraction: float) -> float:
-    """The latency (seconds) below which ``fraction`` of the samples fall."""
-    total = sum(histogram.values())
-    if not total:
-        return 0.0
-    rank = fraction * total
-    seen = 0
-    for bucket in sorted(histogram):
-        seen += histogram[bucket]
-        if seen >= rank:
-            return float(2 ** ((bucket + 0.5) / BUCKETS_PER_OCTAVE) / 1e6)
-    return 0.0
 
 
 class _Conn:
@@ -200,7 +181,7 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
             result.bytes += count
             for _ in range(conn.received // size - before):
                 latency = now - conn.sent_at.popleft()
-                result.histogram[_bucket(latency)] += 1
+                result.histogram[bucket(latency)] += 1
                 if latency > result.max_latency_s:
                     result.max_latency_s = latency
                 result.messages += 1

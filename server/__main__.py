@@ -2,4 +2,6 @@
 
 from server.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes started with 'spawn' import this module too.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,6 +23,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from server.events import Event, event
 from server.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
@@ -79,24 +80,33 @@ class Acceptor:
         accept = self._listener.accept
         readable = Wait(READ)
         self._on_ready()
-        while True:
-            yield readable
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    sock, address = accept()
-                except BlockingIOError:
-                    break
-                except OSError as error:
-                    if error.errno in _OUT_OF_RESOURCES:
-                        self._note_pause(error)
-                        yield Sleep(ACCEPT_PAUSE_S)
-                        break
-                    # ECONNABORTED and friends: that one connection is gone, go on.
-                    self._stats.accept_failed()
-                    continue
-                if self._paused_errno:
-                    self._note_resume()
-                self._admit(sock, address)
+        try:
+            while True:
+                yield readable
+                yield from self._accept_batch(accept)
+        finally:
+            # So that the counts of the rejected events add up to every rejection.
+            for reason, throttle in self._reject_throttles.items():
+                if throttle.held_back:
+                    self._publish(event("rejected", level="warning", reason=reason, count=throttle.held_back))
+
+    def _accept_batch(self, accept: Callable[[], tuple[socket.socket, Any]]) -> TaskGen:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in _OUT_OF_RESOURCES:
+                    self._note_pause(error)
+                    yield Sleep(ACCEPT_PAUSE_S)
+                    return
+                # ECONNABORTED and friends: that one connection is gone, go on.
+                self._stats.accept_failed()
+                continue
+            if self._paused_errno:
+                self._note_resume()
+            self._admit(sock, address)
 
     def _admit(self, sock: socket.socket, address: tuple[object, ...]) -> None:
         ip, peer = peer_text(address)

@@ -7,7 +7,8 @@ config.SETTINGS; a flag wins over the environment. Exit codes:
     1  could not listen (port in use, bad address), or a second signal during the drain
     2  invalid flag or environment value: one line naming the setting, no traceback
 
-``python3 -m server healthcheck`` is the container's probe (see healthcheck.py).
+``python3 -m server healthcheck`` is the container's probe (see healthcheck.py);
+``python3 -m server analyze`` summarizes JSON logs (see analyze.py).
 Everything here runs on the main thread, but the stopper thread (see ``serve``).
 """
 
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="TCP echo service (RFC 862): every byte sent comes back, in order.",
         epilog="Each setting can also be given as the environment variable shown; a flag wins. "
-        "Subcommand: 'healthcheck [--admin-port N]' probes a running server's admin endpoint.",
+        "Subcommands: 'healthcheck [--admin-port N]' probes a running server's admin endpoint; "
+        "'analyze FILE...' summarizes JSON logs (rotated .gz too).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for spec in SETTINGS:
@@ -112,6 +114,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from server.healthcheck import main as healthcheck
 
         return healthcheck(argv[1:], environ)
+    if argv[:1] == ["analyze"]:
+        from server.analyze import main as analyze
+
+        return analyze(argv[1:])
     try:
         config = load_config(argv, environ)
         stats = Stats()

@@ -18,6 +18,11 @@ class Throttle:
         self._last = float("-inf")
         self._held_back = 0
 
+    @property
+    def held_back(self) -> int:
+        """How many were held back since the last one allowed."""
+        return self._held_back
+
     def allow(self) -> int | None:
         """None if held back; otherwise how many were held back since the last one allowed."""
         now = self._clock()

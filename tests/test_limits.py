@@ -60,6 +60,8 @@ def test_over_per_ip_limit_is_closed_at_once(make_server: ServerFactory) -> None
     finally:
         for sock in held:
             sock.close()
+    server.shutdown()  # the acceptor reports what it held back: the counts add up
+    assert sum(e.data["count"] for e in recorder.named("rejected")) == 3
 
 
 def test_idle_connection_is_closed(make_server: ServerFactory) -> None:
