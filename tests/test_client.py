@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import socket
 import subprocess
 import sys
@@ -200,3 +201,39 @@ def test_interactive_mode_says_when_the_server_refuses_it(make_server: ServerFac
             for pipe in (client.stdin, client.stdout, client.stderr):
                 if pipe:
                     pipe.close()
+
+
+def test_bench_shows_live_progress_on_a_terminal_only(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    port = str(server.server_address[1])
+    args = [
+        sys.executable,
+        "-m",
+        "client",
+        "bench",
+        "--port",
+        port,
+        "--conns",
+        "2",
+        "--duration",
+        "1.2",
+        "--processes",
+        "1",
+    ]
+    controller, terminal = pty.openpty()  # stderr is a real terminal
+    with subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=terminal) as bench:
+        os.close(terminal)
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert bench.wait(timeout=60) == 0
+    os.close(controller)
+    assert b"\recho-client bench:" in shown and b"load processes finished" in shown
+    piped = client_cli("bench", "--port", port, "--conns", "2", "--duration", "0.5", "--processes", "1")
+    assert piped.returncode == 0 and piped.stderr == b""  # no progress noise in a pipe
