@@ -58,11 +58,10 @@ class EchoWaits:
 
     read: Wait
     write: Wait
-    write_stall_timeout: float
 
     @classmethod
     def from_timeouts(cls, idle_timeout: float, write_stall_timeout: float) -> EchoWaits:
-        return cls(Wait(READ, idle_timeout), Wait(WRITE, write_stall_timeout), write_stall_timeout)
+        return cls(Wait(READ, idle_timeout), Wait(WRITE, write_stall_timeout))
 
 
 def echo(

@@ -332,7 +332,8 @@ class Scheduler:
             when.append(self._stop.abort if self._shutdown_thrown else self._stop.grace)
         if not when:
             return None
-        return max(0.0, min(when) - self._clock())
+        # self.now was read after this turn's select: no second clock read per turn.
+        return max(0.0, min(when) - self.now)
 
     # --- stopping (the scheduler's thread) ------------------------------------------------
 
