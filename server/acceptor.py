@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from server.events import Event, event
+from server.listener import format_address
 from server.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
 from server.stats import Stats
 from server.throttle import Throttle
@@ -45,8 +46,7 @@ def peer_text(address: tuple[object, ...]) -> tuple[str, str]:
     ip = str(address[0])
     if ip.startswith("::ffff:") and "." in ip:
         ip = ip[7:]
-    peer = f"[{ip}]:{address[1]}" if ":" in ip else f"{ip}:{address[1]}"
-    return ip, peer
+    return ip, format_address((ip, address[1]))
 
 
 class Acceptor:

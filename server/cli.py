@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from server import __version__
 from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
 from server.core import EchoServer
-from server.exchange import get_exchange
+from server.exchange import Exchange, get_exchange
 from server.listener import ListenError
 from server.logger import LEVELS, LogActor
 from server.signals import WOKEN, StopSignals
@@ -179,7 +179,7 @@ def _stop(server: EchoServer, signals: StopSignals) -> None:
         signals.wake()
 
 
-def _finish_logging(exchange: Any, logger: logging.Logger, actor: LogActor, timeout: float) -> None:
+def _finish_logging(exchange: Exchange, logger: logging.Logger, actor: LogActor, timeout: float) -> None:
     """Write everything logged so far, within ``timeout``, then stop the actor."""
     exchange.detach(actor)
     logger.removeHandler(actor.handler)

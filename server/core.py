@@ -36,7 +36,7 @@ from server.config import Config
 from server.echo import Connection, EchoWaits, echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
-from server.listener import fit_fd_limit, open_listener
+from server.listener import fit_fd_limit, format_address, open_listener
 from server.scheduler import Scheduler, every
 from server.stats import Stats, StatsSnapshot
 
@@ -231,8 +231,3 @@ class EchoServer:
                 conn.folded_out = conn.bytes_out
         if received or sent:
             self.stats.add_traffic(received, sent)
-
-
-def format_address(address: tuple[object, ...]) -> str:
-    host = str(address[0])
-    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
+
+from server.throttle import Throttle
 
 log = logging.getLogger("echo.exchange")
 
@@ -32,7 +33,7 @@ class Exchange:
         self._lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
         self._failures = 0
-        self._reported_at = float("-inf")
+        self._report_throttle = Throttle()
 
     def attach(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -70,12 +71,9 @@ class Exchange:
         return self._failures
 
     def _report(self, subscriber: Subscriber) -> None:
-        now = time.monotonic()
-        with self._lock:
+        with self._lock:  # the Throttle has one owner at a time: whoever holds the lock
             self._failures += 1
-            due = now - self._reported_at >= 1.0
-            if due:
-                self._reported_at = now
+            due = self._report_throttle.allow() is not None
         if due:
             log.exception(
                 "subscriber %r of exchange %r failed (%d failures so far)", subscriber, self.name, self._failures

@@ -40,6 +40,12 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def format_address(address: tuple[object, ...]) -> str:
+    """ "host:port", or "[host]:port" for IPv6."""
+    host = str(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
 def fit_fd_limit(config: Config) -> tuple[Config, str | None]:
     """Raise the soft RLIMIT_NOFILE to fit max_connections if the hard limit allows;
     otherwise clamp max_connections. Returns the config to use and, if clamped, why."""
