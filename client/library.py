@@ -49,10 +49,13 @@ class EchoMismatch(EchoError):
 
 def first_difference(expected: bytes | bytearray, got: bytes | bytearray) -> int:
     """Index of the first differing byte (or the shorter length)."""
-    for index, (left, right) in enumerate(zip(expected, got, strict=False)):
-        if left != right:
-            return index
-    return min(len(expected), len(got))
+    shorter = min(len(expected), len(got))
+    for start in range(0, shorter, CHUNK):  # whole chunks compare in C; bytes only where they differ
+        if expected[start : start + CHUNK] != got[start : start + CHUNK]:
+            for index in range(start, min(start + CHUNK, shorter)):
+                if expected[index] != got[index]:
+                    return index
+    return shorter
 
 
 class EchoClient:

@@ -49,32 +49,21 @@ def test_refused_is_a_clear_error() -> None:
         EchoClient("127.0.0.1", port).connect()
 
 
-def test_a_corrupted_echo_is_a_mismatch() -> None:
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("corrupt", EchoMismatch, "differs from what was sent, first at byte 5"),
+        ("close", ShortEcho, "closed the connection after 0 of 10 bytes"),
+        ("reset", ConnectionReset, "reset the connection"),
+    ],
+)
+def test_a_faulty_server_is_named_for_what_it_did(mode: str, error: type[Exception], message: str) -> None:
     with (
-        FaultyServer("corrupt") as faulty,
+        FaultyServer(mode) as faulty,
         EchoClient(*faulty.address) as client,
-        pytest.raises(EchoMismatch, match="first at byte") as caught,
+        pytest.raises(error, match=message),
     ):
         client.echo(b"0123456789")
-    assert caught.value.offset == 5
-
-
-def test_a_server_that_closes_early_is_a_short_echo() -> None:
-    with (
-        FaultyServer("close") as faulty,
-        EchoClient(*faulty.address) as client,
-        pytest.raises(ShortEcho, match="0 of 5 bytes"),
-    ):
-        client.echo(b"hello")
-
-
-def test_a_reset_is_reported_as_such() -> None:
-    with (
-        FaultyServer("reset") as faulty,
-        EchoClient(*faulty.address) as client,
-        pytest.raises(ConnectionReset, match="reset"),
-    ):
-        client.echo(b"hello")
 
 
 def test_a_silent_server_times_out() -> None:
