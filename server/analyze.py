@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any
 
 from server.histogram import bucket, percentile
@@ -31,7 +34,11 @@ from server.histogram import bucket, percentile
 @dataclass
 class Summary:
     lines: int = 0
-    unparsed: int = 0
+    unparsed: int = 0  # lines that are not a JSON object with a string "event"
+    bad_fields: Counter[str] = field(default_factory=Counter)  # field name -> values left out
+    files_without_events: list[str] = field(default_factory=list)  # had lines, none of them an event
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
     first_ts: str | None = None
     last_ts: str | None = None
     events: Counter[str] = field(default_factory=Counter)
@@ -46,6 +53,12 @@ class Summary:
     def merge(self, other: Summary) -> None:
         self.lines += other.lines
         self.unparsed += other.unparsed
+        self.bad_fields.update(other.bad_fields)
+        self.files_without_events += other.files_without_events
+        if other.min_duration_s is not None:
+            self.note_duration(other.min_duration_s)
+        if other.max_duration_s is not None:
+            self.note_duration(other.max_duration_s)
         stamps = [t for t in (self.first_ts, other.first_ts) if t]
         self.first_ts = min(stamps) if stamps else None
         stamps = [t for t in (self.last_ts, other.last_ts) if t]
@@ -59,10 +72,27 @@ class Summary:
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
 
+    def note_duration(self, seconds: float) -> None:
+        if self.min_duration_s is None or seconds < self.min_duration_s:
+            self.min_duration_s = seconds
+        if self.max_duration_s is None or seconds > self.max_duration_s:
+            self.max_duration_s = seconds
+
+    def _durations(self) -> dict[str, float]:
+        low, high = self.min_duration_s or 0.0, self.max_duration_s or 0.0
+        figures = {"min": low}
+        for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            # A bucket's middle may lie past the true extremes: keep it within them.
+            figures[name] = min(max(percentile(self.durations, fraction), low), high)
+        figures["max"] = high
+        return {name: round(value, 6) for name, value in figures.items()}
+
     def report(self, top: int) -> dict[str, Any]:
         return {
             "lines": self.lines,
             "unparsed_lines": self.unparsed,
+            "bad_fields": dict(sorted(self.bad_fields.items(), key=lambda item: (-item[1], item[0]))),
+            "files_without_events": sorted(self.files_without_events),
             "first": self.first_ts,
             "last": self.last_ts,
             "connections_opened": self.events["opened"],
@@ -71,10 +101,7 @@ class Summary:
             "rejected": dict(self.rejected.most_common()),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "duration_s": {
-                name: round(percentile(self.durations, q), 6)
-                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
-            },
+            "duration_s": self._durations(),
             "top_clients_by_connections": dict(self.connections_by_ip.most_common(top)),
             "top_clients_by_bytes": dict(self.bytes_by_ip.most_common(top)),
             "events": dict(self.events.most_common()),
@@ -98,13 +125,60 @@ def _records(path: str, summary: Summary) -> Iterator[dict[str, Any]]:
             summary.lines += 1
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                 summary.unparsed += 1
                 continue
-            if isinstance(record, dict) and "event" in record:
+            if isinstance(record, dict) and isinstance(record.get("event"), str):
                 yield record
             else:
                 summary.unparsed += 1
+
+
+class _Fields:
+    """Typed reads of one record's optional fields; a present but bad value is counted
+    in ``summary.bad_fields`` under its name and read as absent."""
+
+    def __init__(self, record: dict[str, Any], summary: Summary) -> None:
+        self.record = record
+        self.summary = summary
+
+    def _bad(self, name: str) -> None:
+        self.summary.bad_fields[name] += 1
+
+    def text(self, name: str) -> str | None:
+        value = self.record.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        self._bad(name)
+        return None
+
+    def count(self, name: str) -> int | None:
+        """A whole number >= 0 (JSON true/false are not numbers here)."""
+        value = self.record.get(name)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        self._bad(name)
+        return None
+
+    def seconds(self, name: str) -> float | None:
+        value = self.record.get(name)
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            return float(value)
+        self._bad(name)
+        return None
+
+    def timestamp(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            self._bad(name)
+            return None
+        return value
 
 
 def summarize_file(path: str) -> Summary:
@@ -113,24 +187,31 @@ def summarize_file(path: str) -> Summary:
     for record in _records(path, summary):
         name = record["event"]
         summary.events[name] += 1
-        stamp = record.get("ts")
-        if isinstance(stamp, str):
+        fields = _Fields(record, summary)
+        stamp = fields.timestamp("ts")
+        if stamp is not None:
             if summary.first_ts is None or stamp < summary.first_ts:
                 summary.first_ts = stamp
             if summary.last_ts is None or stamp > summary.last_ts:
                 summary.last_ts = stamp
-        if name == "opened" and "peer" in record:
-            summary.connections_by_ip[_ip_of(str(record["peer"]))] += 1
+        peer = fields.text("peer") if name in ("opened", "closed") else None
+        if name == "opened" and peer is not None:
+            summary.connections_by_ip[_ip_of(peer)] += 1
         elif name == "closed":
-            summary.close_reasons[str(record.get("reason", "?"))] += 1
-            received, sent = int(record.get("bytes_in", 0)), int(record.get("bytes_out", 0))
+            summary.close_reasons[fields.text("reason") or "?"] += 1
+            received, sent = fields.count("bytes_in") or 0, fields.count("bytes_out") or 0
             summary.bytes_in += received
             summary.bytes_out += sent
-            summary.durations[bucket(float(record.get("duration_s", 0.0)))] += 1
-            if "peer" in record:
-                summary.bytes_by_ip[_ip_of(str(record["peer"]))] += received + sent
+            duration = fields.seconds("duration_s")
+            if duration is not None:
+                summary.durations[bucket(duration)] += 1
+                summary.note_duration(duration)
+            if peer is not None:
+                summary.bytes_by_ip[_ip_of(peer)] += received + sent
         elif name == "rejected":
-            summary.rejected[str(record.get("reason", "?"))] += int(record.get("count", 1))
+            summary.rejected[fields.text("reason") or "?"] += fields.count("count") or 1
+    if summary.lines and not summary.events:
+        summary.files_without_events.append(path)
     return summary
 
 
@@ -158,8 +239,8 @@ def _text(report: dict[str, Any]) -> str:
                 f"closed by:   {pairs(report['close_reasons'])}",
                 f"rejected:    {pairs(report['rejected'])}",
                 f"bytes:       {report['bytes_in']:,} in, {report['bytes_out']:,} out",
-                f"duration:    p50 {durations['p50'] * 1000:.3f} ms, p90 {durations['p90'] * 1000:.3f} ms, "
-                f"p99 {durations['p99'] * 1000:.3f} ms, max {durations['max'] * 1000:.3f} ms",
+                "duration:    "
+                + ", ".join(f"{name} {durations[name] * 1000:,.3f} ms" for name in ("min", "p50", "p90", "p99", "max")),
                 f"top clients: {pairs(report['top_clients_by_connections'])}",
                 f"by bytes:    {pairs(report['top_clients_by_bytes'])}",
             ]
@@ -186,9 +267,33 @@ def main(argv: Sequence[str]) -> int:
         print(f"echo-server analyze: no such file: {missing[0]}", file=sys.stderr)
         return 2
     try:
-        report = analyze(args.files, args.workers).report(args.top)
-    except (OSError, EOFError) as error:  # unreadable, or a truncated .gz
+        summary = analyze(args.files, args.workers)
+    except (OSError, EOFError, zlib.error) as error:  # unreadable, a truncated or corrupt .gz
         print(f"echo-server analyze: cannot read the logs: {error}", file=sys.stderr)
         return 1
+    if not summary.events and summary.files_without_events:
+        print(
+            f"echo-server analyze: {', '.join(sorted(summary.files_without_events))}: no JSON events "
+            "(analyze reads logs written with --log-format json)",
+            file=sys.stderr,
+        )
+        return 2
+    report = summary.report(args.top)
     print(json.dumps(report, indent=2) if args.json else _text(report), end="" if not args.json else "\n")
+    if skipped := _skipped(summary):
+        print(f"echo-server analyze: skipped {skipped}", file=sys.stderr)
     return 0
+
+
+def _skipped(summary: Summary) -> str:
+    """One line on what was left out, or "" if nothing was."""
+    parts = []
+    if summary.unparsed:
+        parts.append(f"{summary.unparsed:,} line(s) that are not JSON events")
+    if summary.bad_fields:
+        ordered = sorted(summary.bad_fields.items(), key=lambda item: (-item[1], item[0]))
+        named = ", ".join(f"{name} {count:,}" for name, count in ordered)
+        parts.append(f"{summary.bad_fields.total():,} bad field value(s) ({named})")
+    if summary.files_without_events:
+        parts.append(f"files with no JSON events: {', '.join(sorted(summary.files_without_events))}")
+    return "; ".join(parts)
