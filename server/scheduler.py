@@ -11,10 +11,10 @@ A task owns at most one socket, given at ``spawn``; from then on the scheduler o
 that socket's registration and closes it when the task ends (the task must not close
 it: unregistering a closed socket is a linear search in ``selectors``).
 
-Timeouts are lazy, so the hot path reads no clock and touches no timer structure:
-a waiting task only records when its wait began (``now``, read once per loop turn).
-Each distinct timeout value has a FIFO deque of (deadline, task); with one constant
-timeout a FIFO is already sorted. A deadline found with newer activity is pushed back.
+Deadlines are lazy but exact (see timers.py): the hot path reads no clock and touches
+no timer structure; a wait records when it began (``now``, read once per loop turn),
+and every deadline fires in the first loop turn at or after it is due. A task that
+ends drops its socket and state at once; its heap entry goes at the next compaction.
 
 Threads: ``run``/``run_once``, ``spawn`` and ``tasks`` belong to the scheduler's own
 thread (tasks run there). ``call_soon_threadsafe`` and ``request_stop`` may be called
@@ -23,21 +23,23 @@ from any thread: they go through a queue plus a socketpair wake-up.
 Stopping: ``request_stop(grace, abort)`` closes daemon tasks at once, throws Shutdown
 into the others at ``grace`` (they finish on their own terms), and closes whatever is
 left at ``abort`` with a reset. ``run`` returns once no task is left.
+
+A task spawned ``critical`` (the acceptor) must live until the stop: if it ends any
+other way, ``on_critical_exit`` is called with why (the server then stops, exit 1).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import queue
 import selectors
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
+
+from server.timers import Deadlines
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -78,24 +80,35 @@ TaskGen = Generator["Wait | Sleep", None, None]
 
 
 class Task:
-    __slots__ = ("daemon", "done", "events", "gen", "queued", "sock", "state", "timeout", "wait_since")
+    __slots__ = (
+        "armed",
+        "critical",
+        "daemon",
+        "done",
+        "events",
+        "gen",
+        "sleeping",
+        "sock",
+        "state",
+        "timeout",
+        "wait_since",
+    )
 
-    def __init__(self, gen: TaskGen, sock: socket.socket | None, daemon: bool, state: Any) -> None:
+    def __init__(self, gen: TaskGen, sock: socket.socket | None, daemon: bool, state: Any, critical: bool) -> None:
         self.gen = gen
         self.sock = sock
         self.daemon = daemon
+        self.critical = critical
         self.state = state  # the owner's per-task data (the echo Connection)
         self.events = 0  # what the socket is registered for; 0 = not registered
-        self.wait_since = 0.0
-        self.timeout: float | None = None
-        # Timeout values this task has a deque entry in: at most two for an echo task,
-        # and a tuple costs a quarter of an empty set, per connection.
-        self.queued: tuple[float, ...] = ()
+        self.wait_since = 0.0  # when the current Wait or Sleep began
+        self.timeout: float | None = None  # its length; None = no deadline
+        self.sleeping = False  # the current wait is a Sleep (resume, not WaitTimeout)
+        self.armed: float | None = None  # ``when`` of the task's live heap entry
         self.done = False
 
-
-def _without(values: tuple[float, ...], value: float) -> tuple[float, ...]:
-    return tuple(v for v in values if v != value)
+    def due(self) -> float | None:
+        return None if self.timeout is None else self.wait_since + self.timeout
 
 
 def _name(task: Task) -> str:
@@ -137,12 +150,14 @@ class Scheduler:
         *,
         buffer_size: int = 65_536,
         clock: Callable[[], float] = time.monotonic,
+        on_critical_exit: Callable[[str, BaseException | None], None] | None = None,
     ) -> None:
         self.name = name
         # Scratch memory for this scheduler's tasks, valid between two yields only.
         self.buffer = memoryview(bytearray(buffer_size))
         self._clock = clock
         self.now = clock()
+        self._on_critical_exit = on_critical_exit
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -150,9 +165,7 @@ class Scheduler:
         self._selector.register(self._wake_r, READ, None)
         self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | _StopRequest] = queue.SimpleQueue()
         self._tasks: set[Task] = set()
-        self._deadlines: dict[float, deque[tuple[float, Task]]] = {}
-        self._sleepers: list[tuple[float, int, Task]] = []
-        self._sleep_order = itertools.count()
+        self._deadlines: Deadlines[Task] = Deadlines()
         self._stop: _StopRequest | None = None
         self._shutdown_thrown = False
 
@@ -164,10 +177,16 @@ class Scheduler:
         self._wake()
 
     def spawn_threadsafe(
-        self, gen: TaskGen, sock: socket.socket | None = None, *, daemon: bool = False, state: Any = None
+        self,
+        gen: TaskGen,
+        sock: socket.socket | None = None,
+        *,
+        daemon: bool = False,
+        critical: bool = False,
+        state: Any = None,
     ) -> None:
         """``spawn`` from any thread: the task starts at the scheduler's next turn."""
-        self._inbox.put((lambda: self.spawn(gen, sock, daemon=daemon, state=state), ()))
+        self._inbox.put((lambda: self.spawn(gen, sock, daemon=daemon, critical=critical, state=state), ()))
         self._wake()
 
     def request_stop(self, grace: float, abort: float) -> None:
@@ -185,10 +204,16 @@ class Scheduler:
     # --- the scheduler's thread ---------------------------------------------------------
 
     def spawn(
-        self, gen: TaskGen, sock: socket.socket | None = None, *, daemon: bool = False, state: Any = None
+        self,
+        gen: TaskGen,
+        sock: socket.socket | None = None,
+        *,
+        daemon: bool = False,
+        critical: bool = False,
+        state: Any = None,
     ) -> Task:
         """Start a task; it runs until its first yield now."""
-        task = Task(gen, sock, daemon, state)
+        task = Task(gen, sock, daemon, state, critical)
         self._tasks.add(task)
         if self._stop is not None and daemon:
             self._end(task, close_gen=True)
@@ -198,6 +223,10 @@ class Scheduler:
 
     def tasks(self) -> Iterator[Task]:
         return iter(tuple(self._tasks))
+
+    def timer_entries(self) -> int:
+        """Entries in the deadline heap, live and stale (for tests and leak checks)."""
+        return len(self._deadlines)
 
     def run(self) -> None:
         """Run tasks until a stop was requested and every task has ended."""
@@ -218,10 +247,12 @@ class Scheduler:
                 self._drain_inbox()
             elif not task.done:
                 step(task, None)
-        if self._deadlines:
-            self._fire_deadlines()
-        if self._sleepers:
-            self._wake_sleepers()
+        deadlines = self._deadlines
+        when = deadlines.next_when()
+        if when is not None and when <= self.now:
+            for task in deadlines.pop_due(self.now):
+                self._step(task, None if task.sleeping else WaitTimeout(task.timeout or 0.0))
+        deadlines.compact_if_worth_it()
         if self._stop is not None:
             return self._advance_stop()
         return True
@@ -232,9 +263,9 @@ class Scheduler:
         except StopIteration:
             self._end(task)
             return
-        except Exception:
+        except Exception as failure:
             log.exception("task %s on %s failed", _name(task), self.name)
-            self._end(task)
+            self._end(task, failure=failure)
             return
         if type(wait) is Wait:
             events = wait.events
@@ -245,41 +276,51 @@ class Scheduler:
                 else:
                     self._selector.register(task.sock, events, task)
                 task.events = events
-            task.wait_since = self.now
-            timeout = task.timeout = wait.timeout
-            if timeout is not None and timeout not in task.queued:
-                task.queued += (timeout,)
-                line = self._deadlines.get(timeout)
-                if line is None:
-                    line = self._deadlines[timeout] = deque()
-                line.append((self.now + timeout, task))
+            task.sleeping = False
+            timeout = wait.timeout
         elif type(wait) is Sleep:
             if task.events:
                 assert task.sock is not None
                 self._selector.unregister(task.sock)
                 task.events = 0
-            task.timeout = None
-            heapq.heappush(self._sleepers, (self.now + wait.seconds, next(self._sleep_order), task))
+            task.sleeping = True
+            timeout = wait.seconds
         else:
             self._step(task, TypeError(f"a task yielded {wait!r}, not a Wait or Sleep"))
+            return
+        now = task.wait_since = self.now
+        task.timeout = timeout
+        if timeout is not None:
+            armed = task.armed
+            if armed is None or now + timeout < armed:
+                self._deadlines.arm(task, now + timeout)
 
-    def _end(self, task: Task, *, close_gen: bool = False, reset: bool = False) -> None:
+    def _end(
+        self, task: Task, *, close_gen: bool = False, reset: bool = False, failure: BaseException | None = None
+    ) -> None:
         if task.done:
             return
         task.done = True
         if close_gen:
             try:
                 task.gen.close()
-            except Exception:
+            except Exception as error:
                 log.exception("task %s on %s failed while closing", _name(task), self.name)
+                failure = failure or error
         self._tasks.discard(task)
-        if task.sock is not None:
+        self._deadlines.cancel(task)
+        sock = task.sock
+        if sock is not None:
             if task.events:
-                self._selector.unregister(task.sock)
+                self._selector.unregister(sock)
                 task.events = 0
             if reset:
-                reset_on_close(task.sock)
-            task.sock.close()
+                reset_on_close(sock)
+            sock.close()
+        # A stale heap entry may still point at the task: let it hold nothing else.
+        task.sock = task.state = None
+        if task.critical and self._stop is None and self._on_critical_exit is not None:
+            self._on_critical_exit(f"task {_name(task)} on {self.name} ended", failure)
 
     def _drain_inbox(self) -> None:
         try:
@@ -301,39 +342,17 @@ class Scheduler:
                 except Exception:
                     log.exception("call on %s failed", self.name)
 
-    def _fire_deadlines(self) -> None:
-        now = self.now
-        for timeout, line in list(self._deadlines.items()):
-            while line and line[0][0] <= now:
-                _, task = line.popleft()
-                if task.done or task.timeout != timeout:
-                    task.queued = _without(task.queued, timeout)
-                    continue
-                due = task.wait_since + timeout
-                if due > now:  # active since it was queued: push back, not fire
-                    line.append((due, task))
-                    continue
-                task.queued = _without(task.queued, timeout)
-                self._step(task, WaitTimeout(timeout))
-
-    def _wake_sleepers(self) -> None:
-        while self._sleepers and self._sleepers[0][0] <= self.now:
-            _, _, task = heapq.heappop(self._sleepers)
-            if not task.done:
-                self._step(task, None)
-
     def _next_timeout(self) -> float | None:
-        when = [line[0][0] for line in self._deadlines.values() if line]
-        if self._sleepers:
-            when.append(self._sleepers[0][0])
+        when = self._deadlines.next_when()
         if self._stop is not None:
             if not self._tasks:
                 return 0.0
-            when.append(self._stop.abort if self._shutdown_thrown else self._stop.grace)
-        if not when:
+            stop_at = self._stop.abort if self._shutdown_thrown else self._stop.grace
+            when = stop_at if when is None else min(when, stop_at)
+        if when is None:
             return None
         # self.now was read after this turn's select: no second clock read per turn.
-        return max(0.0, min(when) - self.now)
+        return max(0.0, when - self.now)
 
     # --- stopping (the scheduler's thread) ------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""Deadlines: the scheduler's timer heap, ordered by construction, cancelled lazily.
+
+One heap of ``(when, seq, task)`` entries, the shape of asyncio's timer heap. Why a
+heap and not gunicorn's remove-on-activity list: activity here is every message, and
+the echo hot path must not touch a timer structure. So a task's wait only records when
+it began and how long it may last (``Task.wait_since``, ``Task.timeout``); the heap is
+touched only when that deadline would come *earlier* than the task's entry already
+there (``Task.armed``): once per kind of wait, not once per message.
+
+Invariant: a task with a deadline has a live entry with ``armed <= its true deadline``.
+So popping every entry with ``when <= now`` finds every task that is due. A popped
+live entry whose task was active since is re-pushed at the true deadline (exact, never
+late); a due one is handed back to fire. An entry is stale once its task ended or was
+re-armed earlier; stale entries are counted, skipped when popped, and the heap is
+rebuilt without them when they are more than COMPACT_MIN and outnumber the live ones.
+So a closed task's entry outlives it by at most one compaction, and the heap never
+holds more than about twice the live entries.
+
+Used by one Scheduler, on its thread only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
+
+COMPACT_MIN = 64  # stale entries tolerated before a rebuild is worth its O(n)
+
+
+class Timed(Protocol):
+    """What a heap entry needs of its task (the scheduler's Task)."""
+
+    armed: float | None  # ``when`` of the task's live entry; None = no live entry
+
+    def due(self) -> float | None: ...
+
+
+T = TypeVar("T", bound=Timed)
+
+
+class Deadlines(Generic[T]):
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._order = itertools.count()
+        self.stale = 0
+
+    def __len__(self) -> int:
+        """Entries held, live and stale."""
+        return len(self._heap)
+
+    def next_when(self) -> float | None:
+        """The earliest entry's time (maybe stale: then an early wake-up, never a late one)."""
+        return self._heap[0][0] if self._heap else None
+
+    def arm(self, task: T, when: float) -> None:
+        """Make sure ``task`` is looked at by ``when``: call when its new wait's deadline
+        is earlier than ``task.armed`` (or it has none)."""
+        if task.armed is not None:
+            self.stale += 1  # the later entry stays in the heap, stale
+        task.armed = when
+        heapq.heappush(self._heap, (when, next(self._order), task))
+
+    def cancel(self, task: T) -> None:
+        """The task ended: its entry, if any, is stale from now on."""
+        if task.armed is not None:
+            task.armed = None
+            self.stale += 1
+
+    def pop_due(self, now: float) -> Iterator[T]:
+        """Yield each task whose deadline is at or before ``now``; re-arm the rest that
+        an entry <= now stood for. The caller may arm and cancel while iterating."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, task = heapq.heappop(heap)
+            if task.armed != when:
+                self.stale -= 1
+                continue
+            task.armed = None
+            due = task.due()
+            if due is None:  # its current wait has no deadline
+                continue
+            if due > now:
+                self.arm(task, due)
+            else:
+                yield task
+
+    def compact_if_worth_it(self) -> None:
+        if self.stale > COMPACT_MIN and self.stale * 2 > len(self._heap):
+            self._heap = [entry for entry in self._heap if entry[2].armed == entry[0]]
+            heapq.heapify(self._heap)
+            self.stale = 0
