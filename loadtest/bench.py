@@ -1,12 +1,24 @@
 """``make bench``: echo-service against reference servers, in one run, on one machine.
 
-    python -m loadtest.bench [--repeats 3] [--duration 3] [--scenarios ...] [--servers ...]
+    python -m loadtest.bench [--repeats 3] [--duration 3] [--warmup 1] [--scenarios ...] [--servers ...]
 
 For every scenario and repeat, each server is started fresh (a subprocess pinned to
-CPU 0 when there are two or more), driven by client.loadgen from this process (pinned
-to the other CPUs), measured, and stopped. Repeats are interleaved across servers so
-that a noisy minute hurts them alike. Per row: msgs/s, MB/s, latency percentiles, the
-server's CPU microseconds per echoed message and its RSS (from /proc), errors.
+CPU 0 when there are two or more), warmed up, driven by client.loadgen from this
+process (pinned to the other CPUs), measured, and stopped. Repeats are interleaved
+across servers so that a noisy minute hurts them alike. Per row: msgs/s, MB/s, latency
+percentiles, the server's CPU microseconds per echoed message and its RSS (from /proc),
+errors.
+
+Every server is warmed up the same way before its measured window: one connection is
+opened, echoed and closed (the server saw the close), then the scenario's load runs for
+``--warmup`` seconds and its connections close. Without it, an asyncio server measured
+before its first connection close pays glibc malloc's mmap + mremap + munmap for its
+256 KiB read buffer on every read: freeing the first such buffer at full size (the read
+that returns EOF) is what raises glibc's dynamic mmap threshold. A benchmark that never
+closes a connection before measuring measures that artifact, not the design.
+
+The practical ceiling is ``c-epoll`` (loadtest/epoll_echo.c), compiled here with ``cc``
+when there is one; without it that server's rows are skipped with a one-line reason.
 
 Writes ``results.json``, ``results.md`` (the table with medians and ranges, and which
 targets hold) and ``results.svg`` (a bar chart) to ``--out``.
@@ -18,9 +30,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +48,9 @@ from loadtest import report
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+C_SOURCE = ROOT / "loadtest" / "epoll_echo.c"
+C_SERVER = "c-epoll"
+WARMUP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,13 +87,31 @@ SERVERS = {
     "asyncio-streams": [sys.executable, "-m", "loadtest.reference_servers", "streams"],
     "threading-tcpserver": [sys.executable, "-m", "loadtest.reference_servers", "threading"],
     "seed-threadpool-128": [sys.executable, "-m", "loadtest.reference_servers", "seed"],
+    C_SERVER: [],  # filled in by build_c_server()
 }
+
+
+def build_c_server(build_dir: Path) -> str | None:
+    """Compile the C reference into ``build_dir``; None if done, else why it was not."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        return "no C compiler (cc) on PATH"
+    binary = build_dir / "epoll_echo"
+    result = subprocess.run(
+        [compiler, "-O2", "-o", str(binary), str(C_SOURCE)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        return f"cc failed: {(result.stderr.strip().splitlines() or ['exit ' + str(result.returncode)])[0]}"
+    SERVERS[C_SERVER] = [str(binary), "127.0.0.1", "0"]
+    return None
 
 
 class ServerUnderTest:
     """A server subprocess; its address comes from its first line of output."""
 
     def __init__(self, name: str, server_cpus: set[int] | None) -> None:
+        if not SERVERS[name]:
+            raise RuntimeError(f"{name} has no command (not built)")
         self.name = name
 
         def pin() -> None:
@@ -120,15 +156,53 @@ class ServerUnderTest:
             self.proc.stdout.close()
 
 
+def echo_and_close(address: tuple[str, int], size: int) -> None:
+    """One connection: echo ``size`` bytes, half-close, and read until the server closed it."""
+    payload = os.urandom(max(1, size))
+    with socket.create_connection(address, timeout=WARMUP_TIMEOUT_S) as sock:
+        sock.sendall(payload)
+        echoed = bytearray()
+        while len(echoed) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            echoed += chunk
+        if bytes(echoed) != payload:
+            raise RuntimeError(f"warm-up: echo of {len(payload)} bytes came back as {len(echoed)} different bytes")
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):  # the server's FIN: it has seen our EOF and closed its side
+            pass
+
+
+def warm_up(address: tuple[str, int], scenario: Scenario, warmup_s: float, processes: int) -> None:
+    """The same for every server: one connection opened, echoed and closed, then
+    ``warmup_s`` seconds of the scenario's busy load (its connections close at the end)."""
+    echo_and_close(address, scenario.size)
+    if warmup_s > 0:
+        loadgen.run(
+            loadgen.LoadSpec(
+                host=address[0],
+                port=address[1],
+                conns=scenario.conns,
+                size=scenario.size,
+                duration_s=warmup_s,
+                processes=processes,
+                connect_timeout_s=WARMUP_TIMEOUT_S,
+            )
+        )
+
+
 def measure(
     server_name: str,
     scenario: Scenario,
     duration_s: float,
     cpus: tuple[set[int] | None, set[int] | None],
     processes: int,
+    warmup_s: float = 1.0,
 ) -> dict[str, Any]:
     server = ServerUnderTest(server_name, cpus[0])
     try:
+        warm_up(server.address, scenario, warmup_s, processes)
         rss_before_kib = server.memory_kib("VmRSS")
         window: dict[str, float] = {}
         lock = threading.Lock()
@@ -163,6 +237,9 @@ def measure(
         "p50_ms": result.latency_ms["p50"],
         "p99_ms": result.latency_ms["p99"],
         "p999_ms": result.latency_ms["p99.9"],
+        "p999_over_p50": round(result.latency_ms["p99.9"] / result.latency_ms["p50"], 2)
+        if result.latency_ms["p50"]
+        else None,
         "cpu_us_per_msg": round(cpu_s * 1e6 / messages_in_window, 2) if messages_in_window else None,
         "server_cpu_util": round(cpu_s / duration_s, 3),
         "peak_rss_mib": round(peak_kib / 1024, 1),
@@ -188,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per row")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of load before each measured window (after one closed echo)"
+    )
     parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-4)")
     parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
@@ -198,6 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"--servers: unknown {', '.join(sorted(unknown))}")
+    if args.warmup < 0 or args.duration <= 0 or args.repeats < 1:
+        parser.error("--warmup must be >= 0, --duration > 0 and --repeats >= 1")
+    with tempfile.TemporaryDirectory(prefix="echo-bench-") as build_dir:
+        skipped: dict[str, str] = {}
+        if C_SERVER in servers:
+            why = build_c_server(Path(build_dir))
+            if why:
+                skipped[C_SERVER] = why
+                servers.remove(C_SERVER)
+                print(f"skipping {C_SERVER}: {why}", file=sys.stderr, flush=True)
+        return run(args, scenarios, servers, skipped)
+
+
+def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str], skipped: dict[str, str]) -> int:
     server_cpus, load_cpus = pinning()
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)  # the load generator's processes inherit it
@@ -206,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for name in servers:
                 started = time.monotonic()
-                row = measure(name, scenario, args.duration, (server_cpus, load_cpus), args.processes)
+                row = measure(name, scenario, args.duration, (server_cpus, load_cpus), args.processes, args.warmup)
                 row["repeat"] = repeat
                 rows.append(row)
                 print(
@@ -217,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     summary = summarize(rows)
-    document = {
+    ratio_list = report.ratios(rows)
+    document: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -225,10 +320,18 @@ def main(argv: list[str] | None = None) -> int:
             "server_cpus": sorted(server_cpus or []),
             "load_cpus": sorted(load_cpus or []),
         },
-        "settings": {"repeats": args.repeats, "duration_s": args.duration, "processes": args.processes},
+        "settings": {
+            "repeats": args.repeats,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "warm_up": "one connection opened, echoed and closed, then the scenario's load for warmup_s",
+            "processes": args.processes,
+        },
+        "skipped": skipped,
         "rows": rows,
         "summary": summary,
-        "targets": report.targets(summary),
+        "ratios": ratio_list,
+        "targets": report.targets(summary, ratio_list),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +354,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "p50_ms",
         "p99_ms",
         "p999_ms",
+        "p999_over_p50",
         "cpu_us_per_msg",
         "peak_rss_mib",
         "rss_per_idle_conn_bytes",
