@@ -6,6 +6,8 @@ selector, keeps ``pipeline`` messages of ``size`` bytes in flight on each, and m
 from a common start time for ``duration`` seconds. A message's latency runs from when it
 was queued for sending until its last byte came back. Latencies go into a log-bucketed
 histogram (about 2% resolution) so a worker returns kilobytes, not millions of floats.
+At the end each connection is half-closed and read until the server's EOF before it is
+closed (``_wind_down``), so a clean run ends as ``eof`` in the server's logs, not ``reset``.
 
 ``run`` is called in the parent: it opens the idle connections (if any), submits the
 workers, reports progress through ``add_done_callback``, and merges their results.
@@ -114,6 +116,22 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
         selector.unregister(conn.sock)
         conn.sock.close()
 
+    size = spec.size
+
+    def verify(conn: _Conn, count: int) -> None:
+        """Check ``count`` new bytes of echo in ``buffer``: the stream is the payload
+        repeated. Compare as bytes: a memoryview comparison goes element by element,
+        ~50x slower than memcmp."""
+        offset = conn.received % size
+        done = 0
+        while done < count:
+            step = min(count - done, size - offset)
+            if view[done : done + step].tobytes() != payload[offset : offset + step]:
+                result.mismatches += 1
+            done += step
+            offset = 0
+        conn.received += count
+
     def queue_message(conn: _Conn, now: float) -> bool:
         conn.sent_at.append(now)
         data = conn.outbox + payload if conn.outbox else payload
@@ -135,7 +153,6 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
         for _ in range(spec.pipeline):
             if not queue_message(conn, now):
                 break
-    size = spec.size
     while True:
         ready = selector.select(max(0.0, deadline - time.perf_counter()))
         now = time.perf_counter()
@@ -166,18 +183,8 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
             if not count:
                 fail(conn, "closed by server")
                 continue
-            # Verify: the echo stream is the payload repeated. Compare as bytes: a
-            # memoryview comparison goes element by element, ~50x slower than memcmp.
-            offset = conn.received % size
-            done = 0
-            while done < count:
-                step = min(count - done, size - offset)
-                if view[done : done + step].tobytes() != payload[offset : offset + step]:
-                    result.mismatches += 1
-                done += step
-                offset = 0
             before = conn.received // size
-            conn.received += count
+            verify(conn, count)
             result.bytes += count
             for _ in range(conn.received // size - before):
                 latency = now - conn.sent_at.popleft()
@@ -192,9 +199,51 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
         conn = key.data
         if conn.sent_at and now - conn.sent_at[0] > STARVED_S:
             result.errors[f"no echo for {STARVED_S:g} s"] += 1  # a server that left it unserved
-        key.fileobj.close()  # type: ignore[union-attr]
+    _wind_down(selector, buffer, spec.connect_timeout_s, verify, fail)
     selector.close()
     return result
+
+
+def _wind_down(
+    selector: selectors.BaseSelector,
+    buffer: bytearray,
+    timeout_s: float,
+    verify: Callable[[_Conn, int], None],
+    fail: Callable[[_Conn, str], None],
+) -> None:
+    """End every connection as a well-behaved client does: half-close (FIN: no more
+    messages), read the echo still in flight until the server's EOF, then close.
+    Closing with echo unread in the receive buffer makes the kernel send RST instead
+    of FIN, and the server would count a clean run as resets."""
+    for key in list(selector.get_map().values()):
+        conn = key.data
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            fail(conn, f"half-close: {error.strerror or error}")
+            continue
+        selector.modify(conn.sock, selectors.EVENT_READ, conn)
+    deadline = time.perf_counter() + timeout_s
+    while selector.get_map():
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            for key in list(selector.get_map().values()):
+                fail(key.data, f"no EOF from the server within {timeout_s:g} s of the end")
+            return
+        for key, _ in selector.select(left):
+            conn = key.data
+            try:
+                count = conn.sock.recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                fail(conn, f"recv: {error.strerror or error}")
+                continue
+            if count:
+                verify(conn, count)  # late echo is checked too, but timed no more
+            else:
+                selector.unregister(conn.sock)
+                conn.sock.close()
 
 
 def _open_idle(spec: LoadSpec) -> tuple[list[socket.socket], Counter[str]]:
