@@ -1,20 +1,28 @@
 """``echo-client``: talk to an echo server like netcat, check it, time it, load it.
 
-    echo-client [HOST] [PORT]                 interactive: stdin -> server, echo -> stdout
-    echo-client send TEXT | --file F          send, verify, print the echo
-    echo-client ping -c N                     round-trip times
-    echo-client bench --conns C --size S ...  load + latency figures (client.loadgen)
+    echo-client [HOST] [PORT]                        interactive: stdin -> server, echo -> stdout
+    echo-client send (TEXT | --file F) [HOST] [PORT] send, verify, print the echo
+    echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times
+    echo-client bench [--conns C ...] [HOST] [PORT]  load + latency figures (client.loadgen)
+
+Every mode takes the server as ``[HOST] [PORT]`` operands, like nc (127.0.0.1 7007 by
+default); ``--host``/``--port`` are accepted as aliases. Options and operands may be
+mixed in any order. Bytes that are not printable text are never written to a terminal
+unless ``--force`` says so (a file's bytes could be escape sequences).
 
 Exit codes: 0 fine; 1 the server could not be reached or the connection failed;
-2 bad arguments, or (``send``) the echo differed from what was sent.
-Everything runs on the main thread, but interactive mode's stdin pump.
+2 bad arguments, a refusal to write binary to a terminal, or (``send``) an echo that
+differed from what was sent. Everything runs on the main thread, but interactive
+mode's stdin pump.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
+import re
 import statistics
 import sys
 import threading
@@ -24,10 +32,15 @@ from typing import NoReturn
 
 from client import loadgen
 from client.library import EchoClient, EchoError, EchoMismatch
+from server import __version__
 
 PROG = "echo-client"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SUBCOMMANDS = ("send", "ping", "bench")
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7007
+# What a terminal would act on rather than show: C0 and C1 controls but tab, newline, CR.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
+BINARY_REFUSED = "the echo is not printable text; not writing it to a terminal (use --force, or redirect stdout)"
 
 
 class UsageError(Exception):
@@ -36,68 +49,119 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        # "argument --conns: expected ..." -> "--conns: expected ..."
+        raise UsageError(f"{self.prog}: {message.removeprefix('argument ')}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _whole(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
     return value
 
 
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return _whole(text, 0)
+
+
+def _seconds(text: str, *, zero_ok: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 if zero_ok else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds {'>= 0' if zero_ok else '> 0'}, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+    return _seconds(text, zero_ok=False)
 
 
-def _port(text: str) -> int:
-    value = int(text)
+def _non_negative_float(text: str) -> float:
+    return _seconds(text, zero_ok=True)
+
+
+def parse_port(text: str) -> int:
+    """A TCP port to connect to; UsageError naming the argument otherwise."""
+    value = int(text) if text.isdigit() else -1
     if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {value}")
+        raise UsageError(f"port: expected 1-65535, got {text!r}")
     return value
 
 
-def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("host", nargs="?", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    parser.add_argument("port", nargs="?", type=_port, default=7007, help="server port (default 7007)")
+def printable(data: bytes, decoder: codecs.IncrementalDecoder | None = None) -> bool:
+    """True if ``data`` is UTF-8 text with no control characters but tab, newline and
+    CR. Pass one incremental decoder for a stream cut into chunks at any byte."""
+    try:
+        text = decoder.decode(data) if decoder else data.decode()
+    except UnicodeDecodeError:
+        return False
+    return _CONTROL.search(text) is None
+
+
+def _add_target(parser: argparse.ArgumentParser, operands: str) -> None:
+    parser.add_argument(
+        "operands",
+        nargs="*",
+        metavar=operands,
+        help=("TEXT to send (unless --file), then " if operands.startswith("[TEXT]") else "")
+        + f"the server: HOST (default {DEFAULT_HOST}) and PORT (default {DEFAULT_PORT}), as nc takes them",
+    )
+    parser.add_argument("--host", help="the server's address; an alias for the HOST operand")
+    parser.add_argument("--port", help="the server's port; an alias for the PORT operand")
     parser.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds to wait for the server (5)")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}", help="print the version")
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     if command is None:
         parser = _Parser(
             prog=PROG,
-            description="Interactive echo: stdin goes to the server, the echo to stdout. "
-            f"Other modes: {PROG} send|ping|bench --help.",
+            usage=f"{PROG} [options] [HOST] [PORT]",
+            description="Interactive echo, like nc: stdin goes to the server, the echo to stdout; "
+            f"at the end of stdin it half-closes and prints the rest. Other modes: {PROG} send|ping|bench --help.",
         )
-        _add_target(parser)
+        _add_target(parser, "[HOST] [PORT]")
+        parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
         return parser
-    parser = _Parser(prog=f"{PROG} {command}")
     if command == "send":
-        parser.add_argument("text", nargs="?", help="text to send (or --file)")
-        parser.add_argument("--file", help="send this file's bytes instead")
+        parser = _Parser(
+            prog=f"{PROG} send",
+            usage=f"{PROG} send [options] (TEXT | --file F) [HOST] [PORT]",
+            description="Send TEXT (or a file's bytes), verify the echo byte for byte, print it.",
+        )
+        _add_target(parser, "[TEXT] [HOST] [PORT]")
+        parser.add_argument("--file", help="send this file's bytes instead of TEXT")
         parser.add_argument("--quiet", "-q", action="store_true", help="print nothing; the exit code says it all")
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=_port, default=7007)
-        parser.add_argument("--timeout", type=_positive_float, default=5.0)
+        parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
     elif command == "ping":
-        _add_target(parser)
+        parser = _Parser(
+            prog=f"{PROG} ping",
+            usage=f"{PROG} ping [options] [HOST] [PORT]",
+            description="Time round trips on one connection.",
+        )
+        _add_target(parser, "[HOST] [PORT]")
         parser.add_argument("-c", "--count", type=_positive_int, default=10, help="round trips (10)")
         parser.add_argument("-s", "--size", type=_positive_int, default=64, help="bytes per round trip (64)")
-        parser.add_argument("-i", "--interval", type=float, default=0.0, help="seconds between round trips (0)")
+        parser.add_argument(
+            "-i", "--interval", type=_non_negative_float, default=0.0, help="seconds between round trips (0)"
+        )
+        parser.add_argument("--json", action="store_true", help="print the times and summary as JSON")
     else:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=_port, default=7007)
+        parser = _Parser(
+            prog=f"{PROG} bench",
+            usage=f"{PROG} bench [options] [HOST] [PORT]",
+            description="Closed-loop load from worker processes; every echoed byte verified.",
+        )
+        _add_target(parser, "[HOST] [PORT]")
         parser.add_argument("--conns", type=_positive_int, default=50, help="busy connections (50)")
         parser.add_argument("--size", type=_positive_int, default=1024, help="bytes per message (1024)")
         parser.add_argument("--duration", type=_positive_float, default=5.0, help="seconds of load (5)")
@@ -109,18 +173,42 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
             help="load generator processes (half the CPUs)",
         )
         parser.add_argument("--idle", type=_non_negative_int, default=0, help="silent connections held meanwhile (0)")
-        parser.add_argument("--timeout", type=_positive_float, default=5.0, help="connect timeout, seconds (5)")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
+
+
+def _resolve_target(command: str | None, args: argparse.Namespace) -> None:
+    """Operands -> args.text (send), args.host, args.port; UsageError if they clash."""
+    operands: list[str] = list(args.operands)
+    prog = f"{PROG} {command}" if command else PROG
+    if command == "send":
+        if args.file is None:
+            if not operands:
+                raise UsageError(f"{prog}: give TEXT or --file")
+            args.text = operands.pop(0)
+        else:
+            args.text = None
+    if len(operands) > 2:
+        expected = "TEXT HOST PORT" if command == "send" and args.text is not None else "HOST PORT"
+        raise UsageError(f"{prog}: too many operands: expected at most {expected}, got {' '.join(args.operands)!r}")
+    for name, operand in zip(("host", "port"), operands, strict=False):
+        if getattr(args, name) is not None:
+            raise UsageError(f"{prog}: {name}: given twice (as an operand and as --{name})")
+        setattr(args, name, operand)
+    if args.host is None:
+        args.host = DEFAULT_HOST
+    try:
+        args.port = DEFAULT_PORT if args.port is None else parse_port(str(args.port))
+    except UsageError as error:
+        raise UsageError(f"{prog}: {error}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else None
     try:
-        args = build_parser(command).parse_args(args_list[1:] if command else args_list)
-        if command == "send" and (args.text is None) == (args.file is None):
-            raise UsageError(f"{PROG} send: give TEXT or --file, not both or neither")
+        args = build_parser(command).parse_intermixed_args(args_list[1:] if command else args_list)
+        _resolve_target(command, args)
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
@@ -159,7 +247,14 @@ def _interactive(args: argparse.Namespace) -> int:
 
         threading.Thread(target=pump, name="stdin", daemon=True).start()
         out = sys.stdout.buffer
+        # Typed input was shown by the terminal already; piped input could be anything.
+        decoder = (
+            None if args.force or not out.isatty() or sys.stdin.isatty() else codecs.getincrementaldecoder("utf-8")()
+        )
         while chunk := client.recv(65536):
+            if decoder is not None and not printable(chunk, decoder):
+                print(f"{PROG}: {BINARY_REFUSED}", file=sys.stderr)
+                return EXIT_USAGE
             out.write(chunk)
             out.flush()
         if not finished_sending.is_set():
@@ -178,10 +273,16 @@ def _send(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     else:
         data = args.text.encode()
+    terminal = not args.quiet and sys.stdout.isatty()
+    if terminal and not args.force and not printable(data):  # the echo, once verified, is these bytes
+        print(f"{PROG} send: {BINARY_REFUSED}", file=sys.stderr)
+        return EXIT_USAGE
     with EchoClient(args.host, args.port, timeout=args.timeout) as client:
         echoed = client.echo(data)
     if not args.quiet:
         sys.stdout.buffer.write(echoed)
+        if terminal and echoed and not echoed.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")  # the prompt on a line of its own; a pipe gets the bytes only
         sys.stdout.flush()
     return EXIT_OK
 
@@ -194,14 +295,31 @@ def _ping(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             client.echo(payload)
             times_ms.append((time.perf_counter() - started) * 1000)
-            print(f"{args.size} bytes from {client.target}: seq={sequence} time={times_ms[-1]:.3f} ms")
+            if not args.json:
+                print(f"{args.size} bytes from {client.target}: seq={sequence} time={times_ms[-1]:.3f} ms")
             if args.interval > 0 and sequence < args.count:
-                time.sleep(args.interval)
+                time.sleep(args.interval)  # the pacing the user asked for
+        target = client.target
     ordered = sorted(times_ms)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    summary = {
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "max": ordered[-1],
+    }
+    if args.json:
+        document = {
+            "target": target,
+            "size": args.size,
+            "count": args.count,
+            "times_ms": [round(t, 4) for t in times_ms],
+            **{f"{name}_ms": round(value, 4) for name, value in summary.items()},
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
     print(
-        f"--- {args.count} round trips: min {ordered[0]:.3f} / median {statistics.median(ordered):.3f} / "
-        f"p99 {p99:.3f} / max {ordered[-1]:.3f} ms"
+        f"--- {args.count} round trips: min {summary['min']:.3f} / median {summary['median']:.3f} / "
+        f"p99 {summary['p99']:.3f} / max {summary['max']:.3f} ms"
     )
     return EXIT_OK
 

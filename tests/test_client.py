@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
 import socket
 import subprocess
 import sys
+import tty
 from pathlib import Path
 
 import pytest
 
+from client.cli import BINARY_REFUSED, SUBCOMMANDS, build_parser
 from client.library import ConnectFailed, ConnectionReset, EchoClient, EchoMismatch, EchoTimeout, ShortEcho
 from tests.conftest import ServerFactory
 from tests.faulty import FaultyServer
@@ -86,31 +89,42 @@ def test_interactive_mode_through_a_pipe(make_server: ServerFactory) -> None:
 
 def test_send_prints_the_verified_echo(make_server: ServerFactory, tmp_path: Path) -> None:
     server, _ = make_server()
-    port = str(server.server_address[1])
-    assert client_cli("send", "hello there", "--port", port).stdout == b"hello there"
-    quiet = client_cli("send", "shh", "--port", port, "--quiet")
+    host, port = server.server_address[0], str(server.server_address[1])
+    assert client_cli("send", "hello there", host, port).stdout == b"hello there"  # a pipe: no newline added
+    assert client_cli("send", "alias", "--port", port, "--host", host).stdout == b"alias"
+    quiet = client_cli("send", "--quiet", "shh", host, port)
     assert quiet.returncode == 0 and quiet.stdout == b""
     blob = tmp_path / "blob"
     blob.write_bytes(os.urandom(300_000))
-    from_file = client_cli("send", "--file", str(blob), "--port", port)
+    from_file = client_cli("send", "--file", str(blob), host, port)
     assert from_file.returncode == 0 and from_file.stdout == blob.read_bytes()
 
 
 def test_send_exits_2_on_a_mismatch_and_1_when_unreachable() -> None:
     with FaultyServer("corrupt") as faulty:
-        mismatch = client_cli("send", "0123456789", "--port", str(faulty.address[1]))
+        mismatch = client_cli("send", "0123456789", *map(str, faulty.address))
     assert mismatch.returncode == 2 and b"differs" in mismatch.stderr
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = str(unused.getsockname()[1])
-    refused = client_cli("send", "x", "--port", port)
+    refused = client_cli("send", "x", "127.0.0.1", port)
     assert refused.returncode == 1
     assert refused.stderr.decode().strip().count("\n") == 0 and b"refused" in refused.stderr
-    unknown = client_cli("send", "x", "--host", "no-such-host.invalid")
+    unknown = client_cli("send", "x", "no-such-host.invalid")
     assert unknown.returncode == 1 and b"cannot resolve" in unknown.stderr
 
 
-@pytest.mark.parametrize("args", [["bench", "--conns", "0"], ["ping", "-c", "x"], ["send"], ["--bogus"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--conns", "0"],
+        ["ping", "-c", "x"],
+        ["send"],
+        ["--bogus"],
+        ["send", "a", "host", "1", "extra"],
+        ["ping", "host", "--host", "other"],
+    ],
+)
 def test_bad_arguments_exit_2(args: list[str]) -> None:
     result = client_cli(*args)
     assert result.returncode == 2
@@ -131,9 +145,7 @@ def test_bench_json_has_the_figures_and_no_errors(make_server: ServerFactory) ->
     host, port = server.server_address[:2]
     result = client_cli(
         "bench",
-        "--host",
         host,
-        "--port",
         str(port),
         "--conns",
         "8",
@@ -161,7 +173,7 @@ def test_bench_json_has_the_figures_and_no_errors(make_server: ServerFactory) ->
 def test_bench_counts_mismatches_against_a_corrupting_server() -> None:
     with FaultyServer("corrupt") as faulty:
         result = client_cli(
-            "bench", "--port", str(faulty.address[1]), "--conns", "2", "--duration", "0.5", "--processes", "1", "--json"
+            "bench", *map(str, faulty.address), "--conns", "2", "--duration", "0.5", "--processes", "1", "--json"
         )
     assert result.returncode == 1
     assert json.loads(result.stdout)["mismatches"] > 0
@@ -226,3 +238,132 @@ def test_bench_shows_live_progress_on_a_terminal_only(make_server: ServerFactory
     assert b"\recho-client bench:" in shown and b"load processes finished" in shown
     piped = client_cli("bench", "--port", port, "--conns", "2", "--duration", "0.5", "--processes", "1")
     assert piped.returncode == 0 and piped.stderr == b""  # no progress noise in a pipe
+
+
+def on_terminal(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+    """Run echo-client with stdout on a raw pseudo-terminal (no newline translation):
+    (exit code, what the terminal was sent, stderr)."""
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal)
+    with subprocess.Popen(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+    ) as process:
+        os.close(terminal)
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.write(stdin)
+        process.stdin.close()
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+        code = process.wait(timeout=60)
+        errors = process.stderr.read()
+    os.close(controller)
+    return code, bytes(shown), errors
+
+
+def test_send_ends_its_echo_with_a_newline_on_a_terminal_only(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    target = [server.server_address[0], str(server.server_address[1])]
+    assert on_terminal("send", "hi", *target) == (0, b"hi\n", b"")
+    assert on_terminal("send", "line\n", *target) == (0, b"line\n", b"")  # no second newline
+    assert client_cli("send", "hi", *target).stdout == b"hi"
+
+
+def test_binary_is_not_written_to_a_terminal_without_force(make_server: ServerFactory, tmp_path: Path) -> None:
+    server, recorder = make_server()
+    target = [server.server_address[0], str(server.server_address[1])]
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\x1b]0;owned\x07" + bytes(range(256)))  # an escape sequence, then everything
+    refused = on_terminal("send", "--file", str(blob), *target)
+    assert refused == (2, b"", f"echo-client send: {BINARY_REFUSED}\n".encode())
+    assert recorder.named("opened") == []  # refused before sending anything
+    forced = on_terminal("send", "--force", "--file", str(blob), *target)
+    assert forced == (0, blob.read_bytes() + b"\n", b"")
+    text = "naïve café: ✓\n".encode()
+    assert on_terminal("send", "--file", str(_write(tmp_path / "text", text)), *target) == (0, text, b"")
+    piped = on_terminal(*target, stdin=b"fine\n" + bytes(range(32)))
+    assert piped[0] == 2 and piped[2] == f"echo-client: {BINARY_REFUSED}\n".encode()
+    assert b"\x1b" not in piped[1] and b"\x00" not in piped[1]
+    assert on_terminal(*target, "--force", stdin=bytes(range(32)))[:2] == (0, bytes(range(32)))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["send", "hi", "127.0.0.1", "x"],
+        ["ping", "127.0.0.1", "70000"],
+        ["bench", "--port", "x"],
+        ["127.0.0.1", "-1"],
+    ],
+)
+def test_a_bad_port_is_named(args: list[str]) -> None:
+    result = client_cli(*args)
+    bad = args[-1]
+    assert result.returncode == 2
+    assert result.stderr.decode().endswith(f": port: expected 1-65535, got '{bad}'\n")
+    assert result.stderr.count(b"\n") == 1
+
+
+def test_version_and_help_for_every_option() -> None:
+    version = client_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith(b"echo-client ") and version.stdout.count(b"\n") == 1
+    for command in (None, *SUBCOMMANDS):
+        parser = build_parser(command)
+        for action in parser._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (command, action.option_strings or action.dest)
+        assert client_cli(*([command] if command else []), "--help").returncode == 0
+
+
+def test_ping_json(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    result = client_cli("ping", "-c", "3", "-s", "100", "--json", *map(str, server.server_address[:2]))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["count"] == 3 and report["size"] == 100 and len(report["times_ms"]) == 3
+    assert 0 < report["min_ms"] <= report["median_ms"] <= report["p99_ms"] <= report["max_ms"]
+    assert report["target"] == f"127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_clean_bench_ends_every_connection_with_eof(make_server: ServerFactory) -> None:
+    server, recorder = make_server()
+    host, port = server.server_address[:2]
+    # Deep pipelines of large messages: at the end, echo is always in flight.
+    result = client_cli(
+        "bench",
+        host,
+        str(port),
+        "--conns",
+        "6",
+        "--size",
+        "16384",
+        "--pipeline",
+        "8",
+        "--duration",
+        "1",
+        "--processes",
+        "2",
+        "--idle",
+        "2",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["errors"] == {}
+    total = 1 + 6 + 2  # the reachability probe, the busy connections, the idle ones
+    recorder.wait_for(lambda _: len(recorder.named("closed")) >= total)
+    reasons = [e.data["reason"] for e in recorder.named("closed")]
+    assert reasons == ["eof"] * total
