@@ -1,57 +1,88 @@
-"""The admin HTTP endpoint: probes, metrics, stats and a live event stream.
+"""The admin HTTP endpoint: its listener, its connections, its limits and its stop.
 
     GET /          a plain-text index        GET /metrics  Prometheus text
     GET /healthz   200 while serving         GET /stats    the Stats snapshot as JSON
     GET /readyz    200 ready, 503 draining   GET /events   live events, JSON lines (chunked)
 
-It runs on its own thread (plus one short-lived thread per request, from
-``http.server.ThreadingHTTPServer``) and only reads server state: ``Stats.snapshot()``,
-the ready/draining flags, and the events Exchange, to which each /events watcher
-subscribes with a bounded queue. A watcher that falls behind is disconnected; nothing
-here can make the echo path wait. Admin clients that stall are timed out after
-REQUEST_TIMEOUT_S.
+(HEAD works wherever GET does; the requests themselves are served by
+``server.admin_http``.) It only reads server state: ``Stats.snapshot()``, the
+ready/draining flags, and the events Exchange. Nothing here can make the echo path wait.
 
-At most MAX_CLIENTS admin connections are served at once (each has a thread); more
-are closed on arrival, with a warning at most once a second.
+Limits, so that the admin port cannot be used to fail the health checks:
 
-Threads: ``start`` and ``close`` from the thread that owns the server's lifecycle;
-handlers on their own threads.
+- At most MAX_CLIENTS connections at once, each served by its own thread. A connection
+  is WAITING (for its next request), BUSY (answering one) or a STREAM (/events).
+- A request must arrive whole, headers included, within REQUEST_DEADLINE_S of the
+  moment the connection started waiting for it (its accept, or the end of the previous
+  answer on a keep-alive connection): a total deadline, not a per-recv timeout, so a
+  client trickling a byte at a time is dropped like a silent one. Writing an answer has
+  RESPONSE_TIMEOUT_S. A request line without an HTTP version (HTTP/0.9) is a 400.
+- At most MAX_STREAMS of the connections are /events streams; one more gets a 503.
+  So at least MAX_CLIENTS - MAX_STREAMS connections are always non-stream ones.
+- When all MAX_CLIENTS are taken, a new connection is still served: the non-stream
+  connection that has been in its current phase longest (in practice the oldest client
+  still not done sending its request, or the oldest idle keep-alive) is closed to make
+  room. A probe, being newest, is the last to go. Only if every connection is a stream
+  (possible only if MAX_STREAMS >= MAX_CLIENTS) is the newcomer closed unanswered.
+- An /events reader has a small socket send buffer (STREAM_SNDBUF) and WATCHER_QUEUE
+  events queued for it at the server; when that queue overflows, the reader is
+  disconnected at once, whatever it has not read yet. A reader that accepts nothing for
+  STREAM_SEND_TIMEOUT_S, or sends anything after its request, is disconnected too.
+- accept() failing for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) pauses
+  accepting for ACCEPT_PAUSE_S. Each kind of refusal is logged at most once a second.
+
+Stopping: ``close(timeout)`` works against one overall deadline: it closes idle
+connections at once, ends every stream after what is already queued for it, lets
+answers in progress finish, shuts down the sockets of handlers still running shortly
+before the deadline (so they unblock), and returns by the deadline.
+
+Threads: ``start`` and ``close`` from the thread that owns the server's lifecycle. The
+admin thread owns the listener and its selector; it accepts, evicts and force-closes,
+and is the only one that watches stream sockets. Handler threads own their sockets.
+The connection registry (``_conns``, each connection's phase) is behind ``_lock``; a
+socket is shut down from another thread only under that lock and only while its
+connection is registered, and its owner unregisters it (under the lock) before closing
+it, so no thread ever shuts down a reused descriptor. Other threads ask the admin
+thread for things through ``_requests`` plus a wake-up socketpair.
 """
 
 from __future__ import annotations
 
-import http.server
+import errno
 import json
 import logging
 import queue
 import selectors
 import socket
-import sys
 import threading
+import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from server import metrics
 from server.events import Event
 from server.exchange import Exchange
-from server.listener import open_listener
+from server.listener import format_address, open_listener
 from server.stats import StatsSnapshot
 from server.throttle import Throttle
 
 log = logging.getLogger("echo.admin")
 
-REQUEST_TIMEOUT_S = 10.0
-MAX_CLIENTS = 64  # admin connections served at once (each is a thread); more are closed
+MAX_CLIENTS = 64  # admin connections at once (each is a thread)
+MAX_STREAMS = 16  # of which /events streams
+REQUEST_DEADLINE_S = 5.0  # to send a whole request (and the idle time allowed before it)
+RESPONSE_TIMEOUT_S = 5.0  # to take one answer
+STREAM_SEND_TIMEOUT_S = 10.0  # an /events reader that accepts nothing for this long is dropped
+STREAM_SNDBUF = 8192  # bytes asked of the kernel for a stream's send buffer (Linux doubles it)
 WATCHER_QUEUE = 1000  # events an /events reader may fall behind before it is cut off
-MAX_REQUEST_LINE = 8192
-INDEX = """echo-service admin endpoint
-GET /healthz  200 while the process is serving
-GET /readyz   200 when accepting, 503 while draining or not yet listening
-GET /metrics  Prometheus text exposition
-GET /stats    connection statistics as JSON
-GET /events   live server events, one JSON object per line (curl -N)
-"""
+ACCEPT_BATCH = 16
+ACCEPT_PAUSE_S = 0.1
+CLOSE_TIMEOUT_S = 1.0  # the whole of close(): streams flushed, answers finished, threads joined
+FORCE_MARGIN_S = 0.2  # before the close deadline, stuck handlers' sockets are shut down
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _END = object()
+
+Phase = Literal["waiting", "busy", "stream"]
+Request = Literal["stop", "watch", "release", "drop"]
 
 
 class ServerView(Protocol):
@@ -67,19 +98,39 @@ class ServerView(Protocol):
     def snapshot(self) -> StatsSnapshot: ...
 
 
-class _Watcher:
+class Conn:
+    """One admin connection. ``phase`` and ``since`` change under the server's lock;
+    ``deadline`` and ``wants_watch`` belong to the handler thread; ``watched`` to the admin thread."""
+
+    __slots__ = ("sock", "peer", "phase", "since", "deadline", "watcher", "wants_watch", "watched")
+
+    def __init__(self, sock: socket.socket, peer: Any, now: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.phase: Phase = "waiting"
+        self.since = now
+        self.deadline = now + REQUEST_DEADLINE_S
+        self.watcher: Watcher | None = None
+        self.wants_watch = False
+        self.watched = False
+
+
+class Watcher:
     """One /events reader: an Exchange subscriber with a bounded queue (any thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
         self.items: queue.Queue[Any] = queue.Queue(WATCHER_QUEUE)
         self.overflowed = False
         self.ended = False
+        self._on_overflow = on_overflow
 
     def send(self, item: Event) -> None:
         try:
             self.items.put_nowait(item)
         except queue.Full:
-            self.overflowed = True
+            if not self.overflowed:
+                self.overflowed = True
+                self._on_overflow()  # once: ask the admin thread to cut the reader off
 
     def end(self) -> None:
         self.ended = True
@@ -92,217 +143,299 @@ class _Watcher:
 class AdminServer:
     def __init__(self, view: ServerView, host: str, port: int) -> None:
         self._view = view
-        self._watchers: set[_Watcher] = set()
-        self._watchers_lock = threading.Lock()
-        listener = open_listener(host, port, backlog=128)
-        self._httpd = _HTTPServer(listener, _make_handler(self))
-        self.address = listener.getsockname()
+        self._listener = open_listener(host, port, backlog=128)
+        self.address = self._listener.getsockname()
+        self._lock = threading.Lock()
+        self._conns: set[Conn] = set()
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+        self._loop_done = False
+        self._stream_refusals = Throttle()  # under _lock
+        self._requests: queue.SimpleQueue[tuple[Request, Conn | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._evictions = Throttle()  # admin thread
+        self._refusals = Throttle()  # admin thread
+        self._pauses = Throttle()  # admin thread
+        self._paused_errno = 0
+        self._serve_connection: Callable[[AdminServer, Conn], None] = lambda admin, conn: None
         self._thread = threading.Thread(target=self._serve, name="admin", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """End every /events stream (after what it has queued), stop, and join."""
-        with self._watchers_lock:
-            for watcher in self._watchers:
-                watcher.end()
-        self._wake_w.send(b"\0")
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        self._httpd.server_close()
-        self._httpd.join_handlers(timeout)
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def _serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._httpd.socket, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                for key, _ in selector.select():
-                    if key.fileobj is self._wake_r:
-                        return
-                    self._httpd.handle_request()
-
-    # --- handler threads --------------------------------------------------------------
-
-    def watch(self, subscribed: Callable[[], None], deliver: Callable[[bytes], None]) -> None:
-        """Stream events to ``deliver`` until the server stops or the reader falls behind.
-        ``subscribed`` runs once the watcher is attached: no event after it is missed."""
-        watcher = _Watcher()
-        with self._watchers_lock:
-            self._watchers.add(watcher)
-        try:
-            with self._view.exchange.subscribed(watcher):
-                subscribed()
-                while not watcher.ended:
-                    item = watcher.items.get()
-                    if item is _END or watcher.overflowed:
-                        return
-                    deliver(json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n")
-        finally:
-            with self._watchers_lock:
-                self._watchers.discard(watcher)
 
     @property
     def view(self) -> ServerView:
         return self._view
 
+    def start(self) -> None:
+        from server.admin_http import serve_connection  # it imports this module for its limits
 
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    """A ThreadingHTTPServer on a socket we opened (no reverse-DNS lookup at bind)."""
+        self._serve_connection = serve_connection
+        self._thread.start()
 
-    daemon_threads = True
-    block_on_close = False
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop within ``timeout`` seconds in all (see the module docstring)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closing = True
+            for conn in list(self._conns):
+                if conn.phase == "waiting":
+                    self._drop_locked(conn)
+                elif conn.watcher is not None:
+                    conn.watcher.end()
+        self._post("stop", None)
+        if self._thread.ident is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        loop_stopped = not self._thread.is_alive()
+        with self._lock:
+            threads = [t for t in self._threads if t.ident is not None]
+        force_at = deadline - min(FORCE_MARGIN_S, timeout / 4)
+        for thread in threads:
+            thread.join(max(0.0, force_at - time.monotonic()))
+        with self._lock:
+            stuck = list(self._conns)
+            for conn in stuck:
+                self._drop_locked(conn)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = sum(t.is_alive() for t in threads) + (not loop_stopped)
+        if stuck or running:
+            log.warning(
+                "admin: closed %d connection(s) still busy at the stop deadline; %d thread(s) still running",
+                len(stuck),
+                running,
+            )
+        if loop_stopped:
+            self._listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
 
-    def __init__(self, listener: socket.socket, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
-        super().__init__(listener.getsockname()[:2], handler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = listener
-        self.server_name, self.server_port = str(listener.getsockname()[0]), listener.getsockname()[1]
-        self._handler_threads: list[threading.Thread] = []
-        self._refusals = Throttle()
+    # --- the admin thread ------------------------------------------------------------
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
-        if len(self._handler_threads) >= MAX_CLIENTS:
-            self.shutdown_request(request)  # closed at once: a finite number of threads
-            held_back = self._refusals.allow()
-            if held_back is not None:
-                log.warning(
-                    "admin: %d clients already connected; refusing more (%d more refused since last said)",
-                    MAX_CLIENTS,
-                    held_back,
-                )
-            return
-        thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), name="admin-request", daemon=True
-        )
-        self._handler_threads.append(thread)
-        thread.start()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):
-            log.debug("admin client %s: %s", client_address, error)
-        else:
-            log.error("admin request from %s failed", client_address, exc_info=error)
-
-    def join_handlers(self, timeout: float) -> None:
-        for thread in self._handler_threads:
-            thread.join(timeout)
-
-
-def _make_handler(admin: AdminServer) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(_AdminHandler):
-        pass
-
-    Handler.admin = admin
-    return Handler
-
-
-class _AdminHandler(http.server.BaseHTTPRequestHandler):
-    admin: AdminServer
-    timeout = REQUEST_TIMEOUT_S
-    protocol_version = "HTTP/1.1"
-    server_version = "echo-service-admin"
-    # No HTTP/0.9: a malformed one-word request still gets a status line.
-    default_request_version = "HTTP/1.0"
-    error_content_type = "text/plain; charset=utf-8"
-    error_message_format = "%(code)d %(message)s\n"
-
-    def handle_one_request(self) -> None:
+    def _serve(self) -> None:
         try:
-            self._handle_one_request()
-        except (TimeoutError, ConnectionError):
-            self.close_connection = True  # a stalled or vanished admin client
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._listener, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                self._loop(selector)
+        finally:
+            with self._lock:
+                self._loop_done = True
+            self._run_requests(None)  # close what was released after the last turn
 
-    def _handle_one_request(self) -> None:
-        # Cap the request line ourselves, so an oversized one is a plain 400.
-        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if len(line) > MAX_REQUEST_LINE:
-            self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
-            self.send_error(400, "request line too long")
-            self.close_connection = True
-            return
-        self.raw_requestline = line
-        if not line:
-            self.close_connection = True
-            return
-        if not self.parse_request():
-            return
-        method = getattr(self, "do_" + self.command, None)
-        if method is None:
-            self._send(405, "method not allowed\n", extra={"Allow": "GET"})
-            return
-        method()
-        self.wfile.flush()
+    def _loop(self, selector: selectors.BaseSelector) -> None:
+        resume_at: float | None = None
+        while True:
+            timeout = None if resume_at is None else max(0.0, resume_at - time.monotonic())
+            for key, _ in selector.select(timeout):
+                if key.fileobj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    if not self._run_requests(selector):
+                        return
+                elif key.fileobj is self._listener:
+                    if resume_at is None and self._accept_batch():
+                        selector.unregister(self._listener)
+                        resume_at = time.monotonic() + ACCEPT_PAUSE_S
+                else:
+                    self._stream_spoke(selector, key.data)
+            if resume_at is not None and time.monotonic() >= resume_at:
+                selector.register(self._listener, selectors.EVENT_READ)
+                resume_at = None
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server answers some oversized requests with 414/431; we promise 400.
-        super().send_error(400 if code in (414, 431) else code, message, explain)
+    def _accept_batch(self) -> bool:
+        """Accept what is waiting; True if accept() ran out of resources (pause)."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = self._listener.accept()
+            except BlockingIOError:
+                return False
+            except OSError as error:
+                if error.errno in _OUT_OF_RESOURCES:
+                    self._note_pause(error)
+                    return True
+                continue  # ECONNABORTED and friends: that one connection is gone
+            if self._paused_errno:
+                log.info("admin: accepting again")
+                self._paused_errno = 0
+            self._admit(sock, address)
+        return False
 
-    def do_GET(self) -> None:
-        view = self.admin.view
-        path = self.path.split("?", 1)[0]
-        if path == "/":
-            self._send(200, INDEX)
-        elif path == "/healthz":
-            self._send(200, "ok\n")
-        elif path == "/readyz":
-            ready = view.is_ready() and not view.draining
-            self._send(200 if ready else 503, "ready\n" if ready else "not ready\n")
-        elif path == "/metrics":
-            body = metrics.render(view.snapshot(), ready=view.is_ready(), draining=view.draining)
-            self._send(200, body, content_type=metrics.CONTENT_TYPE)
-        elif path == "/stats":
-            document = {**view.snapshot().as_dict(), "ready": view.is_ready(), "draining": view.draining}
-            self._send(200, json.dumps(document, indent=2) + "\n", content_type="application/json")
-        elif path == "/events":
-            self._stream_events()
-        else:
-            self._send(404, "not found; GET / lists the endpoints\n")
-
-    def _stream_events(self) -> None:
-        def send_headers() -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            self.wfile.flush()
-
-        def deliver(line: bytes) -> None:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-            self.wfile.flush()
-
+    def _admit(self, sock: socket.socket, address: Any) -> None:
+        conn = Conn(sock, address, time.monotonic())
+        thread = threading.Thread(target=self._handle, args=(conn,), name="admin-conn", daemon=True)
+        victim: Conn | None = None
+        with self._lock:
+            if self._closing:
+                sock.close()
+                return
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._conns) >= MAX_CLIENTS:
+                victim = min((c for c in self._conns if c.phase != "stream"), key=lambda c: c.since, default=None)
+                if victim is None:
+                    sock.close()
+                    self._say(
+                        self._refusals, "admin: %d /events streams hold every connection; refused one", MAX_CLIENTS
+                    )
+                    return
+                self._drop_locked(victim)
+            self._conns.add(conn)
+            self._threads.append(thread)
+        if victim is not None:
+            self._say(
+                self._evictions,
+                "admin: %d connections open; closed the one %s longest (%s) to make room",
+                MAX_CLIENTS,
+                "waiting" if victim.phase == "waiting" else "answering",
+                _peer(victim.peer),
+            )
         try:
-            self.admin.watch(send_headers, deliver)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            thread.start()
+        except RuntimeError:  # no more threads: refuse this one
+            with self._lock:
+                self._conns.discard(conn)
+                self._threads.remove(thread)
+            sock.close()
+            self._say(self._refusals, "admin: cannot start a thread; refused a connection (%d open)", MAX_CLIENTS)
+
+    def _run_requests(self, selector: selectors.BaseSelector | None) -> bool:
+        """Carry out what other threads asked; False once asked to stop."""
+        going = True
+        while True:
+            try:
+                kind, conn = self._requests.get_nowait()
+            except queue.Empty:
+                return going
+            if conn is None:  # "stop"
+                going = False
+            elif kind == "watch" and selector is not None:
+                selector.register(conn.sock, selectors.EVENT_READ, conn)
+                conn.watched = True
+            elif kind == "release":
+                if conn.watched and selector is not None:
+                    selector.unregister(conn.sock)
+                conn.watched = False
+                conn.sock.close()
+            elif kind == "drop":
+                with self._lock:
+                    if conn in self._conns:
+                        self._drop_locked(conn)
+
+    def _stream_spoke(self, selector: selectors.BaseSelector, conn: Conn) -> None:
+        """An /events reader sent something or hung up: end its stream."""
+        selector.unregister(conn.sock)
+        conn.watched = False
+        with self._lock:
+            if conn in self._conns:
+                self._drop_locked(conn)
+
+    def _note_pause(self, error: OSError) -> None:
+        self._paused_errno = error.errno or -1
+        held_back = self._pauses.allow()
+        if held_back is not None:
+            log.warning(
+                "admin: accept() failed: %s; pausing accepts for %.0f ms (%d more since last said)",
+                error.strerror,
+                ACCEPT_PAUSE_S * 1000,
+                held_back,
+            )
+
+    # --- any thread --------------------------------------------------------------------
+
+    def _drop_locked(self, conn: Conn) -> None:
+        """Unregister ``conn`` and shut its socket down so its handler unblocks (holding _lock)."""
+        self._conns.discard(conn)
+        if conn.watcher is not None:
+            conn.watcher.end()
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            pass  # the reader went away or stalled past the timeout
-        self.close_connection = True
+            pass  # already gone
 
-    def _send(
-        self,
-        status: int,
-        body: str,
-        *,
-        content_type: str = "text/plain; charset=utf-8",
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+    def _post(self, kind: Request, conn: Conn | None) -> None:
+        self._requests.put((kind, conn))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # a wake-up is already pending, or the endpoint is closed
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("admin %s %s", self.address_string(), format % args)
+    @staticmethod
+    def _say(throttle: Throttle, message: str, *args: object) -> None:
+        held_back = throttle.allow()
+        if held_back is not None:
+            log.warning(message + " (%d more since last said)", *args, held_back)
+
+    # --- handler threads ---------------------------------------------------------------
+
+    def _handle(self, conn: Conn) -> None:
+        try:
+            self._serve_connection(self, conn)
+        except Exception:
+            log.exception("admin connection from %s failed", _peer(conn.peer))
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+                via_loop = conn.wants_watch and not self._loop_done
+                if via_loop:
+                    self._requests.put(("release", conn))
+            if via_loop:
+                self._wake()
+            else:
+                conn.sock.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def begin_wait(self, conn: Conn) -> bool:
+        """The handler waits for the next request; False if it should hang up instead."""
+        now = time.monotonic()
+        conn.deadline = now + REQUEST_DEADLINE_S
+        with self._lock:
+            if self._closing or conn not in self._conns:
+                return False
+            conn.phase, conn.since = "waiting", now
+            return True
+
+    def begin_busy(self, conn: Conn) -> None:
+        with self._lock:
+            conn.phase, conn.since = "busy", time.monotonic()
+
+    def begin_stream(self, conn: Conn) -> bool:
+        """Take a stream slot; False (and a throttled warning) if none is free."""
+        with self._lock:
+            streams = sum(c.phase == "stream" for c in self._conns)
+            if self._closing or conn not in self._conns or streams >= MAX_STREAMS:
+                if not self._closing:
+                    self._say(self._stream_refusals, "admin: %d /events streams open; refused one more", streams)
+                return False
+            conn.phase, conn.since = "stream", time.monotonic()
+            return True
+
+    def watch(self, conn: Conn, subscribed: Callable[[], None], deliver: Callable[[bytes], None]) -> None:
+        """Stream events to ``deliver`` until the server stops or the reader falls behind.
+        ``subscribed`` runs once the watcher is attached: no event after it is missed."""
+        watcher = Watcher(lambda: self._post("drop", conn))
+        with self._lock:
+            conn.watcher = watcher
+            if self._closing or conn not in self._conns:
+                watcher.end()
+            elif not self._loop_done:
+                conn.wants_watch = True
+                self._requests.put(("watch", conn))
+        self._wake()
+        with self._view.exchange.subscribed(watcher):
+            subscribed()
+            while not watcher.ended:
+                item = watcher.items.get()
+                if item is _END or watcher.overflowed:
+                    return
+                deliver(json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n")
+
+
+def _peer(address: Any) -> str:
+    return format_address(address) if isinstance(address, tuple) and len(address) >= 2 else str(address)

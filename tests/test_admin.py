@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -21,7 +22,8 @@ from tests.helpers import echo_round_trip, read_exactly, read_until_eof, run_cli
 
 def admin_of(server: EchoServer) -> tuple[str, int]:
     assert server.admin is not None
-    return server.admin.address[:2]
+    host, port = server.admin.address[:2]
+    return str(host), int(port)
 
 
 def get(server: EchoServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
@@ -101,7 +103,7 @@ def test_errors_are_404_405_400_without_a_traceback(
     server, _ = make_server(admin_port=0)
     assert get(server, "/nope")[0] == 404
     status, headers, _ = get(server, "/metrics", method="POST")
-    assert status == 405 and headers["Allow"] == "GET"
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
     assert get(server, "/healthz", method="DELETE")[0] == 405
     for raw in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n"):
         with socket.create_connection(admin_of(server), timeout=10) as sock:
@@ -147,29 +149,38 @@ def test_events_stream_shows_a_connection_and_ends_at_shutdown(make_server: Serv
 
 
 def test_a_stalled_admin_client_is_timed_out(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(admin_module._AdminHandler, "timeout", 0.3)
+    monkeypatch.setattr(admin_module, "REQUEST_DEADLINE_S", 0.3)
     server, _ = make_server(admin_port=0)
     with socket.create_connection(admin_of(server), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never finishes the request
         assert read_until_eof(sock) == b""
 
 
-def test_a_slow_events_reader_is_disconnected(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(admin_module, "WATCHER_QUEUE", 5)
-    monkeypatch.setattr(admin_module._AdminHandler, "timeout", 0.5)
+def test_an_http09_request_is_400_at_once(make_server: ServerFactory) -> None:
     server, _ = make_server(admin_port=0)
-    with socket.socket() as reader:
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader.connect(admin_of(server))
-        reader.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        reader.recv(1)  # headers are on their way: the watcher is attached
-        from server.events import event
+    for raw in (b"GET /\r\n", b"GET /healthz\r\n\r\n", b"GET / FTP/1.0\r\n\r\n"):
+        with socket.create_connection(admin_of(server), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(raw)  # the connection stays open: only the server can end this
+            answer = read_until_eof(sock)
+            assert answer.startswith(b"HTTP/1.1 400 ") and time.monotonic() - started < 2.0, answer
 
-        for index in range(20_000):  # never blocks, however slow the reader
-            server.publish(event("opened", conn_id=index, peer="203.0.113.9:1"))
-        assert server.admin is not None
-        server.admin._httpd.join_handlers(10)
-        assert server.exchange.subscriber_count == 1  # only the test's recorder is left
+
+def test_head_answers_like_get_without_a_body(make_server: ServerFactory) -> None:
+    server, _ = make_server(admin_port=0)
+    for path in ("/healthz", "/readyz", "/metrics", "/stats", "/", "/nope"):
+        get_status, get_headers, get_body = get(server, path)
+        head_status, head_headers, head_body = get(server, path, method="HEAD")
+        assert (head_status, head_body) == (get_status, b""), path
+        assert head_headers["Content-Type"] == get_headers["Content-Type"], path
+        if path != "/metrics":  # the metrics change between two scrapes
+            assert head_headers["Content-Length"] == str(len(get_body)), path
+    with socket.create_connection(admin_of(server), timeout=10) as sock:  # keep-alive goes on after HEAD
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answers = read_until_eof(sock)
+        assert answers.count(b"HTTP/1.1 200 OK") == 2 and answers.endswith(b"\r\n\r\nok\n")
+    status, headers, body = get(server, "/events", method="HEAD")
+    assert (status, body, headers["Content-Type"]) == (200, b"", "application/x-ndjson")
 
 
 def test_healthcheck_subcommand(make_server: ServerFactory) -> None:
@@ -183,7 +194,9 @@ def test_healthcheck_subcommand(make_server: ServerFactory) -> None:
 
 
 def test_admin_connections_are_capped(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only when streams hold every slot (MAX_STREAMS >= MAX_CLIENTS) is a newcomer refused."""
     monkeypatch.setattr(admin_module, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(admin_module, "MAX_STREAMS", 2)
     server, _ = make_server(admin_port=0)
     streams = []
     for _ in range(2):  # each /events reader holds a handler thread once its headers arrive

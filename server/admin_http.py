@@ -1,0 +1,227 @@
+"""HTTP for one admin connection: read requests against their deadline, answer them.
+
+``serve_connection(admin, conn)`` runs on the connection's handler thread (started by
+``AdminServer``) and owns that socket until it returns; AdminServer may shut the socket
+down from its own thread (eviction, a stream cut off, the stop), which ends the
+blocking call in progress here.
+
+Requests are read through ``_DeadlineReader``, which sets the socket timeout to what is
+left of the connection's request deadline before every recv: a client trickling bytes
+gets the same deadline as a silent one. A request line without an HTTP version
+(HTTP/0.9) is answered 400 at once. GET and HEAD are served (HEAD without a body);
+other methods get 405, unknown paths 404, malformed or oversized requests 400.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import socket
+import time
+from typing import Any
+
+from server import admin as limits
+from server import metrics
+from server.admin import AdminServer, Conn
+
+MAX_REQUEST_LINE = 8192
+ALLOWED = "GET, HEAD"
+LINGER_S = 0.5  # after an error answer, how long to wait for the client to finish sending
+LINGER_READS = 16  # and at most this many reads of up to 64 KiB
+INDEX = """echo-service admin endpoint
+GET /healthz  200 while the process is serving
+GET /readyz   200 when accepting, 503 while draining or not yet listening
+GET /metrics  Prometheus text exposition
+GET /stats    connection statistics as JSON
+GET /events   live server events, one JSON object per line (curl -N)
+"""
+
+
+def serve_connection(admin: AdminServer, conn: Conn) -> None:
+    """Serve requests on ``conn`` until either side is done (the handler thread)."""
+    _AdminHandler(conn, admin)
+
+
+def _linger(sock: socket.socket) -> None:
+    """Send FIN after an error answer, then drain what the client still sends for a
+    moment, so that closing with unread input does not reset the answer away."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_S
+        for _ in range(LINGER_READS):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return
+    except OSError:
+        pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that end at ``conn.deadline``, however the bytes trickle in."""
+
+    def __init__(self, conn: Conn) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._conn.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request deadline passed")
+        self._conn.sock.settimeout(left)
+        return self._conn.sock.recv_into(buffer)
+
+
+class _SocketWriter(io.RawIOBase):
+    """Whole writes (sendall) under the socket's current timeout."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+
+class _AdminHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "echo-service-admin"
+    default_request_version = "HTTP/1.0"
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(code)d %(message)s\n"
+
+    def __init__(self, conn: Conn, admin: AdminServer) -> None:
+        self.conn = conn
+        self.admin = admin
+        super().__init__(conn.sock, conn.peer, admin)  # type: ignore[arg-type]  # runs setup, handle, finish
+
+    def setup(self) -> None:
+        self._linger = False
+        self.connection = self.request
+        self.rfile = io.BufferedReader(_DeadlineReader(self.conn))
+        self.wfile = _SocketWriter(self.conn.sock)  # type: ignore[assignment]
+
+    def finish(self) -> None:
+        self.rfile.close()
+        if self._linger:
+            _linger(self.conn.sock)
+
+    def handle_one_request(self) -> None:
+        self.close_connection = True
+        if not self.admin.begin_wait(self.conn):
+            return
+        try:
+            if not self._read_request():
+                return
+            self.admin.begin_busy(self.conn)
+            self.conn.sock.settimeout(limits.RESPONSE_TIMEOUT_S)
+            self._dispatch()
+        except OSError:
+            self.close_connection = True  # stalled past its deadline, gone, or shut down by the server
+
+    def _read_request(self) -> bool:
+        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
+        if not line:
+            return False
+        if len(line) > MAX_REQUEST_LINE:
+            self.send_error(400, "request line too long")
+            return False
+        words = line.split()
+        if words and (len(words) != 3 or not words[2].startswith(b"HTTP/")):
+            self.requestline = line.decode("latin-1").rstrip("\r\n")
+            self.send_error(400, "bad request line; expected METHOD PATH HTTP/1.x")
+            return False
+        self.raw_requestline = line
+        if not self.parse_request():
+            return False
+        if self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # a body we will not read: no next request on this connection
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server answers some oversized requests with 414/431; we promise 400.
+        self._linger = True  # the client may still be sending what we refused
+        super().send_error(400 if code in (414, 431) else code, message, explain)
+
+    def _dispatch(self) -> None:
+        if self.command not in ("GET", "HEAD"):
+            self._send(405, "method not allowed\n", extra={"Allow": ALLOWED})
+            return
+        view = self.admin.view
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            self._send(200, INDEX)
+        elif path == "/healthz":
+            self._send(200, "ok\n")
+        elif path == "/readyz":
+            ready = view.is_ready() and not view.draining
+            self._send(200 if ready else 503, "ready\n" if ready else "not ready\n")
+        elif path == "/metrics":
+            body = metrics.render(view.snapshot(), ready=view.is_ready(), draining=view.draining)
+            self._send(200, body, content_type=metrics.CONTENT_TYPE)
+        elif path == "/stats":
+            document = {**view.snapshot().as_dict(), "ready": view.is_ready(), "draining": view.draining}
+            self._send(200, json.dumps(document, indent=2) + "\n", content_type="application/json")
+        elif path == "/events":
+            self._stream_events()
+        else:
+            self._send(404, "not found; GET / lists the endpoints\n")
+
+    def _stream_events(self) -> None:
+        self.close_connection = True
+        if not self.admin.begin_stream(self.conn):
+            body = f"too many /events readers (at most {limits.MAX_STREAMS}); try again later\n"
+            self._send(503, body, extra={"Connection": "close", "Retry-After": "5"})
+            return
+        sock = self.conn.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.STREAM_SNDBUF)
+        sock.settimeout(limits.STREAM_SEND_TIMEOUT_S)
+
+        def send_headers() -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+
+        if self.command == "HEAD":
+            send_headers()
+            return
+
+        def deliver(line: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+
+        self.admin.watch(self.conn, send_headers, deliver)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _send(
+        self,
+        status: int,
+        body: str,
+        *,
+        content_type: str = "text/plain; charset=utf-8",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        limits.log.debug("admin %s %s", self.address_string(), format % args)
