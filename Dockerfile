@@ -32,6 +32,9 @@ ENV ECHO_HOST=0.0.0.0 \
 USER 10001:10001
 EXPOSE 7007 7008
 STOPSIGNAL SIGTERM
+# The health check reads the server's flags from /proc/1/cmdline (PID 1 is the server, by
+# the exec-form ENTRYPOINT), so `--admin-port 9000` or `--admin-port off` (then it probes
+# the echo port) needs nothing more here.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-m", "server", "healthcheck"]
 ENTRYPOINT ["python", "-m", "server"]

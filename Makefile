@@ -36,9 +36,17 @@ bench: $(BIN)/.installed  ## the performance table against reference servers (lo
 VERSION := $(shell $(PYTHON) -c 'import server; print(server.__version__)')
 SOURCE_URL := $(shell git remote get-url origin 2>/dev/null)
 
-image:  ## build the container image (set PYTHON_IMAGE for a local base image)
+# The base image: PYTHON_IMAGE if set (air-gapped: a local image), else the Dockerfile's default.
+BASE_IMAGE = $(or $(PYTHON_IMAGE),$(shell sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile))
+
+image:  ## build the container image (set PYTHON_IMAGE for a local base image); prints its size
 	docker build $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
 		--build-arg VERSION=$(VERSION) --build-arg SOURCE_URL=$(SOURCE_URL) -t $(IMAGE) .
+	@total=$$(docker image inspect --format '{{.Size}}' $(IMAGE)) && \
+	base=$$(docker image inspect --format '{{.Size}}' $(BASE_IMAGE)) && \
+	$(PYTHON) -c 'import sys; total, base = map(int, sys.argv[1:3]); \
+		print(f"image size: {sys.argv[3]} {total / 1e6:.0f} MB; echo-service layers {(total - base) / 1e6:.2f} MB" \
+		f" on top of {sys.argv[4]}")' "$$total" "$$base" "$(IMAGE)" "$(BASE_IMAGE)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

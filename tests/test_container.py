@@ -1,21 +1,27 @@
-"""The container image, built and run with a real engine through the ``docker`` CLI.
+"""The container image, built with ``make image`` and run with a real engine through the
+``docker`` CLI.
 
-Skipped with the reason when no engine answers; REQUIRE_CONTAINER_TESTS=1 (set by
-.ci/run after it brings the engine up) turns that skip into a failure. The base image
-comes from PYTHON_BASE_IMAGE when set (no registry is reachable on these machines).
+The base image comes from PYTHON_BASE_IMAGE when set (no registry is reachable on these
+machines); without it the Dockerfile's default base must already be present locally, as
+nothing here pulls. Skipped with a one-line reason when no engine answers or the base
+is missing; REQUIRE_CONTAINER_TESTS=1 (set by .ci/run after it brings the engine up)
+turns that skip into a failure.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -34,7 +40,8 @@ def _engine_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "docker info timed out"
     if info.returncode != 0:
-        return f"no container engine answers: {info.stderr.strip().splitlines()[-1:]}"
+        last = (info.stderr.strip().splitlines() or [f"docker info exited {info.returncode}"])[-1]
+        return f"no container engine answers: {last}"
     return None
 
 
@@ -45,20 +52,48 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return result
 
 
+def default_base_image() -> str:
+    match = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert match is not None, "the Dockerfile has no ARG PYTHON_IMAGE default"
+    return match.group(1)
+
+
+def _skip_or_fail(problem: str) -> None:
+    if os.environ.get("REQUIRE_CONTAINER_TESTS") == "1":
+        pytest.fail(f"REQUIRE_CONTAINER_TESTS=1 but {problem}")
+    pytest.skip(problem)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    make_output: str  # what `make image` printed
+
+
 @pytest.fixture(scope="module")
-def image() -> Iterator[str]:
+def built() -> Iterator[BuiltImage]:
     problem = _engine_problem()
     if problem:
-        if os.environ.get("REQUIRE_CONTAINER_TESTS") == "1":
-            pytest.fail(f"REQUIRE_CONTAINER_TESTS=1 but {problem}")
-        pytest.skip(problem)
+        _skip_or_fail(problem)
+    base = os.environ.get("PYTHON_BASE_IMAGE", "")
+    if not base:
+        default = default_base_image()
+        if docker("image", "inspect", default, check=False).returncode != 0:
+            _skip_or_fail(f"base image {default} is not available locally and PYTHON_BASE_IMAGE is not set")
     tag = f"echo-service:test-{uuid.uuid4().hex[:8]}"
-    build = ["build", "-q", "-t", tag]
-    if os.environ.get("PYTHON_BASE_IMAGE"):
-        build += ["--build-arg", f"PYTHON_IMAGE={os.environ['PYTHON_BASE_IMAGE']}"]
-    docker(*build, str(ROOT), timeout=600)
-    yield tag
+    # The README's way: `make image`, with PYTHON_IMAGE for a local base.
+    command = ["make", "--no-print-directory", "image", f"IMAGE={tag}", f"PYTHON={sys.executable}"]
+    if base:
+        command.append(f"PYTHON_IMAGE={base}")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"make image failed: {result.stderr}"
+    yield BuiltImage(tag, result.stdout)
     docker("rmi", "-f", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def image(built: BuiltImage) -> str:
+    return built.tag
 
 
 class Container:
@@ -141,10 +176,41 @@ def test_runs_as_a_non_root_uid_on_a_read_only_root_and_is_healthy(run_container
     assert set(uids) == {UID}, status
     cmdline = docker("exec", container.name, "cat", "/proc/1/cmdline").stdout
     assert cmdline.split("\0")[:3] == ["python", "-m", "server"]
+    assert health_verdict(container) == 0
+
+
+def health_verdict(container: Container) -> int:
+    """Run the image's HEALTHCHECK now: 0 healthy. Podman runs it on demand; with another
+    engine, run the same command the HEALTHCHECK runs."""
     if shutil.which("podman"):
-        assert subprocess.run(["podman", "healthcheck", "run", container.name], timeout=30, check=False).returncode == 0
-    else:
-        assert docker("exec", container.name, "python", "-m", "server", "healthcheck", check=False).returncode == 0
+        return subprocess.run(
+            ["podman", "healthcheck", "run", container.name], capture_output=True, timeout=30, check=False
+        ).returncode
+    return docker("exec", container.name, "python", "-m", "server", "healthcheck", check=False).returncode
+
+
+def test_health_check_follows_an_admin_port_given_as_a_flag(run_container: Any) -> None:
+    container = run_container("--admin-port", "9000")
+    assert health_verdict(container) == 0
+    docker("kill", "--signal", "STOP", container.name)  # a hung server must turn unhealthy
+    try:
+        assert health_verdict(container) != 0
+    finally:
+        docker("kill", "--signal", "CONT", container.name)
+
+
+def test_health_check_probes_the_echo_port_when_the_admin_endpoint_is_off(run_container: Any) -> None:
+    container = run_container("--admin-port", "off", "--port", "7010")
+    assert health_verdict(container) == 0
+    probe = container.log.wait_for("closed")  # the probe was one real, short echo
+    assert probe["bytes_in"] == probe["bytes_out"] == 1 and probe["reason"] == "eof"
+
+
+def test_make_image_prints_the_size_of_our_own_layers(built: BuiltImage) -> None:
+    match = re.search(r"echo-service layers (\d+\.\d+) MB on top of (\S+)", built.make_output)
+    assert match is not None, built.make_output
+    assert 0.0 < float(match.group(1)) < 5.0
+    assert match.group(2) == (os.environ.get("PYTHON_BASE_IMAGE") or default_base_image())
 
 
 def test_configuration_by_env_and_by_flags_after_the_image(run_container: Any) -> None:
