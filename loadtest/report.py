@@ -23,6 +23,12 @@ THROUGHPUT_VS_REFERENCE_MIN = 0.9  # at parity with asyncio Protocol: not more t
 CPU_VS_REFERENCE_MAX = 1.1  # at parity with asyncio Protocol: not more than 10% more CPU per message
 CPU_VS_CEILING_MAX = 4.0  # an interpreter per message, against C's bare read + write
 IDLE_BYTES_MAX = 2048
+# (server, ratio, limit, wording): throughput must reach the limit, CPU per message stay under it.
+RATIO_TARGETS = (
+    (REFERENCE, "throughput", THROUGHPUT_VS_REFERENCE_MIN, "throughput >= {limit:g}x asyncio Protocol"),
+    (REFERENCE, "cpu_per_msg", CPU_VS_REFERENCE_MAX, "CPU per message <= {limit:g}x asyncio Protocol"),
+    (CEILING, "cpu_per_msg", CPU_VS_CEILING_MAX, "CPU per message <= {limit:g}x the C epoll server"),
+)
 P999_OVER_P50_MAX = 3.0
 
 
@@ -80,35 +86,13 @@ def targets(summary: list[dict[str, Any]], ratio_list: list[dict[str, Any]]) -> 
     for scenario in scenarios:
         ours = _find(summary, scenario, OURS)
         versus = {r["versus"]: r for r in ratio_list if r["scenario"] == scenario}
-        reference = versus.get(REFERENCE, {})
-        if "throughput" in reference:
-            spread = reference["throughput"]
-            verdicts.append(
-                {
-                    "target": f"throughput >= {THROUGHPUT_VS_REFERENCE_MIN}x asyncio Protocol ({scenario})",
-                    "holds": spread["median"] >= THROUGHPUT_VS_REFERENCE_MIN,
-                    "detail": _range_text(spread),
-                }
-            )
-        if "cpu_per_msg" in reference:
-            spread = reference["cpu_per_msg"]
-            verdicts.append(
-                {
-                    "target": f"CPU per message <= {CPU_VS_REFERENCE_MAX}x asyncio Protocol ({scenario})",
-                    "holds": spread["median"] <= CPU_VS_REFERENCE_MAX,
-                    "detail": _range_text(spread),
-                }
-            )
-        ceiling = versus.get(CEILING, {})
-        if "cpu_per_msg" in ceiling:
-            spread = ceiling["cpu_per_msg"]
-            verdicts.append(
-                {
-                    "target": f"CPU per message <= {CPU_VS_CEILING_MAX:g}x the C epoll server ({scenario})",
-                    "holds": spread["median"] <= CPU_VS_CEILING_MAX,
-                    "detail": _range_text(spread),
-                }
-            )
+        for server, figure, limit, wording in RATIO_TARGETS:
+            spread = versus.get(server, {}).get(figure)
+            if spread is None:
+                continue
+            holds = spread["median"] >= limit if figure == "throughput" else spread["median"] <= limit
+            target = f"{wording.format(limit=limit)} ({scenario})"
+            verdicts.append({"target": target, "holds": holds, "detail": _range_text(spread)})
         if ours and "idle_held" in ours:
             held = _median(ours, "idle_held") or 0
             per_conn = _median(ours, "rss_per_idle_conn_bytes") or 0
