@@ -5,10 +5,18 @@ It reads the loop top to bottom like the blocking code it replaces: wait readabl
 what is owed and wait writable until it drains, reading nothing more meanwhile. So a
 client that never reads costs at most one buffer, and then the write-stall deadline.
 
-Per message: one ``recv_into``, one ``send``, two attribute updates. No lock, clock
-read, allocation (but on a partial send), event or log line. Bytes are counted on the
+Per message: one ``recv_into``, one ``send`` of a memoryview slice of the buffer (the
+one small allocation, freed at once), two attribute updates. No lock, clock read,
+event or log line; a copy only when a send was partial. Bytes are counted on the
 Connection; its scheduler folds them into Stats once a second, and the task folds the
 rest at close.
+
+A write stall means *no progress* for write_stall_timeout, not "could not flush
+everything within it": a slow but steady reader keeps its connection. The kernel only
+reports writable once a third of the send buffer is free, which for a slow reader can
+take far longer than the timeout; so when the write wait times out, the task asks the
+kernel how much it still holds (SIOCOUTQ, Linux) and keeps waiting if the peer took
+any of it since the last look. Where the kernel cannot say, a timeout is a stall.
 
 How it ends (``Connection.reason``):
     eof          the client half-closed; everything it sent was echoed, then FIN
@@ -16,14 +24,17 @@ How it ends (``Connection.reason``):
     write_stall  the echo could not be written for write_stall_timeout (closed with RST)
     reset        the peer reset the connection
     shutdown     the server stopped: stop reading, flush what is owed, FIN, close
-    error        any other socket error (counted in Stats.errors)
+    error        any other socket error, or a bug in this task (counted in Stats.errors)
 
 Everything here runs on the connection's scheduler thread only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -33,6 +44,15 @@ from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout, 
 # that closing does not turn into an RST that could destroy echo the client has not yet
 # read. Bounded by the scheduler's abort deadline.
 _LINGER_WAIT = Wait(READ)
+_INT = struct.Struct("i")
+
+
+def unsent_bytes(sock: socket.socket) -> int | None:
+    """Bytes the kernel still holds for the peer (not yet acknowledged), or None."""
+    try:
+        return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(_INT.size)))[0])
+    except (OSError, ValueError):
+        return None
 
 
 class Connection:
@@ -103,7 +123,7 @@ def echo(
             if sent != received:
                 # The buffer belongs to the scheduler: keep a copy of what is owed.
                 owed = bytes(buffer[sent:received])
-                if not (yield from _flush(send, owed, waits, conn)):
+                if not (yield from _flush(sock, owed, waits, conn)):
                     # Closing with RST makes the kernel drop the echo it still holds.
                     reset_on_close(sock)
                     return
@@ -123,25 +143,33 @@ def echo(
         conn.reason = "reset"
     except OSError:
         conn.reason = "error"
+    except Exception:
+        conn.reason = "error"  # a bug: the scheduler logs the traceback
+        raise
     finally:
         if not conn.reason:  # closed from outside: the scheduler's abort deadline
             conn.reason = "shutdown"
         on_close(conn)
 
 
-def _flush(
-    send: Callable[[memoryview], int], owed: bytes, waits: EchoWaits, conn: Connection
-) -> Generator[Wait, None, bool]:
-    """Send ``owed`` in full, waiting writable; False if the write stalled for too long.
+def _flush(sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection) -> Generator[Wait, None, bool]:
+    """Send ``owed`` in full, waiting writable; False once the peer took nothing for
+    write_stall_timeout (see the module docstring).
 
     A Shutdown arriving here changes nothing: what was read is still owed. (The
     scheduler's abort deadline bounds this.)
     """
+    send = sock.send
     view = memoryview(owed)
+    held = unsent_bytes(sock)
     while view:
         try:
             yield waits.write
         except WaitTimeout:
+            now_held = unsent_bytes(sock)
+            if now_held is not None and held is not None and now_held < held:
+                held = now_held  # slow, not stalled: the peer took some
+                continue
             conn.reason = "write_stall"
             return False
         except Shutdown:
@@ -152,6 +180,7 @@ def _flush(
         except BlockingIOError:
             continue
         view = view[sent:]
+        held = unsent_bytes(sock)
     return True
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
 from tests.conftest import ServerFactory
@@ -91,3 +93,37 @@ def test_client_that_never_reads_is_closed_after_write_stall(make_server: Server
     closed = recorder.wait_for(lambda e: e.name == "closed")
     assert closed.data["reason"] == "write_stall"
     assert server.stats.snapshot().timed_out == {"write_stall": 1}
+
+
+def test_a_slow_but_steady_reader_is_not_reset_as_a_write_stall(make_server: ServerFactory) -> None:
+    """Reads 8 KiB every 50 ms, never pausing longer, for 4 write-stall periods. The
+    kernel reports writable only once a third of the (autotuned, large) send buffer is
+    free, so "could not flush within the timeout" resets it; "no progress" must not.
+    (Loopback's MSS is 64 KiB: the reader's window opens, and the server sees progress,
+    once per 64 KiB read, here every 0.4 s: within the 1 s timeout.)"""
+    server, recorder = make_server(write_stall_timeout=1.0)
+    pace = threading.Event()  # never set: its wait() is the reader's pace, not a sync
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+
+        def writer() -> None:
+            chunk = b"w" * 65536
+            try:
+                for _ in range(256):  # 16 MiB: far more than the buffers hold
+                    sock.sendall(chunk)
+            except OSError:
+                pass  # the reader closed the socket: done
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        received = 0
+        deadline = time.monotonic() + 4 * 1.0
+        while time.monotonic() < deadline:
+            pace.wait(0.05)
+            data = sock.recv(8192)  # a reset as write_stall would raise here
+            assert data, "the server closed the connection"
+            received += len(data)
+        sock.shutdown(socket.SHUT_RDWR)
+        thread.join(10)
+    assert received >= 8192 * 40
+    closed = recorder.wait_for(lambda e: e.name == "closed")
+    assert closed.data["reason"] == "reset"  # the client's close with unread data

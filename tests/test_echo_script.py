@@ -1,0 +1,199 @@
+"""The echo task's hard paths without a kernel: a scripted socket, waits driven by hand.
+
+Like h11's ConnectionPair and gunicorn's FakeSocket: every ``recv_into``/``send`` result
+(partial, EAGAIN, reset) is scripted, and the test plays the scheduler: it resumes the
+task on readiness or throws WaitTimeout/Shutdown into it, which is what a deadline or
+the stop would do at that moment. Each case runs in well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Callable
+
+import pytest
+
+from server import echo as echo_module
+from server.echo import Connection, EchoWaits, echo
+from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout
+
+Step = bytes | int | BaseException  # recv: data (b"" = EOF) or an error; send: bytes taken or an error
+
+
+class ScriptedSocket:
+    """Plays back scripted results; records what was sent, shut down and set."""
+
+    def __init__(self, reads: list[Step], sends: list[Step] | None = None) -> None:
+        self.reads: deque[Step] = deque(reads)
+        self.sends: deque[Step] = deque(sends or [])
+        self.sent = bytearray()
+        self.shut_write = False
+        self.linger_reset = False
+        self.unsent = 0  # what SIOCOUTQ would say
+
+    def recv_into(self, buffer: memoryview) -> int:
+        step = self.reads.popleft()
+        if isinstance(step, BaseException):
+            raise step
+        assert isinstance(step, bytes)
+        buffer[: len(step)] = step
+        return len(step)
+
+    def send(self, data: memoryview) -> int:
+        step: Step = self.sends.popleft() if self.sends else len(data)
+        if isinstance(step, BaseException):
+            raise step
+        assert isinstance(step, int)
+        taken = min(step, len(data))
+        self.sent += data[:taken]
+        return taken
+
+    def shutdown(self, how: int) -> None:
+        assert how == socket.SHUT_WR
+        self.shut_write = True
+
+    def setsockopt(self, level: int, option: int, value: bytes) -> None:
+        if option == socket.SO_LINGER:
+            self.linger_reset = True
+
+
+class Run:
+    """One echo task over a ScriptedSocket, resumed by hand."""
+
+    def __init__(self, sock: ScriptedSocket, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sock = sock
+        self.conn = Connection(1, "127.0.0.1:9", "127.0.0.1", 0.0)
+        self.closed: list[Connection] = []
+        monkeypatch.setattr(echo_module, "unsent_bytes", lambda _sock: self.sock.unsent)
+        waits = EchoWaits.from_timeouts(300.0, 30.0)
+        self.gen: TaskGen = echo(sock, self.conn, memoryview(bytearray(64)), waits, self.closed.append)  # type: ignore[arg-type]
+        self.wait: Wait | None = self._advance(lambda: next(self.gen))
+
+    def _advance(self, resume: Callable[[], object]) -> Wait | None:
+        try:
+            wait = resume()
+        except StopIteration:
+            return None
+        assert isinstance(wait, Wait)
+        return wait
+
+    def ready(self) -> Wait | None:
+        """The socket is ready for what the task waits for."""
+        self.wait = self._advance(lambda: self.gen.send(None))
+        return self.wait
+
+    def throw(self, error: BaseException) -> Wait | None:
+        self.wait = self._advance(lambda: self.gen.throw(error))
+        return self.wait
+
+    def run_until_done(self, limit: int = 100) -> None:
+        for _ in range(limit):
+            if self.wait is None:
+                return
+            self.ready()
+        raise AssertionError("the task did not end")
+
+
+def test_a_partial_send_is_flushed_in_order_before_reading_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abcdef", b"gh", b""], sends=[2, BlockingIOError(), 3, 1])
+    run = Run(sock, monkeypatch)
+    assert run.wait is not None and run.wait.events == READ
+    assert run.ready() is not None and run.wait is not None and run.wait.events == WRITE  # owes "cdef"
+    assert sock.reads == deque([b"gh", b""])  # nothing more read while owing
+    run.run_until_done()
+    assert bytes(sock.sent) == b"abcdefgh"
+    assert (run.conn.reason, run.conn.bytes_in, run.conn.bytes_out) == ("eof", 8, 8)
+    assert sock.shut_write and run.closed == [run.conn]
+
+
+def test_eagain_on_read_just_waits_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([BlockingIOError(), b"x", b""])
+    run = Run(sock, monkeypatch)
+    run.ready()
+    assert run.wait is not None and run.wait.events == READ and sock.sent == b""
+    run.run_until_done()
+    assert bytes(sock.sent) == b"x" and run.conn.reason == "eof"
+
+
+def test_reset_while_flushing_ends_as_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abcdef"], sends=[1, ConnectionResetError()])
+    run = Run(sock, monkeypatch)
+    run.ready()
+    run.ready()  # writable: the send resets
+    assert run.wait is None
+    assert run.conn.reason == "reset" and run.conn.bytes_out == 0 and run.closed == [run.conn]
+
+
+def test_half_close_during_a_flush_still_echoes_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client sent "hello" and half-closed at once: EOF is queued behind the data.
+    sock = ScriptedSocket([b"hello", b""], sends=[1, BlockingIOError(), 1, 3])
+    run = Run(sock, monkeypatch)
+    run.run_until_done()
+    assert bytes(sock.sent) == b"hello" and run.conn.reason == "eof" and sock.shut_write
+
+
+def test_shutdown_during_a_flush_finishes_the_flush_then_says_fin(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abcdef", b"late", b""], sends=[2])
+    run = Run(sock, monkeypatch)
+    run.ready()
+    assert run.wait is not None and run.wait.events == WRITE
+    run.throw(Shutdown())  # the stop's grace deadline, mid-flush
+    assert run.wait is not None and run.wait.events == WRITE  # what was read is still owed
+    run.ready()  # flushed; then FIN, and what the client still sends is read and dropped
+    assert bytes(sock.sent) == b"abcdef" and sock.shut_write
+    run.run_until_done()
+    assert run.conn.reason == "shutdown" and bytes(sock.sent) == b"abcdef"
+
+
+def test_a_peer_that_takes_nothing_is_a_write_stall_closed_with_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abcdef"], sends=[2])
+    sock.unsent = 4096
+    run = Run(sock, monkeypatch)
+    run.ready()
+    run.throw(WaitTimeout(30.0))
+    assert run.wait is None
+    assert run.conn.reason == "write_stall" and sock.linger_reset and run.conn.bytes_out == 0
+
+
+def test_a_slow_but_steady_reader_is_not_a_write_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abcdef", b""], sends=[2])
+    sock.unsent = 100_000
+    run = Run(sock, monkeypatch)
+    run.ready()
+    for _ in range(5):  # each write-stall period, the peer took a little
+        sock.unsent -= 8192
+        assert run.throw(WaitTimeout(30.0)) is not None
+    run.throw(WaitTimeout(30.0))  # then a whole period with nothing taken: a stall
+    assert run.conn.reason == "write_stall"
+
+
+def test_a_slow_reader_that_drains_completes_the_echo(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abcdef", b""], sends=[2])
+    sock.unsent = 10_000
+    run = Run(sock, monkeypatch)
+    run.ready()
+    sock.unsent = 1_000
+    run.throw(WaitTimeout(30.0))
+    run.run_until_done()
+    assert bytes(sock.sent) == b"abcdef" and run.conn.reason == "eof"
+
+
+def test_idle_timeout_ends_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run(ScriptedSocket([]), monkeypatch)
+    run.throw(WaitTimeout(300.0))
+    assert run.wait is None and run.conn.reason == "idle_timeout" and run.closed == [run.conn]
+
+
+def test_a_bug_in_the_task_counts_as_error_not_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b"abc"], sends=[RuntimeError("bug")])
+    run = Run(sock, monkeypatch)
+    with pytest.raises(RuntimeError):
+        run.ready()
+    assert run.conn.reason == "error" and run.closed == [run.conn]
+
+
+def test_closed_from_outside_is_a_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run(ScriptedSocket([]), monkeypatch)
+    run.gen.close()  # the scheduler's abort deadline
+    assert run.conn.reason == "shutdown" and run.closed == [run.conn]
