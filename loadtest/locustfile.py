@@ -10,15 +10,22 @@ per message size, the response time in ms (``time.perf_counter``), the response 
 and an exception on timeout, reset, short echo or mismatch. The whole echo is read and
 compared byte for byte (EchoClient.echo), never a single recv.
 
-Pass/fail for headless runs (the ``quitting`` listener): no requests, any failure, or a
-p95 above ``--echo-max-p95-ms`` makes the process exit 1.
+Pass/fail (the ``quitting`` listener): no requests, any failure, or a p95 above
+``--echo-max-p95-ms`` makes the process exit 1; a headless run ends with one verdict
+line on stdout, ``PASS: ...`` or ``FAIL: <reason>``.
 
-Defaults live in loadtest/locust.conf, which this file registers as a config file (a
-./locust.conf or ~/.locust.conf, flags and LOCUST_* variables still win).
+The ``--echo-*`` options are registered on ``init_command_line_parser`` directly on
+the parser with ``include_in_web_ui=True`` (options added to an argument group skip
+Locust's add_argument and never reach the web UI's form). Locust answers ``--help``
+before it imports a locustfile (locustio/locust#2917), so ``locust -f ... --help``
+cannot list them; ``python3 loadtest/locustfile.py --help`` prints Locust's help with
+them. Defaults live in loadtest/locust.conf, which this file registers as a config
+file (a ./locust.conf or ~/.locust.conf, flags and LOCUST_* variables still win).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -26,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gevent  # type: ignore[import-untyped]  # no stubs; comes with locust
 from locust import User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
@@ -63,25 +71,29 @@ def add_options(parser: Any) -> None:
     files = list(getattr(parser, "_default_config_files", []))
     if CONFIG_FILE not in files:
         parser._default_config_files = [CONFIG_FILE, *files]
-    group = parser.add_argument_group("TCP echo", "options of loadtest/locustfile.py")
-    group.add_argument("--echo-small-bytes", type=int, default=64, help="size of the small message (weight 9)")
-    group.add_argument("--echo-large-bytes", type=int, default=16384, help="size of the large message (weight 1)")
-    group.add_argument("--echo-connect-timeout", type=float, default=5.0, help="seconds to connect")
-    group.add_argument("--echo-read-timeout", type=float, default=5.0, help="seconds without echo before failing")
-    group.add_argument("--echo-think-time", type=float, default=0.05, help="seconds each user waits between echoes")
-    group.add_argument(
-        "--echo-max-p95-ms",
-        type=float,
-        default=500.0,
-        help="headless pass/fail: fail the run if p95 response time exceeds this",
-    )
+    # On the parser itself, not an argument group: only the parser's add_argument
+    # understands include_in_web_ui (an argument group's options are left out of the UI).
+    for flag, kind, default, text in ECHO_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=text, include_in_web_ui=True)
+
+
+ECHO_OPTIONS: tuple[tuple[str, type, float, str], ...] = (
+    ("--echo-small-bytes", int, 64, "TCP echo: size of the small message, weight 9 (64)"),
+    ("--echo-large-bytes", int, 16384, "TCP echo: size of the large message, weight 1 (16384)"),
+    ("--echo-connect-timeout", float, 5.0, "TCP echo: seconds to connect (5)"),
+    ("--echo-read-timeout", float, 5.0, "TCP echo: seconds without echo before a request fails (5)"),
+    ("--echo-think-time", float, 0.05, "TCP echo: seconds each user waits between echoes (0.05)"),
+    ("--echo-max-p95-ms", float, 500.0, "TCP echo pass/fail: fail the run if the p95 response time exceeds this (500)"),
+)
 
 
 @events.init.add_listener
-def check_target(environment: Environment, **_: Any) -> None:
+def check_target(environment: Environment, web_ui: Any = None, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         # With --master-bind-port 0 the OS picks the port: say which, for the workers.
         log.info("master listening for workers on port %d", environment.runner.server.port)
+    if web_ui is not None:
+        gevent.spawn(_announce_web_port, web_ui)
     if isinstance(environment.runner, WorkerRunner) or not environment.host:
         return  # workers get the target from the master
     try:
@@ -91,12 +103,22 @@ def check_target(environment: Environment, **_: Any) -> None:
         raise SystemExit(2) from None
 
 
+def _announce_web_port(web_ui: Any) -> None:
+    """With --web-port 0 the OS picks the port: say which. ``gevent.idle`` returns once
+    every runnable greenlet has run, the web UI's ``start_server`` (bind, listen) among them."""
+    gevent.idle()
+    server = getattr(web_ui, "server", None)
+    if server is not None and getattr(server, "socket", None) is not None:  # bound and listening
+        log.info("web UI listening on port %d", server.server_port)
+
+
 @events.quitting.add_listener
 def apply_thresholds(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     total = environment.stats.total
-    limit_ms = environment.parsed_options.echo_max_p95_ms if environment.parsed_options else 500.0
+    options = environment.parsed_options
+    limit_ms = options.echo_max_p95_ms if options else 500.0
     p95 = total.get_response_time_percentile(0.95) or 0
     if total.num_requests == 0:
         problem = "no requests were made"
@@ -105,9 +127,19 @@ def apply_thresholds(environment: Environment, **_: Any) -> None:
     elif p95 > limit_ms:
         problem = f"p95 response time {p95:.0f} ms is above --echo-max-p95-ms {limit_ms:g}"
     else:
-        return
-    log.error("load test FAILED: %s", problem)
-    environment.process_exit_code = 1
+        problem = ""
+    if problem:
+        log.error("load test FAILED: %s", problem)
+        environment.process_exit_code = 1
+    if options is not None and options.headless:
+        verdict = (
+            f"FAIL: {problem}"
+            if problem
+            else f"PASS: {total.num_requests} requests, 0 failures, p95 {p95:.0f} ms <= {limit_ms:g} ms"
+        )
+        # The last line of a CI run, on stdout whatever the log level: Locust prints its
+        # summary tables after this event, so the verdict waits for the process's exit.
+        atexit.register(print, verdict, flush=True)
 
 
 class EchoUser(User):
@@ -179,3 +211,15 @@ class EchoUser(User):
             exception=error,
             context={},
         )
+
+
+if __name__ == "__main__":
+    # `python3 loadtest/locustfile.py --help`: Locust's help with this file's options,
+    # which `locust -f loadtest/locustfile.py --help` cannot show (it answers --help
+    # before importing the locustfile). Anything else: use the locust command.
+    from locust.argument_parser import get_parser
+
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        print("usage: python3 loadtest/locustfile.py --help (to run: locust -f loadtest/locustfile.py ...)")
+        raise SystemExit(2)
+    get_parser().parse_args(["--help"])
