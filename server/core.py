@@ -9,14 +9,21 @@ generator-task loop (see scheduler.py). New connections go from the acceptor to 
 connection schedulers round-robin, through each scheduler's queue + wake-up.
 
 Threads: ``start``, ``shutdown``, ``close`` and ``serve_forever`` may be called from
-any thread (a lock orders them); ``shutdown`` is idempotent and blocks until stopped,
-which is bounded: shutdown_timeout for the drain, then FINAL_FLUSH_S for the last
-flush, after which connections left are reset. ``stats``, ``ready``, ``stopped`` and
-``draining`` may be read from anywhere.
+any thread (a lock orders them); ``shutdown`` is idempotent and blocks until stopped.
+``stats``, ``ready``, ``stopped``, ``draining`` and ``failure`` may be read from anywhere.
 
 Stopping: stop accepting (the listener closes) -> connections are echoed until they
 close or shutdown_timeout passes -> then they stop reading, flush what is owed, send
-FIN and close -> the schedulers return and the pool shuts down -> ``stopped`` event.
+FIN and close, for at most FINAL_FLUSH_S, after which what is left is reset -> the
+schedulers return and the pool shuts down -> ``stopped`` event -> the admin endpoint
+closes (at most admin.CLOSE_TIMEOUT_S). So shutdown() takes at most shutdown_timeout
++ FINAL_FLUSH_S + admin.CLOSE_TIMEOUT_S, unless a scheduler thread is stuck in a bug:
+then it waits STOP_MARGIN_S more for it, logs an error and returns anyway.
+
+Failure: a scheduler thread that dies, or the acceptor task ending, outside a stop is
+fatal. It is logged once with its traceback, published as a ``failed`` event, /healthz
+turns 503 (``healthy`` is False), and the callbacks given to ``add_failure_callback``
+are called (the CLI stops the process with exit 1, so an orchestrator restarts it).
 """
 
 from __future__ import annotations
@@ -26,17 +33,19 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+from server import admin as admin_module
 from server.acceptor import Acceptor
 from server.admin import AdminServer
 from server.config import Config
 from server.echo import Connection, EchoWaits, echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
-from server.listener import fit_fd_limit, format_address, open_listener
+from server.listener import backlog_capped, fit_fd_limit, format_address, open_listener
 from server.scheduler import Scheduler, every
 from server.stats import Stats, StatsSnapshot
 
@@ -45,6 +54,10 @@ log = logging.getLogger("echo.server")
 FINAL_FLUSH_S = 1.0  # after the drain: time to flush what is owed before resetting
 FOLD_INTERVAL_S = 1.0  # how often long connections' bytes reach Stats
 STOP_MARGIN_S = 5.0  # past every deadline, how long shutdown() waits for a thread
+# Descriptors besides connections: stdio, the echo listener, the log file, the signal
+# wake-up pair and a few spare; each scheduler holds an epoll fd and a wake-up pair.
+FD_BASE = 16
+FD_PER_SCHEDULER = 3
 
 
 class EchoServer:
@@ -64,6 +77,25 @@ class EchoServer:
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
         self._waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
+        # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
+        self._ready_lock = threading.Lock()
+        self._failure_lock = threading.Lock()
+        self._failure_callbacks: list[Callable[[BaseException], None]] = []
+        self.failure: BaseException | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False once a scheduler or the acceptor died (see the module docstring)."""
+        return self.failure is None
+
+    def add_failure_callback(self, callback: Callable[[BaseException], None]) -> None:
+        """``callback(error)`` runs once, on the failing thread, if the server fails."""
+        with self._failure_lock:
+            failure = self.failure
+            if failure is None:
+                self._failure_callbacks.append(callback)
+        if failure is not None:
+            callback(failure)
 
     @property
     def draining(self) -> bool:
@@ -88,10 +120,13 @@ class EchoServer:
                 raise RuntimeError("this EchoServer was shut down; make a new one")
             if self._started:
                 return
-            config, clamped = fit_fd_limit(self.config)
+            config, clamped = fit_fd_limit(self.config, self._fd_headroom(self.config))
             if clamped:
                 log.warning("%s", clamped)
             self.config = config
+            capped = backlog_capped(config.backlog)
+            if capped:
+                log.warning("%s", capped)
             listener = open_listener(config.host, config.port, config.backlog)
             self.server_address = listener.getsockname()
             if config.admin_port is not None:
@@ -110,7 +145,7 @@ class EchoServer:
             log.info("echo listening on %s", " and admin on ".join(addresses.values()))
 
             self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
-            self._acceptor_loop = Scheduler("acceptor", buffer_size=0)
+            self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._critical_exit)
             self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
@@ -124,10 +159,12 @@ class EchoServer:
                 max_connections_per_ip=config.max_connections_per_ip,
                 on_ready=self._on_ready,
             )
-            self._acceptor_loop.spawn_threadsafe(acceptor.run(), listener, daemon=True)
+            self._acceptor_loop.spawn_threadsafe(acceptor.run(), listener, daemon=True, critical=True)
             if config.stats_interval > 0:
                 self._acceptor_loop.spawn_threadsafe(every(config.stats_interval, self._publish_stats), daemon=True)
             self._futures = [self._pool.submit(loop.run) for loop in (self._acceptor_loop, *self._loops)]
+            for loop, future in zip((self._acceptor_loop, *self._loops), self._futures, strict=True):
+                future.add_done_callback(functools.partial(self._loop_done, loop.name))
 
     def serve_forever(self) -> None:
         """Start if needed, then block until the server has stopped (see shutdown)."""
@@ -140,8 +177,9 @@ class EchoServer:
             if not self._started or self.stopped.is_set():
                 self.stopped.set()
                 return
-            self._draining = True
-            self.ready.clear()
+            with self._ready_lock:
+                self._draining = True
+                self.ready.clear()
             config = self.config
             assert self._acceptor_loop is not None and self._pool is not None
             self.publish(event("stopping", shutdown_timeout_s=config.shutdown_timeout))
@@ -154,10 +192,7 @@ class EchoServer:
             abort = grace + FINAL_FLUSH_S
             for loop in self._loops:
                 loop.request_stop(grace, abort)
-            done, stuck = wait_futures(self._futures, timeout=abort - time.monotonic() + STOP_MARGIN_S)
-            for future in done:
-                if future.exception() is not None:
-                    log.error("a scheduler failed", exc_info=future.exception())
+            _, stuck = wait_futures(self._futures, timeout=abort - time.monotonic() + STOP_MARGIN_S)
             if stuck:
                 log.error("%d scheduler thread(s) did not stop in time", len(stuck))
             self._pool.shutdown(wait=not stuck)
@@ -187,8 +222,46 @@ class EchoServer:
     # --- callbacks on scheduler threads ----------------------------------------------------
 
     def _on_ready(self) -> None:  # acceptor thread
-        self.ready.set()
-        self.publish(event("ready", address=format_address(self.server_address)))
+        with self._ready_lock:
+            if self._draining:  # shutdown() won the race: never ready after "stopping"
+                return
+            self.ready.set()
+            self.publish(event("ready", address=format_address(self.server_address)))
+
+    def _loop_done(self, name: str, future: Future[None]) -> None:  # the pool's thread
+        error = future.exception()
+        if error is None and self._draining:
+            return  # a scheduler returning after the stop request: as planned
+        self._fail(f"scheduler {name} {'failed' if error else 'returned before the stop'}", error)
+
+    def _critical_exit(self, what: str, error: BaseException | None) -> None:  # acceptor thread
+        self._fail(what, error)
+
+    def _fail(self, what: str, error: BaseException | None) -> None:
+        """Record the first failure; log it once; tell /healthz and the callbacks."""
+        failure = error or RuntimeError(what)
+        with self._failure_lock:
+            if self.failure is not None:
+                return
+            self.failure = failure
+            callbacks = list(self._failure_callbacks)
+        log.error("fatal: %s", what, exc_info=failure if error is not None else None)
+        self.publish(event("failed", level="error", reason=what))
+        with self._ready_lock:
+            self.ready.clear()
+        for callback in callbacks:
+            try:
+                callback(failure)
+            except Exception:
+                log.exception("failure callback %r failed", callback)
+
+    @staticmethod
+    def _fd_headroom(config: Config) -> int:
+        """File descriptors the server holds besides its echo connections."""
+        schedulers = config.loops + 1  # and the acceptor's
+        # Admin: its clients, one more being accepted to evict for, listener, selector, wake-up pair.
+        admin = admin_module.MAX_CLIENTS + 5 if config.admin_port is not None else 0
+        return FD_BASE + FD_PER_SCHEDULER * schedulers + admin
 
     def _publish_stats(self) -> None:  # acceptor thread
         self.publish(event("stats", **self.stats.snapshot().as_dict()))

@@ -5,7 +5,7 @@ no code path puts them in one. Field names are stable (the README documents them
 ``as_dict`` is what the JSON log and /events write.
 
 Names: started, listening, ready, opened, closed, rejected, accept_paused,
-accept_resumed, stopping, stopped, stats. Any thread may create and publish one.
+accept_resumed, failed, stopping, stopped, stats. Any thread may create and publish one.
 """
 
 from __future__ import annotations

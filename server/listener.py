@@ -14,9 +14,7 @@ import socket
 
 from server.config import Config
 
-# Descriptors the server needs besides its connections: listener, the schedulers'
-# selectors and wake-up socketpairs, the log file, admin sockets, stdio.
-FD_HEADROOM = 64
+SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 
 
 class ListenError(OSError):
@@ -46,10 +44,23 @@ def format_address(address: tuple[object, ...]) -> str:
     return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
-def fit_fd_limit(config: Config) -> tuple[Config, str | None]:
-    """Raise the soft RLIMIT_NOFILE to fit max_connections if the hard limit allows;
-    otherwise clamp max_connections. Returns the config to use and, if clamped, why."""
-    needed = config.max_connections + FD_HEADROOM
+def backlog_capped(backlog: int, path: str = SOMAXCONN_PATH) -> str | None:
+    """Why the kernel will give a smaller listen backlog than asked, or None."""
+    try:
+        with open(path) as file:
+            cap = int(file.read().strip())
+    except (OSError, ValueError):
+        return None  # not Linux, or not readable: nothing to say
+    if cap >= backlog:
+        return None
+    return f"listen backlog {backlog} is capped at {cap} by net.core.somaxconn; raise that sysctl for bursts"
+
+
+def fit_fd_limit(config: Config, headroom: int) -> tuple[Config, str | None]:
+    """Raise the soft RLIMIT_NOFILE to fit max_connections plus ``headroom`` (the
+    server's other descriptors) if the hard limit allows; otherwise clamp
+    max_connections. Returns the config to use and, if clamped, why."""
+    needed = config.max_connections + headroom
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return config, None
@@ -60,9 +71,10 @@ def fit_fd_limit(config: Config) -> tuple[Config, str | None]:
         target = soft
     if target >= needed:
         return config, None
-    clamped = max(1, target - FD_HEADROOM)
+    clamped = max(1, target - headroom)
     reason = (
-        f"max_connections {config.max_connections} needs {needed} file descriptors but "
+        f"max_connections {config.max_connections} needs {needed} file descriptors "
+        f"({headroom} for the server itself) but "
         f"RLIMIT_NOFILE allows {target}; using max_connections {clamped}"
     )
     return dataclasses.replace(config, max_connections=clamped), reason

@@ -264,7 +264,8 @@ class Scheduler:
             self._end(task)
             return
         except Exception as failure:
-            log.exception("task %s on %s failed", _name(task), self.name)
+            if not (task.critical and self._on_critical_exit):  # else that one reports it
+                log.exception("task %s on %s failed", _name(task), self.name)
             self._end(task, failure=failure)
             return
         if type(wait) is Wait:

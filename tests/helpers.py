@@ -154,13 +154,21 @@ def address_of(record: dict[str, Any], key: str = "address") -> tuple[str, int]:
 class ServerProcess:
     """``python3 -m server`` in a subprocess, logging JSON to a pipe we read lines from."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
         self.args = [sys.executable, "-m", "server", "--log-format", "json", *args]
         self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.args,
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
         )
         assert self.proc.stdout is not None
         self.log = JsonLines(self.proc.stdout)

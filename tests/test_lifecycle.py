@@ -1,0 +1,142 @@
+"""The server's lifecycle under faults and races: a dead thread is noticed, and
+"ready" is never published after "stopping"."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from server.acceptor import Acceptor
+from server.config import Config
+from server.core import EchoServer
+from server.exchange import Exchange
+from tests.helpers import EventRecorder, read_exactly
+
+
+class ErrorLog(logging.Handler):
+    """Collects what the server logs at ERROR (these tests expect exactly one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def error_log() -> Iterator[ErrorLog]:
+    handler = ErrorLog()
+    logging.getLogger("echo").addHandler(handler)
+    yield handler
+    logging.getLogger("echo").removeHandler(handler)
+
+
+def start_server(**settings: object) -> tuple[EchoServer, EventRecorder, threading.Event, list[BaseException]]:
+    recorder = EventRecorder()
+    exchange = Exchange("lifecycle-test")
+    exchange.attach(recorder)
+    config = Config(port=0, admin_port=None, stats_interval=0, **settings)  # type: ignore[arg-type]
+    server = EchoServer(config, exchange=exchange)
+    failed = threading.Event()
+    failures: list[BaseException] = []
+
+    def on_failure(error: BaseException) -> None:
+        failures.append(error)
+        failed.set()
+
+    server.add_failure_callback(on_failure)
+    server.start()
+    assert server.ready.wait(5)
+    return server, recorder, failed, failures
+
+
+def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLog) -> None:
+    server, recorder, failed, failures = start_server()
+    try:
+        assert server.healthy
+        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+            sock.sendall(b"before")
+            assert read_exactly(sock, 6) == b"before"
+            loop = server._loops[0]
+
+            def broken_turn(block: bool = True) -> bool:
+                raise RuntimeError("injected scheduler fault")
+
+            loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+            assert failed.wait(5), "the failure callback was not called"
+            # The dead scheduler's connections are closed (reset), not left hanging.
+            with pytest.raises(ConnectionResetError):
+                sock.recv(1)
+        assert [str(f) for f in failures] == ["injected scheduler fault"]
+        assert not server.healthy and not server.ready.is_set()
+        event = recorder.wait_for(lambda e: e.name == "failed")
+        assert "loop-0" in event.data["reason"] and event.level == "error"
+        tracebacks = [r for r in error_log.records if r.exc_info]
+        assert len(tracebacks) == 1 and "injected scheduler fault" in str(tracebacks[0].exc_info)
+    finally:
+        server.shutdown()
+    assert len(failures) == 1  # the stop is not a second failure
+
+
+def test_an_acceptor_that_dies_is_reported_with_its_traceback(
+    error_log: ErrorLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_admit(self: Acceptor, sock: socket.socket, address: tuple[object, ...]) -> None:
+        sock.close()
+        raise RuntimeError("injected acceptor fault")
+
+    monkeypatch.setattr(Acceptor, "_admit", broken_admit)
+    server, recorder, failed, failures = start_server()
+    try:
+        socket.create_connection(server.server_address[:2], timeout=5).close()
+        assert failed.wait(5)
+        assert not server.healthy
+        assert "acceptor" in recorder.wait_for(lambda e: e.name == "failed").data["reason"]
+        tracebacks = [r for r in error_log.records if r.exc_info]
+        assert len(tracebacks) == 1 and "injected acceptor fault" in str(tracebacks[0].exc_info)
+    finally:
+        server.shutdown()
+    assert len(failures) == 1
+
+
+def test_a_callback_added_after_the_failure_still_hears_of_it(error_log: ErrorLog) -> None:
+    server, _, failed, _ = start_server()
+    try:
+        loop = server._loops[0]
+
+        def broken_turn(block: bool = True) -> bool:
+            raise RuntimeError("early fault")
+
+        loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+        assert failed.wait(5)
+        late: list[BaseException] = []
+        server.add_failure_callback(late.append)
+        assert [str(e) for e in late] == ["early fault"]
+    finally:
+        server.shutdown()
+
+
+def test_a_clean_stop_is_no_failure(error_log: ErrorLog) -> None:
+    server, _, failed, _ = start_server()
+    server.shutdown()
+    assert not failed.is_set() and server.healthy and error_log.records == []
+
+
+def test_ready_is_never_published_after_stopping_in_rapid_start_stop_cycles() -> None:
+    late = 0
+    for _ in range(1_000):
+        recorder = EventRecorder()
+        exchange = Exchange("race-test")
+        exchange.attach(recorder)
+        server = EchoServer(Config(port=0, admin_port=None, stats_interval=0), exchange=exchange)
+        server.start()
+        server.shutdown()
+        names = [e.name for e in recorder.events]
+        if server.ready.is_set() or ("ready" in names and names.index("ready") > names.index("stopping")):
+            late += 1
+    assert late == 0
