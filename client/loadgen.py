@@ -173,12 +173,8 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
                     selector.modify(conn.sock, selectors.EVENT_READ, conn)
             if not mask & selectors.EVENT_READ:
                 continue
-            try:
-                count = conn.sock.recv_into(buffer)
-            except BlockingIOError:
-                continue
-            except OSError as error:
-                fail(conn, f"recv: {error.strerror or error}")
+            count = _receive(conn, buffer, fail)
+            if count is None:
                 continue
             if not count:
                 fail(conn, "closed by server")
@@ -202,6 +198,18 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
     _wind_down(selector, buffer, spec.connect_timeout_s, verify, fail)
     selector.close()
     return result
+
+
+def _receive(conn: _Conn, buffer: bytearray, fail: Callable[[_Conn, str], None]) -> int | None:
+    """Bytes read into ``buffer`` (0 at EOF); None if none were ready or the read
+    failed (reported through ``fail``, which closes the connection)."""
+    try:
+        return conn.sock.recv_into(buffer)
+    except BlockingIOError:
+        return None
+    except OSError as error:
+        fail(conn, f"recv: {error.strerror or error}")
+        return None
 
 
 def _wind_down(
@@ -232,12 +240,8 @@ def _wind_down(
             return
         for key, _ in selector.select(left):
             conn = key.data
-            try:
-                count = conn.sock.recv_into(buffer)
-            except BlockingIOError:
-                continue
-            except OSError as error:
-                fail(conn, f"recv: {error.strerror or error}")
+            count = _receive(conn, buffer, fail)
+            if count is None:
                 continue
             if count:
                 verify(conn, count)  # late echo is checked too, but timed no more

@@ -224,15 +224,7 @@ def test_bench_shows_live_progress_on_a_terminal_only(make_server: ServerFactory
     controller, terminal = pty.openpty()  # stderr is a real terminal
     with subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=terminal) as bench:
         os.close(terminal)
-        shown = bytearray()
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # EIO: the terminal closed with the process
-                break
-            if not chunk:
-                break
-            shown += chunk
+        shown = read_terminal(controller)
         assert bench.wait(timeout=60) == 0
     os.close(controller)
     assert b"\recho-client bench:" in shown and b"load processes finished" in shown
@@ -256,19 +248,25 @@ def on_terminal(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
         assert process.stdin is not None and process.stderr is not None
         process.stdin.write(stdin)
         process.stdin.close()
-        shown = bytearray()
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # EIO: the terminal closed with the process
-                break
-            if not chunk:
-                break
-            shown += chunk
+        shown = read_terminal(controller)
         code = process.wait(timeout=60)
         errors = process.stderr.read()
     os.close(controller)
-    return code, bytes(shown), errors
+    return code, shown, errors
+
+
+def read_terminal(controller: int) -> bytes:
+    """Everything written to a pseudo-terminal until the last process holding it exits."""
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    return bytes(shown)
 
 
 def test_send_ends_its_echo_with_a_newline_on_a_terminal_only(make_server: ServerFactory) -> None:
