@@ -91,7 +91,7 @@ def _non_negative_float(text: str) -> float:
 
 def parse_port(text: str) -> int:
     """A TCP port to connect to; UsageError naming the argument otherwise."""
-    value = int(text) if text.isdigit() else -1
+    value = int(text) if text.isascii() and text.isdigit() else -1
     if not 1 <= value <= 65535:
         raise UsageError(f"port: expected 1-65535, got {text!r}")
     return value
