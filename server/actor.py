@@ -10,6 +10,8 @@ mailbox has just run empty); both run on the actor's thread only. The stop marke
 private object, so None is a valid message. An exception escaping ``handle`` is
 reported on stderr with its traceback, kept in ``error``, and stops the actor: never
 silent. stderr, not ``logging``, because logging may itself be routed to an actor.
+A dead actor empties its mailbox and refuses what is sent after (``send`` returns
+False at once), so that no sender waits for room that would never come.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Actor:
         self._thread.start()
 
     def send(self, message: Any) -> bool:
+        if self.error is not None:
+            return False
         try:
             self._mailbox.put_nowait(message)
         except queue.Full:
@@ -41,6 +45,8 @@ class Actor:
         return True
 
     def send_wait(self, message: Any, timeout: float) -> bool:
+        if self.error is not None:
+            return False
         try:
             self._mailbox.put(message, timeout=timeout)
         except queue.Full:
@@ -80,5 +86,13 @@ class Actor:
             self.idle()
         except BaseException as error:
             self.error = error
+            self._discard()  # wakes senders waiting for room
             print(f"actor {self.name} failed:", file=sys.stderr)
             traceback.print_exception(error, file=sys.stderr)
+
+    def _discard(self) -> None:
+        while True:
+            try:
+                self._mailbox.get_nowait()
+            except queue.Empty:
+                return

@@ -5,7 +5,8 @@ config.SETTINGS; a flag wins over the environment. Exit codes:
 
     0  stopped by SIGTERM/SIGINT after a graceful drain
     1  could not listen (port in use, bad address), or a second signal during the drain
-    2  invalid flag or environment value: one line naming the setting, no traceback
+    2  invalid flag or environment value, or a log file that cannot be opened: one
+       line naming the setting, no traceback
 
 ``python3 -m server healthcheck`` is the container's probe (see healthcheck.py);
 ``python3 -m server analyze`` summarizes JSON logs (see analyze.py).
@@ -21,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -29,7 +31,8 @@ from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, f
 from server.core import EchoServer
 from server.exchange import Exchange, get_exchange
 from server.listener import ListenError
-from server.logger import LEVELS, LogActor
+from server.logger import LEVELS, LogActor, SkipRestatedEvents
+from server.rotation import LogFileError
 from server.signals import WOKEN, StopSignals
 from server.stats import Stats
 
@@ -74,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """Build the Config; raises UsageError naming the flag or variable at fault."""
+    return _load(argv, environ)[0]
+
+
+def _load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Config, dict[str, str]]:
+    """The Config, and for each setting given, the flag or variable it came from."""
     args = build_parser().parse_args(list(argv))
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -90,7 +98,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
                 raise UsageError(f"{source}: {error.problem}") from None
             sources[spec.name] = source
     try:
-        return Config(**values)
+        return Config(**values), sources
     except ConfigError as error:
         raise UsageError(f"{sources.get(error.setting, flag_name(error.setting))}: {error.problem}") from None
 
@@ -118,8 +126,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from server.analyze import main as analyze
 
         return analyze(argv[1:])
+    sources: dict[str, str] = {}
     try:
-        config = load_config(argv, environ)
+        config, sources = _load(argv, environ)
         stats = Stats()
         actor = LogActor(
             stats,
@@ -133,8 +142,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as error:
-        print(f"{PROG}: error: --log-file: cannot open {error.filename}: {error.strerror}", file=sys.stderr)
+    except LogFileError as error:
+        print(f"{PROG}: error: {sources.get('log_file', flag_name('log_file'))}: {error}", file=sys.stderr)
         return EXIT_USAGE
     return serve(config, stats, actor, unknown_environment(environ))
 
@@ -145,6 +154,7 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
     echo_logger.setLevel(LEVELS[config.log_level])
     echo_logger.propagate = False
     echo_logger.addHandler(actor.handler)
+    actor.handler.addFilter(SkipRestatedEvents())  # the events say it; once is enough
     actor.start()
     exchange.attach(actor)
     for warning in warnings:
@@ -180,10 +190,14 @@ def _stop(server: EchoServer, signals: StopSignals) -> None:
 
 
 def _finish_logging(exchange: Exchange, logger: logging.Logger, actor: LogActor, timeout: float) -> None:
-    """Write everything logged so far, within ``timeout``, then stop the actor."""
+    """Write everything logged so far, within ``timeout`` in all, then stop the actor."""
+    deadline = time.monotonic() + timeout
     exchange.detach(actor)
     logger.removeHandler(actor.handler)
     if actor.alive:
         actor.close(timeout)
-        actor.join(timeout)
-    sys.stdout.flush()
+    actor.join(max(0.0, deadline - time.monotonic()))
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass

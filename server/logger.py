@@ -2,36 +2,63 @@
 
 Server threads never format or write a log line: they publish an Event (or call a
 ``logging`` logger, whose handler posts the record), and this actor's thread turns it
-into one line of text or JSON on stdout or a rotating, gzip-compressing file.
+into one line of text or JSON on stdout, a rotating gzip-compressing file, a pipe or a
+device (see rotation.py).
 
 Never blocking a server thread: the mailbox is bounded (``log_queue``). When it is
 full, an event is dropped and counted in Stats; when the actor catches up it writes
 "dropped N log events". Lifecycle events (started ... stopped) wait up to a second
 for room instead, so the first and last words of a run are not the ones lost.
 
-Threads: ``send`` (as an Exchange subscriber) and the ``handler``'s ``emit`` from any
-thread; everything else on the actor's thread. At shutdown, ``close`` posts the stop
-marker after everything already sent, and ``join`` waits until it is all written.
+Never stopping for the log: a line that cannot be written (a full disk, a closed pipe)
+is dropped and counted in the same Stats counter; stderr says so at most once a second
+and, at the end, how many lines were lost in all.
+
+Threads: ``send`` (as an Exchange subscriber), the ``handler``'s ``emit`` and
+``reopen`` from any thread; everything else on the actor's thread. At shutdown,
+``close`` posts the stop marker after everything already sent, and ``join`` waits
+until it is all written (the main thread).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
+import threading
 import traceback
+from collections.abc import Callable
 from typing import IO, Any
 
 from server.actor import Actor
 from server.events import Event, event, iso_utc
-from server.rotation import RotatingGzipFile
+from server.rotation import FdSink, LogSink, TextSink, open_sink
 from server.stats import Stats
 from server.throttle import Throttle
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 LIFECYCLE = frozenset({"started", "listening", "ready", "stopping", "stopped"})
 LIFECYCLE_WAIT_S = 1.0
+_REOPEN = object()  # wakes the actor to look at its reopen request
+
+# Logging records that restate a lifecycle event in words, for library users who read
+# only ``logging`` (core.py logs them beside the event). A LogActor that writes the
+# events skips them: each step of a run is one line. Keyed on the exact template, so
+# that any other record of that logger is still written.
+RESTATED_EVENTS = frozenset(
+    {
+        ("echo.server", "echo listening on %s"),
+        ("echo.server", "stopping: no new connections; draining for up to %.1f s"),
+        ("echo.server", "stopped: %d accepted, %d rejected, %d bytes echoed, %d errors"),
+    }
+)
+
+
+class SkipRestatedEvents(logging.Filter):
+    """Add to ``LogActor.handler`` when the actor also writes the events exchange."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.name, record.msg) not in RESTATED_EVENTS
 
 
 class LogActor(Actor):
@@ -51,13 +78,19 @@ class LogActor(Actor):
         self._stats = stats
         self._json = log_format == "json"
         self._threshold = LEVELS[log_level]
-        self._sink: IO[str] | RotatingGzipFile = (
-            RotatingGzipFile(log_file, max_bytes, backups) if log_file else (stream or sys.stdout)
-        )
-        self._owns_sink = log_file is not None
-        self._to_stdout = log_file is None and stream is None
-        self._dropped_reported = 0
         self._failure_throttle = Throttle()
+        self._lost = 0  # lines the sink could not write (the actor's thread, then join's)
+        self._summarized = False
+        self._last_problem = ""
+        self._sink: LogSink
+        if log_file is not None:
+            self._sink = open_sink(log_file, max_bytes, backups, self._sink_failed)  # raises LogFileError
+        elif stream is not None:
+            self._sink = TextSink(stream, self._sink_failed)
+        else:
+            self._sink = _stdout_sink(self._sink_failed)
+        self._reopen_requested = threading.Event()
+        self._dropped_reported = 0
         self.handler = _MailboxHandler(self)
         self.handler.setLevel(self._threshold)
 
@@ -78,9 +111,19 @@ class LogActor(Actor):
             self._stats.log_event_dropped()
         return delivered
 
+    def reopen(self) -> None:
+        """Ask for the log file to be reopened (SIGUSR1): lines handled from now on go
+        to a file opened afresh at the same path. Never blocks; a no-op but for files."""
+        if not super().send(_REOPEN):  # in order after what was sent before
+            self._reopen_requested.set()  # full: the actor is busy and sees the flag at once
+
     # --- the actor's thread -----------------------------------------------------------
 
     def handle(self, message: Any) -> None:
+        if message is _REOPEN or self._reopen_requested.is_set():
+            self._reopen()
+            if message is _REOPEN:
+                return
         if isinstance(message, Event):
             record = message.as_dict()
         elif isinstance(message, logging.LogRecord):
@@ -95,42 +138,40 @@ class LogActor(Actor):
             note = event("log_dropped", level="warning", dropped=dropped - self._dropped_reported, total=dropped)
             self._dropped_reported = dropped
             self._write(self._format(note.as_dict()))
-        try:
-            self._sink.flush()
-        except OSError as error:
-            self._write_failed(error)
+        self._sink.flush()
 
     def _write(self, line: str) -> None:
-        try:
-            self._sink.write(line)
-        except OSError as error:
-            self._stats.log_event_dropped()
-            self._write_failed(error)
+        self._sink.write(line)
 
-    def _write_failed(self, error: OSError) -> None:
+    def _reopen(self) -> None:
+        self._reopen_requested.clear()
+        if self._sink.reopen():
+            self._write(self._format(event("log_reopened").as_dict()))
+
+    def _sink_failed(self, problem: str, lines_lost: int) -> None:
         """A full disk or a closed stdout must not stop the actor: drop, count, say so
-        on stderr at most once a second. A broken stdout pipe is gone for good: write
-        to /dev/null from now on, so that exiting does not trip over it either."""
-        if isinstance(error, BrokenPipeError) and self._to_stdout:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        on stderr at most once a second."""
+        for _ in range(lines_lost):
+            self._stats.log_event_dropped()
+        self._lost += lines_lost
+        self._last_problem = problem
         held_back = self._failure_throttle.allow()
         if held_back is not None:
-            try:
-                print(
-                    f"echo-server: cannot write the log ({error.strerror or error}); dropping lines "
-                    f"({held_back} more failures since last said)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            except OSError:
-                pass
+            lost = f": {self._lost} log line{'s' if self._lost != 1 else ''} lost so far" if self._lost else ""
+            more = f" ({held_back} more problems since last said)" if held_back else ""
+            _say(f"{problem}{lost}{more}")
+
+    # --- the main thread, at the end ----------------------------------------------
 
     def join(self, timeout: float | None = None) -> bool:
+        """Wait for the actor; once it has ended, close the sink and, if lines were
+        lost, say how many in all (one line, the last word on the matter)."""
         ended = super().join(timeout)
-        if ended and self._owns_sink:
+        if ended:
             self._sink.close()
+            if self._lost and not self._summarized:
+                _say(f"{self._last_problem}: {self._lost} log lines lost in all")
+                self._summarized = True
         return ended
 
     def _format(self, record: dict[str, Any]) -> str:
@@ -147,6 +188,25 @@ class LogActor(Actor):
             parts.append(str(message))
         line = " ".join(parts)
         return line + ("\n" + exc if exc else "") + "\n"
+
+
+def _say(line: str) -> None:
+    """One line on stderr (not through ``logging``: it may be what is failing)."""
+    try:
+        print(f"echo-server: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _stdout_sink(report: Callable[[str, int], None]) -> LogSink:
+    """stdout's descriptor, written directly: sys.stdout's buffer then never holds a
+    line that a closed pipe would make fail again at exit."""
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by something without a descriptor
+        return TextSink(sys.stdout, report)
+    return FdSink(fd, report, owns=False)
 
 
 def _text_value(value: Any) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -53,46 +54,57 @@ def test_2000_connections_then_sigterm_log_every_open_and_close(json_server: Ser
         assert CANARY.decode() not in json.dumps(record)
 
 
-def _churn(address: tuple[str, int], connections: int) -> float:
-    """Connections per second for open, echo 64 bytes, close."""
-    payload = b"p" * 64
-    started = time.perf_counter()
-    for _ in range(connections):
-        with socket.create_connection(address, timeout=10) as sock:
-            sock.sendall(payload)
-            read_exactly(sock, len(payload))
-    return connections / (time.perf_counter() - started)
+CHURN = 1000
+SLOWEST_ROUND_TRIP_S = 1.0  # a server that waited for the log would wait StuckStream's 30 s
 
 
-def test_a_stuck_log_sink_drops_events_and_does_not_slow_the_echo(make_server: ServerFactory) -> None:
-    """Connection churn (2 events per connection) with a sink that never returns vs one
-    that writes to /dev/null, interleaved, best of 3 each. Measured on the 2-core dev
-    machine over 5 runs: the stuck sink's rate was 143-167% of the fast sink's, because
-    a writing LogActor competes for the GIL (client and server share this process)."""
+def test_a_log_sink_blocked_for_good_never_delays_an_echo(make_server: ServerFactory) -> None:
+    """The invariant, not a throughput ratio: while every write of the log blocks (until
+    the test ends), each open-echo-close round trip still completes promptly and the
+    events the log cannot take are dropped and counted."""
     server, _ = make_server(max_connections_per_ip=100_000)
     address = server.server_address[:2]
-    fast = LogActor(server.stats, log_format="json", mailbox_size=100, stream=open("/dev/null", "w"))
     stuck_stream = StuckStream()
     stuck = LogActor(server.stats, log_format="json", mailbox_size=100, stream=stuck_stream)
-    fast.start()
     stuck.start()
-    rates: dict[str, list[float]] = {"fast": [], "stuck": []}
+    payload = b"p" * 64
+    slowest = 0.0
+    started = time.monotonic()
     try:
-        for _ in range(3):
-            for name, actor in (("fast", fast), ("stuck", stuck)):
-                with server.exchange.subscribed(actor):
-                    rates[name].append(_churn(address, 600))
+        with server.exchange.subscribed(stuck):
+            for _ in range(CHURN):  # two events each: opened, closed
+                began = time.monotonic()
+                with socket.create_connection(address, timeout=10) as sock:
+                    sock.sendall(payload)
+                    assert read_exactly(sock, len(payload)) == payload
+                slowest = max(slowest, time.monotonic() - began)
+            took = time.monotonic() - started
+            dropped = server.stats.snapshot().log_events_dropped
+            with socket.create_connection(address, timeout=10) as sock:  # and it keeps echoing
+                sock.sendall(CANARY)
+                assert read_exactly(sock, len(CANARY)) == CANARY
     finally:
         stuck_stream.release.set()
-        for actor in (fast, stuck):
-            actor.close()
-            actor.join(10)
-        fast._sink.close()  # type: ignore[union-attr]
-    dropped = server.stats.snapshot().log_events_dropped
-    assert dropped > 1000, "the stuck sink should have made the server drop events"
-    ratio = max(rates["stuck"]) / max(rates["fast"])
-    assert ratio >= 0.9, f"stuck-sink echo rate is {ratio:.0%} of the fast-sink rate: {rates}"
-    assert statistics.median(rates["stuck"]) > 0
+        stuck.close()
+        stuck.join(10)
+    assert slowest < SLOWEST_ROUND_TRIP_S, f"a round trip took {slowest:.3f} s while the log was blocked"
+    assert took < 30.0, f"{CHURN} round trips took {took:.1f} s"
+    assert dropped >= 2 * CHURN - 100 - 2  # all but a full mailbox and the one being written
+
+
+def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    """Read a pipe until ``marker`` appears, with a deadline (no blocking readline)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {marker!r} within {timeout} s; got {data!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}; got {data!r}")
+        data += chunk
+    return data
 
 
 def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
@@ -102,15 +114,13 @@ def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,
     )
     try:
         assert process.stdout is not None and process.stderr is not None
-        address = None
-        while address is None:  # read up to the ready line, then stop reading for good
-            record = json.loads(process.stdout.readline())
-            if record["event"] == "ready":
-                address = address_of(record)
+        text = _read_until(process.stdout.fileno(), b'"event":"ready"', timeout=15)
+        ready = next(json.loads(line) for line in text.splitlines() if b'"ready"' in line)
+        address = address_of(ready)
         process.stdout.close()
         for _ in range(20):
             with socket.create_connection(address, timeout=10) as sock:
@@ -118,12 +128,42 @@ def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
                 assert read_exactly(sock, 13) == b"still echoing"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-        errors = process.stderr.read()
+        errors = process.stderr.read().decode().splitlines()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         if process.stderr:
             process.stderr.close()
-    assert errors.count("\n") == 1 and errors.startswith("echo-server: cannot write the log (Broken pipe)")
-    assert "Traceback" not in errors and "Exception ignored" not in errors
+    # One line when it happens, one with the total at exit (the 20 connections' lines).
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("echo-server: cannot write the log (Broken pipe)")
+    assert errors[1].startswith("echo-server: cannot write the log (Broken pipe): ")
+    assert errors[1].endswith(" log lines lost in all") and int(errors[1].split()[-6]) >= 40
+    assert not any("Traceback" in line or "Exception ignored" in line for line in errors)
+
+
+def test_text_log_shows_each_lifecycle_step_once() -> None:
+    """A logging line used to restate started/listening/stopping/stopped beside the event."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0", "--admin-port", "0", "--log-format", "text"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    try:
+        assert process.stdout is not None
+        head = _read_until(process.stdout.fileno(), b" ready ", timeout=15)
+        process.send_signal(signal.SIGTERM)
+        rest, errors = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors
+    lines = (head + rest).decode().splitlines()
+    for step in ("started", "listening", "ready", "stopping", "stopped"):
+        saying = [line for line in lines if step in line]
+        assert len(saying) == 1, f"{step}: {saying}"
+    assert sum("received SIGTERM" in line for line in lines) == 1
