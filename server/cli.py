@@ -165,7 +165,7 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
             try:
                 server.start()
             except ListenError as error:
-                print(f"{PROG}: {error.strerror}", file=sys.stderr)
+                print(f"{PROG}: {_listen_problem(error, server)}", file=sys.stderr)
                 return EXIT_FAILED
             first = signals.wait()
             log.info("received %s", signal.Signals(first).name)
@@ -187,6 +187,20 @@ def _stop(server: EchoServer, signals: StopSignals) -> None:
         server.shutdown()
     finally:
         signals.wake()
+
+
+def _listen_problem(error: ListenError, server: EchoServer) -> str:
+    """Say which port could not be had. The echo listener opens first (core.start());
+    if it got an address, the one that failed is the admin listener."""
+    problem = error.strerror or str(error)
+    config = server.config
+    if config.admin_port is None or not server.server_address[1]:
+        where, role, hint = f"{config.host}:{config.port}", "the echo port", ""
+    else:
+        where, role = f"{config.effective_admin_host}:{config.admin_port}", "the admin port"
+        hint = "; is another echo-server running? Give this one --admin-port 0 (any free port) or --admin-port off"
+    shown = problem.replace(where, f"{where} ({role})", 1) if where in problem else f"{role}: {problem}"
+    return shown + hint
 
 
 def _finish_logging(exchange: Exchange, logger: logging.Logger, actor: LogActor, timeout: float) -> None:
