@@ -3,14 +3,19 @@
 Every setting is a flag and an ``ECHO_*`` environment variable, built from
 config.SETTINGS; a flag wins over the environment. Exit codes:
 
-    0  stopped by SIGTERM/SIGINT after a graceful drain
-    1  could not listen (port in use, bad address), or a second signal during the drain
+    0  stopped by SIGTERM/SIGINT/SIGQUIT after a graceful drain
+    1  could not listen (port in use, bad address); a second stop signal during the
+       drain; a server thread died (after a graceful, bounded stop)
     2  invalid flag or environment value, or a log file that cannot be opened: one
        line naming the setting, no traceback
 
+What each signal means is in signals.py; what the main thread does about it, here
+(``_Run``).
+
 ``python3 -m server healthcheck`` is the container's probe (see healthcheck.py);
 ``python3 -m server analyze`` summarizes JSON logs (see analyze.py).
-Everything here runs on the main thread, but the stopper thread (see ``serve``).
+Everything here runs on the main thread, but the stopper thread (``_Run._begin_stop``)
+and the failure callback (any thread; it only wakes the main thread).
 """
 
 from __future__ import annotations
@@ -19,26 +24,28 @@ import argparse
 import difflib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from server import __version__
 from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
-from server.core import EchoServer
+from server.core import FINAL_FLUSH_S, STOP_MARGIN_S, EchoServer
 from server.exchange import Exchange, get_exchange
 from server.listener import ListenError
 from server.logger import LEVELS, LogActor, SkipRestatedEvents
 from server.rotation import LogFileError
-from server.signals import WOKEN, StopSignals
+from server.signals import Action, Signals, Wakeup
 from server.stats import Stats
 
 PROG = "echo-server"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-LOG_DRAIN_S = 5.0
+LOG_DRAIN_S = 5.0  # at exit, how long the log may take to write what it holds
+# Past shutdown_timeout, how long the main thread trusts EchoServer.shutdown() (itself
+# bounded by these margins) before it gives up on it and exits 1.
+STOP_WATCHDOG_S = FINAL_FLUSH_S + 2 * STOP_MARGIN_S + 1.0
 
 log = logging.getLogger("echo.cli")
 
@@ -153,40 +160,122 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
     echo_logger = logging.getLogger("echo")
     echo_logger.setLevel(LEVELS[config.log_level])
     echo_logger.propagate = False
-    echo_logger.addHandler(actor.handler)
-    actor.handler.addFilter(SkipRestatedEvents())  # the events say it; once is enough
-    actor.start()
-    exchange.attach(actor)
-    for warning in warnings:
-        log.warning("%s", warning)
-    server = EchoServer(config, stats=stats, exchange=exchange)
-    try:
-        with StopSignals() as signals:
+    with Signals() as signals:  # first: from here on no handled signal kills the process
+        echo_logger.addHandler(actor.handler)
+        actor.handler.addFilter(SkipRestatedEvents())  # the events say it; once is enough
+        actor.start()
+        exchange.attach(actor)
+
+        def finish_logging(timeout: float) -> None:
+            _finish_logging(exchange, echo_logger, actor, timeout)
+
+        try:
+            for warning in warnings:
+                log.warning("%s", warning)
+            server = EchoServer(config, stats=stats, exchange=exchange)
+            run = _Run(server, signals, actor, finish_logging)
             try:
                 server.start()
             except ListenError as error:
                 print(f"{PROG}: {_listen_problem(error, server)}", file=sys.stderr)
                 return EXIT_FAILED
-            first = signals.wait()
-            log.info("received %s", signal.Signals(first).name)
-            stopper = threading.Thread(target=_stop, args=(server, signals), name="stopper", daemon=True)
-            stopper.start()
-            second = signals.wait()
-            if second != WOKEN:
-                log.warning("received %s while draining: exiting now", signal.Signals(second).name)
-                _finish_logging(exchange, echo_logger, actor, timeout=1.0)
-                os._exit(EXIT_FAILED)  # pool threads would otherwise be joined at exit
-            stopper.join()
-    finally:
-        _finish_logging(exchange, echo_logger, actor, timeout=LOG_DRAIN_S)
-    return EXIT_OK
+            return run.until_stopped()
+        finally:
+            finish_logging(LOG_DRAIN_S)
 
 
-def _stop(server: EchoServer, signals: StopSignals) -> None:
-    try:
-        server.shutdown()
-    finally:
-        signals.wake()
+class _Run:
+    """The main thread's loop: wait for a wake-up (signals.py), act on it, until stopped.
+
+    ``on_thread_failure`` may be called from any thread; everything else belongs to the
+    main thread. A stop runs ``EchoServer.shutdown()`` on a stopper thread, so that the
+    main thread still hears a second signal (exit 1 at once) and keeps a watchdog.
+    """
+
+    def __init__(self, server: EchoServer, signals: Signals, actor: LogActor, finish: Callable[[float], None]) -> None:
+        self._server = server
+        self._signals = signals
+        self._actor = actor
+        self._finish = finish
+        self._exit_code = EXIT_OK
+        self._stopper: threading.Thread | None = None
+        self._stop_deadline: float | None = None
+        self._failure: BaseException | None = None
+        self._actions: dict[Action, Callable[[Wakeup], None]] = {
+            Action.STOP: self.stop,
+            Action.RELOAD: self.reload,
+            Action.REOPEN_LOG: self.reopen_log,
+            Action.THREAD_FAILED: self.thread_failed,
+        }
+
+    def on_thread_failure(self, error: BaseException) -> None:
+        """EchoServer's failure callback (any thread): record, wake the main thread."""
+        self._failure = error
+        self._signals.wake(Action.THREAD_FAILED)
+
+    def until_stopped(self) -> int:
+        while True:
+            left = None if self._stop_deadline is None else max(0.0, self._stop_deadline - time.monotonic())
+            wakeup = self._signals.wait(left)
+            if wakeup is None:
+                log.error("the server did not stop within %.1f s of the drain's end: exiting now", STOP_WATCHDOG_S)
+                self._exit_now()
+            if wakeup.action is Action.STOPPED:
+                assert self._stopper is not None
+                self._stopper.join()
+                return self._exit_code
+            self._actions[wakeup.action](wakeup)
+
+    # --- what each wake-up does (the main thread) -------------------------------------
+
+    def stop(self, wakeup: Wakeup) -> None:
+        """SIGTERM, SIGINT, SIGQUIT: drain and exit 0; a second one: exit 1 now."""
+        if self._stopper is not None:
+            log.warning("received %s while draining: exiting now", wakeup.name)
+            self._exit_now()
+        log.info("received %s", wakeup.name)
+        self._begin_stop()
+
+    def reload(self, wakeup: Wakeup) -> None:
+        """SIGHUP. The hook for a future reload (re-read the settings, replace the
+        workers); until then it changes nothing and says so."""
+        log.warning("received %s: reload is not supported yet; ignored", wakeup.name)
+
+    def reopen_log(self, wakeup: Wakeup) -> None:
+        """SIGUSR1: the log actor reopens its file (a no-op for stdout, pipes, devices)."""
+        if self._server.config.log_file is None:
+            log.info("received %s: the log goes to stdout; nothing to reopen", wakeup.name)
+            return
+        log.info("received %s: reopening the log file", wakeup.name)
+        self._actor.reopen()
+
+    def thread_failed(self, wakeup: Wakeup) -> None:
+        """A scheduler or the acceptor died (the core logged its traceback): stop
+        gracefully, within the watchdog's bound, and exit 1."""
+        self._exit_code = EXIT_FAILED
+        what = type(self._failure).__name__ if self._failure is not None else "unknown error"
+        if self._stopper is not None:
+            log.error("a server thread failed (%s) while draining: exit status will be 1", what)
+            return
+        log.error("a server thread failed (%s): stopping, exit status will be 1", what)
+        self._begin_stop()
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _begin_stop(self) -> None:
+        self._stop_deadline = time.monotonic() + self._server.config.shutdown_timeout + STOP_WATCHDOG_S
+        self._stopper = threading.Thread(target=self._shutdown, name="stopper", daemon=True)
+        self._stopper.start()
+
+    def _shutdown(self) -> None:  # the stopper thread
+        try:
+            self._server.shutdown()
+        finally:
+            self._signals.wake(Action.STOPPED)
+
+    def _exit_now(self) -> NoReturn:
+        self._finish(1.0)
+        os._exit(EXIT_FAILED)  # pool threads would otherwise be joined at exit
 
 
 def _listen_problem(error: ListenError, server: EchoServer) -> str:
