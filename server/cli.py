@@ -43,9 +43,10 @@ from server.stats import Stats
 PROG = "echo-server"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOG_DRAIN_S = 5.0  # at exit, how long the log may take to write what it holds
-# Past shutdown_timeout, how long the main thread trusts EchoServer.shutdown() (itself
-# bounded by these margins) before it gives up on it and exits 1.
-STOP_WATCHDOG_S = FINAL_FLUSH_S + 2 * STOP_MARGIN_S + 1.0
+# Past shutdown_timeout, how long the main thread trusts EchoServer.shutdown() before it
+# gives up on it and exits 1: shutdown() itself waits at most the final flush, a margin for
+# the acceptor and one for the schedulers, and the admin close (1 s); 2 s to spare.
+STOP_WATCHDOG_S = FINAL_FLUSH_S + 2 * STOP_MARGIN_S + 3.0
 
 log = logging.getLogger("echo.cli")
 
@@ -174,6 +175,7 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
                 log.warning("%s", warning)
             server = EchoServer(config, stats=stats, exchange=exchange)
             run = _Run(server, signals, actor, finish_logging)
+            server.add_failure_callback(run.on_thread_failure)
             try:
                 server.start()
             except ListenError as error:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.helpers import ROOT, JsonLines, ServerProcess, read_exactly, read_until_eof, run_cli
+from tests.helpers import ROOT, JsonLines, ServerProcess, address_of, read_exactly, read_until_eof, run_cli
 
 StartServer = Callable[..., ServerProcess]
 
@@ -273,3 +273,65 @@ def test_a_misspelt_environment_variable_is_named_with_a_suggestion(server_proce
     assert warning["message"] == (
         "ignoring environment variable ECHO_MAX_CONECTIONS: no such setting; did you mean ECHO_MAX_CONNECTIONS?"
     )
+
+
+# Run the CLI with a bug injected after start: the acceptor task raising on its first
+# connection, or scheduler loop-0 raising when a connection is handed to it.
+_INJECT = {
+    "acceptor": """
+from server import acceptor
+def broken(self, accept):
+    raise RuntimeError("injected bug")
+    yield
+acceptor.Acceptor._accept_batch = broken
+""",
+    "scheduler": """
+from server import scheduler
+drain = scheduler.Scheduler._drain_inbox
+def broken(self):
+    if self.name == "loop-0":
+        raise RuntimeError("injected bug")
+    drain(self)
+scheduler.Scheduler._drain_inbox = broken
+""",
+}
+
+
+@pytest.mark.parametrize("dies", sorted(_INJECT))
+def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
+    code = _INJECT[dies] + "import sys\nfrom server import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    args = ["--port", "0", "--admin-port", "off", "--log-format", "json", "--shutdown-timeout", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        log = JsonLines(process.stdout)
+        address = address_of(log.wait_for("ready"))
+        try:
+            with socket.create_connection(address, timeout=10):  # the bug fires on this one
+                log.wait_for("stopping", timeout=10)
+        except ConnectionError:  # the dead acceptor closed its listener before connect() returned
+            log.wait_for("stopping", timeout=10)
+        assert process.wait(15) == 1
+        records = log.finish(15)
+        errors = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe:
+                pipe.close()
+    tracebacks = [r for r in records if "Traceback" in r.get("exc", "")]
+    assert len(tracebacks) == 1 and "RuntimeError: injected bug" in tracebacks[0]["exc"], records
+    said = [r["message"] for r in records if r.get("logger") == "echo.cli" and r["level"] == "error"]
+    assert said == ["a server thread failed (RuntimeError): stopping, exit status will be 1"]
+    assert records[-1]["event"] == "stopped"
+    assert "Traceback" not in errors, errors
