@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -32,6 +33,20 @@ def server_process() -> Iterator[StartServer]:
     yield start
     for process in processes:
         process.stop()
+
+
+@contextmanager
+def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Kill the process if the test left it running; close its pipes."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe:
+                pipe.close()
 
 
 def test_help_lists_every_setting_with_env_and_default() -> None:
@@ -207,20 +222,13 @@ def test_max_connections_above_the_fd_limit_is_clamped_once() -> None:
         text=True,
         preexec_fn=low_limit,
     )
-    try:
+    with _reaped(process):
         assert process.stdout is not None
         log = JsonLines(process.stdout)  # bounded waits, not a blocking readline()
         log.wait_for("ready")
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
         records = log.finish(15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pipe in (process.stdout, process.stderr):
-            if pipe:
-                pipe.close()
     text = json.dumps(records)
     assert text.count("RLIMIT_NOFILE") == 1
     clamped = re.search(r"using max_connections (\d+)", text)
@@ -310,7 +318,7 @@ def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+    with _reaped(process):
         assert process.stdout is not None and process.stderr is not None
         log = JsonLines(process.stdout)
         address = address_of(log.wait_for("ready"))
@@ -322,13 +330,6 @@ def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
         assert process.wait(15) == 1
         records = log.finish(15)
         errors = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pipe in (process.stdout, process.stderr):
-            if pipe:
-                pipe.close()
     tracebacks = [r for r in records if "Traceback" in r.get("exc", "")]
     assert len(tracebacks) == 1 and "RuntimeError: injected bug" in tracebacks[0]["exc"], records
     said = [r["message"] for r in records if r.get("logger") == "echo.cli" and r["level"] == "error"]
