@@ -5,7 +5,8 @@ config.SETTINGS; a flag wins over the environment. Exit codes:
 
     0  stopped by SIGTERM/SIGINT/SIGQUIT after a graceful drain
     1  could not listen (port in use, bad address); a second stop signal during the
-       drain; a server thread died (after a graceful, bounded stop)
+       drain; a server thread died (after a graceful, bounded stop); a thread stuck
+       in a bug at exit (not waited for)
     2  invalid flag or environment value, or a log file that cannot be opened: one
        line naming the setting, no traceback
 
@@ -181,9 +182,21 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
             except ListenError as error:
                 print(f"{PROG}: {_listen_problem(error, server)}", file=sys.stderr)
                 return EXIT_FAILED
-            return run.until_stopped()
+            code = run.until_stopped()
         finally:
             finish_logging(LOG_DRAIN_S)
+    return _exit_past_stuck_threads(code)
+
+
+def _exit_past_stuck_threads(code: int) -> int:
+    """Exiting joins the pool's threads; one stuck in a bug (shutdown() logged it and
+    gave up on it) would hang the exit for good. Then exit 1 now instead."""
+    main = threading.main_thread()
+    stuck = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon and t is not main]
+    if not stuck:
+        return code
+    print(f"{PROG}: not waiting for stuck threads {', '.join(sorted(stuck))}: exit 1", file=sys.stderr, flush=True)
+    os._exit(EXIT_FAILED)
 
 
 class _Run:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from server.core import FINAL_FLUSH_S, STOP_MARGIN_S
 from tests.helpers import ROOT, JsonLines, ServerProcess, address_of, read_exactly, read_until_eof, run_cli
 
 StartServer = Callable[..., ServerProcess]
@@ -284,7 +285,8 @@ def test_a_misspelt_environment_variable_is_named_with_a_suggestion(server_proce
 
 
 # Run the CLI with a bug injected after start: the acceptor task raising on its first
-# connection, or scheduler loop-0 raising when a connection is handed to it.
+# connection, or scheduler loop-0 raising (or blocking for good) when a connection is
+# handed to it.
 _INJECT = {
     "acceptor": """
 from server import acceptor
@@ -302,10 +304,20 @@ def broken(self):
     drain(self)
 scheduler.Scheduler._drain_inbox = broken
 """,
+    "wedged": """
+import threading
+from server import scheduler
+drain = scheduler.Scheduler._drain_inbox
+def wedged(self):
+    if self.name == "loop-0":
+        threading.Event().wait()
+    drain(self)
+scheduler.Scheduler._drain_inbox = wedged
+""",
 }
 
 
-@pytest.mark.parametrize("dies", sorted(_INJECT))
+@pytest.mark.parametrize("dies", ["acceptor", "scheduler"])
 def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
     code = _INJECT[dies] + "import sys\nfrom server import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
     args = ["--port", "0", "--admin-port", "off", "--log-format", "json", "--shutdown-timeout", "1"]
@@ -336,3 +348,32 @@ def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
     assert said == ["a server thread failed (RuntimeError): stopping, exit status will be 1"]
     assert records[-1]["event"] == "stopped"
     assert "Traceback" not in errors, errors
+
+
+@pytest.mark.slow
+def test_a_scheduler_stuck_in_a_bug_does_not_hang_the_exit() -> None:
+    """shutdown() gives up on it after its margin; exiting must not then join it forever."""
+    code = _INJECT["wedged"] + "import sys\nfrom server import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    args = ["--port", "0", "--admin-port", "off", "--log-format", "json", "--shutdown-timeout", "0.5"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with _reaped(process):
+        assert process.stdout is not None and process.stderr is not None
+        log = JsonLines(process.stdout)
+        address = address_of(log.wait_for("ready"))
+        with socket.create_connection(address, timeout=10):  # handed to loop-0, which then blocks
+            log.wait_for("opened")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(0.5 + FINAL_FLUSH_S + 2 * STOP_MARGIN_S + 5) == 1  # today: never exits
+        records = log.finish(15)
+        errors = process.stderr.read()
+    assert any("did not stop in time" in r.get("message", "") for r in records), records
+    assert records[-1]["event"] == "stopped"
+    assert errors.startswith("echo-server: not waiting for stuck threads echo_") and "Traceback" not in errors

@@ -195,6 +195,7 @@ def _stop_and_check(process: subprocess.Popen[str], stderr: TextLines, held: soc
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert read_until_eof(held) == b""  # drained, then closed with FIN
+    held.close()  # as a client does on EOF: the server need not wait for it
     code = process.wait(STOP_BOUND_S + 5)
     took = time.monotonic() - signalled
     lines = stderr.finish(5)
