@@ -124,7 +124,8 @@ class FdSink:
                 written += os.write(self._fd, view[written:])
         except OSError as error:
             lost = data.count(b"\n", written) - (1 if self._torn and written == 0 else 0)
-            self._torn = written > 0 and data[written - 1] != ord("\n")
+            if written:  # else the file ends as it did: torn or not
+                self._torn = data[written - 1] != ord("\n")
             problem = f"cannot write the log ({error.strerror or error})"
             if error.errno == errno.EPIPE:
                 self._broken = problem

@@ -343,3 +343,32 @@ def test_a_log_file_that_cannot_be_opened_is_one_line_exit_2(
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"echo-server: error: {named}: cannot open {path}: {reason}")
+
+
+def test_a_line_torn_by_a_failed_write_is_not_glued_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills mid-line: the half line stays alone on its line, counted lost."""
+    problems: list[tuple[str, int]] = []
+    path = tmp_path / "echo.log"
+    sink = RotatingGzipFile(str(path), 1 << 20, 1, lambda problem, lost: problems.append((problem, lost)))
+    real_write = os.write
+    calls: list[int] = []
+
+    def filling(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:5]))  # "first" fits, then the disk is full
+        if len(calls) in (2, 3):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("server.rotation.os.write", filling)
+    sink.write("first line\nsecond line\n")
+    sink.flush()  # writes 5 bytes, then fails: two lines lost, one of them torn
+    sink.write("third line\n")
+    sink.flush()  # fails before writing anything: the file still ends torn
+    sink.write("fourth line\n")
+    sink.close()
+    assert [lost for _, lost in problems] == [2, 1]
+    assert path.read_text().splitlines() == ["first", "fourth line"]
