@@ -217,6 +217,8 @@ class AdminServer:
                 selector.register(self._listener, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
                 self._loop(selector)
+        except Exception:
+            log.exception("admin: the accept loop failed; the admin endpoint is down")
         finally:
             with self._lock:
                 self._loop_done = True
@@ -325,6 +327,8 @@ class AdminServer:
 
     def _stream_spoke(self, selector: selectors.BaseSelector, conn: Conn) -> None:
         """An /events reader sent something or hung up: end its stream."""
+        if not conn.watched:
+            return  # released earlier in this same turn: its socket is closed
         selector.unregister(conn.sock)
         conn.watched = False
         with self._lock:
