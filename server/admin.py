@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from server.events import Event
+from server.admin_conn import END, Conn, Watcher
 from server.exchange import Exchange
 from server.listener import format_address, open_listener
 from server.stats import StatsSnapshot
@@ -79,9 +79,7 @@ ACCEPT_PAUSE_S = 0.1
 CLOSE_TIMEOUT_S = 1.0  # the whole of close(): streams flushed, answers finished, threads joined
 FORCE_MARGIN_S = 0.2  # before the close deadline, stuck handlers' sockets are shut down
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_END = object()
 
-Phase = Literal["waiting", "busy", "stream"]
 Request = Literal["stop", "watch", "release", "drop"]
 
 
@@ -96,48 +94,6 @@ class ServerView(Protocol):
     def is_ready(self) -> bool: ...
 
     def snapshot(self) -> StatsSnapshot: ...
-
-
-class Conn:
-    """One admin connection. ``phase`` and ``since`` change under the server's lock;
-    ``deadline`` and ``wants_watch`` belong to the handler thread; ``watched`` to the admin thread."""
-
-    __slots__ = ("sock", "peer", "phase", "since", "deadline", "watcher", "wants_watch", "watched")
-
-    def __init__(self, sock: socket.socket, peer: Any, now: float) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.phase: Phase = "waiting"
-        self.since = now
-        self.deadline = now + REQUEST_DEADLINE_S
-        self.watcher: Watcher | None = None
-        self.wants_watch = False
-        self.watched = False
-
-
-class Watcher:
-    """One /events reader: an Exchange subscriber with a bounded queue (any thread)."""
-
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
-        self.items: queue.Queue[Any] = queue.Queue(WATCHER_QUEUE)
-        self.overflowed = False
-        self.ended = False
-        self._on_overflow = on_overflow
-
-    def send(self, item: Event) -> None:
-        try:
-            self.items.put_nowait(item)
-        except queue.Full:
-            if not self.overflowed:
-                self.overflowed = True
-                self._on_overflow()  # once: ask the admin thread to cut the reader off
-
-    def end(self) -> None:
-        self.ended = True
-        try:
-            self.items.put_nowait(_END)
-        except queue.Full:
-            pass  # the handler sees ``ended`` after its next item
 
 
 class AdminServer:
@@ -360,6 +316,9 @@ class AdminServer:
 
     def _post(self, kind: Request, conn: Conn | None) -> None:
         self._requests.put((kind, conn))
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -389,12 +348,6 @@ class AdminServer:
             else:
                 conn.sock.close()
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
-
     def begin_wait(self, conn: Conn) -> bool:
         """The handler waits for the next request; False if it should hang up instead."""
         now = time.monotonic()
@@ -423,7 +376,7 @@ class AdminServer:
     def watch(self, conn: Conn, subscribed: Callable[[], None], deliver: Callable[[bytes], None]) -> None:
         """Stream events to ``deliver`` until the server stops or the reader falls behind.
         ``subscribed`` runs once the watcher is attached: no event after it is missed."""
-        watcher = Watcher(lambda: self._post("drop", conn))
+        watcher = Watcher(WATCHER_QUEUE, lambda: self._post("drop", conn))
         with self._lock:
             conn.watcher = watcher
             if self._closing or conn not in self._conns:
@@ -434,9 +387,9 @@ class AdminServer:
         self._wake()
         with self._view.exchange.subscribed(watcher):
             subscribed()
-            while not watcher.ended:
+            while True:
                 item = watcher.items.get()
-                if item is _END or watcher.overflowed:
+                if item is END or watcher.overflowed:
                     return
                 deliver(json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n")
 

@@ -24,6 +24,7 @@ from tests.conftest import ServerFactory
 from tests.helpers import ServerProcess, address_of, read_until_eof
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SENDING = ("poll_schedule_timeout", "sk_stream_wait_memory")  # where a thread waits in sendall
 
 
 def admin_of(server: EchoServer) -> tuple[str, int]:
@@ -292,3 +293,42 @@ def close_on_eof(readers: selectors.BaseSelector, done: threading.Event) -> None
                 readers.unregister(sock)
                 sock.close()
     readers.close()
+
+
+def test_the_stop_closes_idle_keep_alive_connections_at_once(make_server: ServerFactory) -> None:
+    server, _ = make_server(admin_port=0)
+    idle = [http.client.HTTPConnection(*admin_of(server), timeout=10) for _ in range(3)]
+    try:
+        for connection in idle:  # one request each, then the connection waits for the next
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 1.0
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_the_stop_cuts_a_stalled_stream_at_its_deadline(make_server: ServerFactory) -> None:
+    server, _ = make_server(admin_port=0)
+    threads_before = set(threading.enumerate())
+    with socket.socket() as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.settimeout(10)
+        reader.connect(admin_of(server))
+        reader.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader.recv(1, socket.MSG_PEEK)
+        (handler,) = set(threading.enumerate()) - threads_before
+        for index in range(admin_module.WATCHER_QUEUE * 4 // 5):  # the buffers fill, the queue does not
+            server.publish(event("opened", conn_id=index, peer="203.0.113.9:1"))
+        wchan = Path(f"/proc/self/task/{handler.native_id}/wchan")
+        for _ in range(100):  # each probe gives the handler time to fill the buffers
+            assert healthz(admin_of(server)) == 200
+            if wchan.read_text().startswith(SENDING):
+                break
+        assert wchan.read_text().startswith(SENDING), "the handler never blocked in a send"
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < admin_module.CLOSE_TIMEOUT_S + 0.5
+        assert not handler.is_alive()
