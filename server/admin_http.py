@@ -23,7 +23,8 @@ from typing import Any
 
 from server import admin as limits
 from server import metrics
-from server.admin import AdminServer, Conn
+from server.admin import AdminServer
+from server.admin_conn import Conn
 
 MAX_REQUEST_LINE = 8192
 ALLOWED = "GET, HEAD"

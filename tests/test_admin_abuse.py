@@ -136,7 +136,7 @@ def test_healthz_answers_while_tricklers_and_streams_hold_the_port(
         for _ in range(5):
             probe_started = time.monotonic()
             assert healthz(address) == 200
-            assert time.monotonic() - probe_started < 1.0
+            assert time.monotonic() - probe_started < 2.0
         assert [status for _, status in streams] == [b"HTTP/1.1 200"] * admin_module.MAX_STREAMS
         assert [status for _, status in extra] == [b"HTTP/1.1 503"] * 4
         late, status = open_stream(address)
