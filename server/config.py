@@ -2,8 +2,9 @@
 
 This module owns the list of settings: name, type, default, unit, help text and the
 rule that makes a value valid. The CLI flags (``--max-connections``), the environment
-variables (``ECHO_MAX_CONNECTIONS``), ``--help`` and the README table are all built
-from the ``SETTINGS`` below, so they cannot drift apart.
+variables (``ECHO_MAX_CONNECTIONS``) and ``--help`` are built from the ``SETTINGS``
+below; the README's configuration table is written by hand and a test checks it
+against them, so none of them can drift apart unnoticed.
 
 A Config is immutable and validated on construction: any thread may read one.
 ``Config(port=70000)`` raises ConfigError naming the setting.
@@ -154,7 +155,8 @@ class Config:
     )
     max_connections: int = setting(
         10_000,
-        "connections open at once; more are accepted and closed at once (raised to fit RLIMIT_NOFILE if allowed)",
+        "connections open at once; more are accepted and closed at once (the soft RLIMIT_NOFILE is raised "
+        "to fit; if the hard limit is too low, this is lowered to fit and a warning says so)",
         parse=_integer,
         check=_between(1, 1_000_000),
         metavar="N",
@@ -181,6 +183,66 @@ class Config:
         check=_between(0.001, DAY_S),
         unit="s",
         metavar="SECONDS",
+    )
+    # TLS and UDP listeners: off unless a port is given; they bind ``host`` like TCP.
+    tls_port: int | None = setting(
+        None,
+        "TCP port for echo over TLS (needs --tls-cert and --tls-key); 0 picks a free port; off by default",
+        parse=_admin_port,
+        check=_port_or_off,
+        metavar="PORT",
+    )
+    tls_cert: str | None = setting(
+        None,
+        "PEM certificate chain for TLS, leaf first; re-read on SIGHUP",
+        parse=_optional_text,
+        check=_always_valid,
+        metavar="PATH",
+    )
+    tls_key: str | None = setting(
+        None,
+        "PEM private key of --tls-cert (unencrypted); re-read on SIGHUP",
+        parse=_optional_text,
+        check=_always_valid,
+        metavar="PATH",
+    )
+    tls_client_ca: str | None = setting(
+        None,
+        "PEM CA certificates: require TLS clients to present a certificate they signed (mTLS)",
+        parse=_optional_text,
+        check=_always_valid,
+        metavar="PATH",
+    )
+    tls_handshake_timeout: float = setting(
+        10.0,
+        "close a TLS connection whose handshake has not finished this long after it was accepted",
+        parse=_number,
+        check=_between(0.001, 3600),
+        unit="s",
+        metavar="SECONDS",
+    )
+    udp_port: int | None = setting(
+        None,
+        "UDP port for echo (one datagram back per datagram, rate-limited); 0 picks a free port; off by default",
+        parse=_admin_port,
+        check=_port_or_off,
+        metavar="PORT",
+    )
+    # A UDP echo can be aimed at a victim by spoofing its address (reflection); these
+    # bound what any one address, and everyone together, can get echoed to them.
+    udp_rate: float = setting(
+        100.0,
+        "UDP datagrams per second echoed to one source address (bursts of as many); more are dropped",
+        parse=_number,
+        check=_between(0.001, 1_000_000),
+        metavar="N",
+    )
+    udp_global_rate: float = setting(
+        10_000.0,
+        "UDP datagrams per second echoed in all (bursts of as many); more are dropped",
+        parse=_number,
+        check=_between(0.001, 10_000_000),
+        metavar="N",
     )
     # Every byte read is echoed whatever this is; the drain only lets clients finish on
     # their own terms. Short enough to fit well inside docker stop's 10 s default.

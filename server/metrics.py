@@ -78,7 +78,7 @@ def render(snapshot: StatsSnapshot, *, ready: bool, draining: bool) -> str:
     lines += _family(
         "echo_log_events_dropped_total",
         "counter",
-        "Log events dropped because the log mailbox was full.",
+        "Log events dropped: the log mailbox was full, or the log could not be written.",
         [("", s.log_events_dropped)],
     )
     lines += _histogram("echo_connection_duration_seconds", "How long closed connections lasted.", s.duration_s)

@@ -3,9 +3,11 @@
 Every method takes the lock for its whole read-modify-write, so any thread may call
 any method. Readers get ``snapshot()``, an immutable copy taken under the lock.
 
-Admission lives here too (``admit``/``release``): the total and per-address counts of
-open connections are counters like the others, and checking a limit and counting the
-connection must be one atomic step, or two acceptors could both take the last place.
+Admission lives here too (``admit``, undone by ``connection_closed``): the total and
+per-address counts of open connections are counters like the others, and checking a
+limit and counting the connection must be one atomic step under the lock, so that no
+two threads admitting at once (the acceptor today, other listeners tomorrow) can both
+take the last place.
 
 The echo hot path never calls in here: a connection counts its bytes itself and folds
 them in at close, and its scheduler folds long connections' bytes in once a second.

@@ -7,6 +7,7 @@ import threading
 import time
 
 from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
+from server.throttle import Throttle
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly, read_until_eof
 
@@ -42,28 +43,51 @@ def test_over_max_connections_is_closed_at_once_and_counted(make_server: ServerF
         assert read_exactly(again, 4) == b"back"
 
 
-def test_over_per_ip_limit_is_closed_at_once(make_server: ServerFactory) -> None:
+def test_over_per_ip_limit_is_closed_at_once_and_said_at_most_once_a_second(make_server: ServerFactory) -> None:
     server, recorder = make_server(max_connections_per_ip=2)
     address = server.server_address[:2]
     held = [socket.create_connection(address, timeout=10) for _ in range(2)]
+    burst = 20
     try:
         for sock in held:
             sock.sendall(b"hi")
             assert read_exactly(sock, 2) == b"hi"
-        for _ in range(3):
+        started = time.monotonic()
+        for _ in range(burst):
             with socket.create_connection(address, timeout=10) as extra:
                 assert _closed_at_once(extra)
+        took = time.monotonic() - started
         stats = server.stats.snapshot()
-        assert stats.rejected == {REJECT_PER_IP: 3}
+        assert stats.rejected == {REJECT_PER_IP: burst}
         assert stats.active == 2
-        # Published at most once a second per reason: one event stands for the burst.
-        events = recorder.named("rejected")
-        assert 1 <= len(events) <= 3 and events[0].data["reason"] == REJECT_PER_IP
     finally:
         for sock in held:
             sock.close()
     server.shutdown()  # the acceptor reports what it held back: the counts add up
-    assert sum(e.data["count"] for e in recorder.named("rejected")) == 3
+    events = recorder.named("rejected")
+    assert all(e.data["reason"] == REJECT_PER_IP for e in events)
+    assert sum(e.data["count"] for e in events) == burst
+    # One event a second at most (plus the one at stop that reports the rest).
+    assert len(events) <= int(took) + 2 < burst
+
+
+def test_the_throttle_allows_once_per_interval_and_counts_the_rest() -> None:
+    now = [100.0]
+    throttle = Throttle(1.0, clock=lambda: now[0])
+    assert throttle.allow() == 0  # the first is said at once
+    for step in (0.1, 0.3, 0.5):  # within the second: held back and counted
+        now[0] = 100.0 + step
+        assert throttle.allow() is None
+    assert throttle.held_back == 3
+    now[0] = 100.99
+    assert throttle.allow() is None
+    now[0] = 101.0  # a whole interval after the last allowed: says how many it held back
+    assert throttle.allow() == 4
+    assert throttle.held_back == 0
+    now[0] = 101.5
+    assert throttle.allow() is None
+    now[0] = 150.0
+    assert throttle.allow() == 1
 
 
 def test_idle_connection_is_closed(make_server: ServerFactory) -> None:
