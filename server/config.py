@@ -178,7 +178,7 @@ class Config:
     )
     write_stall_timeout: float = setting(
         30.0,
-        "close a connection whose echo cannot be written for this long",
+        "close a connection whose peer takes none of its echo for this long (a slow reader is kept)",
         parse=_number,
         check=_between(0.001, DAY_S),
         unit="s",
