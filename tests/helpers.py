@@ -130,9 +130,9 @@ class JsonLines:
                 continue
             if line is None:
                 raise AssertionError(f"the log ended before {name!r}; saw {[r.get('event') for r in self.seen]}")
-            record = self._take(line)
-            if record is not None and matches(record):
-                return record
+            taken = self._take(line)
+            if taken is not None and matches(taken):
+                return taken
 
     def finish(self, timeout: float) -> list[dict[str, Any]]:
         """Read to the end of the pipe; returns every record."""

@@ -22,7 +22,7 @@ from tests.helpers import echo_round_trip, read_exactly, read_until_eof, wait_re
 SIZES = [0, 1, 2, 7, 100, 1023, 1024, 1025, 65_535, 65_536, 65_537, 1 << 20, 8 << 20]
 
 
-def sha(data: bytes) -> str:
+def sha(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
