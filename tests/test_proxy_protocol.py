@@ -1,0 +1,244 @@
+"""The PROXY protocol parser without a kernel: every rule of the spec as a millisecond test,
+a reader model that must never consume payload, and random bytes that must only ever give
+a ProxyProtocolError. (The socket side is in test_banner.py and test_balancers.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+import pytest
+
+from server.proxy_protocol import (
+    V1_MAX_LENGTH,
+    V2_MAX_LENGTH,
+    V2_SIGNATURE,
+    Accept,
+    ProxyHeader,
+    ProxyProtocolError,
+    examine,
+    parse,
+    parse_networks,
+    trusted,
+)
+
+
+def v2(command: int = 1, family: int = 1, protocol: int = 1, block: bytes | None = None, tlvs: bytes = b"") -> bytes:
+    if block is None:
+        if family == 1:
+            block = ipaddress.IPv4Address("203.0.113.7").packed + ipaddress.IPv4Address("10.0.0.1").packed
+            block += struct.pack("!HH", 40000, 7007)
+        elif family == 2:
+            block = ipaddress.IPv6Address("2001:db8::7").packed + ipaddress.IPv6Address("2001:db8::1").packed
+            block += struct.pack("!HH", 40001, 7007)
+        else:
+            block = b""
+    body = block + tlvs
+    return V2_SIGNATURE + bytes([0x20 | command, family << 4 | protocol]) + struct.pack("!H", len(body)) + body
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    return struct.pack("!BH", kind, len(value)) + value
+
+
+def whole(data: bytes, accept: Accept = "any") -> ProxyHeader:
+    """Scan then parse, as the reader does, checking the scan ends exactly at the end."""
+    assert examine(data, accept).end == len(data)
+    return parse(data)
+
+
+# --- v1 ---------------------------------------------------------------------------------
+
+
+def test_v1_tcp4_and_tcp6_give_the_client_address() -> None:
+    header = whole(b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n")
+    assert header == ProxyHeader(1, False, ("192.0.2.1", 56324), ("198.51.100.2", 443))
+    header = whole(b"PROXY TCP6 2001:DB8::1 2001:db8::2 1 65535\r\n", "v1")
+    assert header.source == ("2001:db8::1", 1) and header.destination == ("2001:db8::2", 65535)
+
+
+def test_v1_unknown_means_the_real_endpoints_and_the_rest_is_ignored() -> None:
+    assert whole(b"PROXY UNKNOWN\r\n") == ProxyHeader(1, local=True)
+    assert whole(b"PROXY UNKNOWN anything at all here\r\n").local
+
+
+def test_v1_the_longest_line_fits_and_one_byte_more_does_not() -> None:
+    ff = ":".join(["ffff"] * 8)
+    longest = f"PROXY UNKNOWN {ff} {ff} 65535 65535\r\n".encode()
+    assert len(longest) == V1_MAX_LENGTH
+    assert whole(longest).local
+    with pytest.raises(ProxyProtocolError) as error:
+        examine(longest[:-2] + b"0\r\n", "v1")
+    assert error.value.kind == "oversized"
+    with pytest.raises(ProxyProtocolError, match="no CRLF"):
+        examine(b"PROXY " + b"A" * 200, "any")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\n",  # LF alone
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\rX\n",  # CR alone
+        b"PROXY TCP4 192.0.2.01 198.51.100.2 56324 443\r\n",  # leading zero in an address
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 056324 443\r\n",  # leading zero in a port
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 65536 443\r\n",  # port out of range
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 +1 443\r\n",
+        b"PROXY TCP4 2001:db8::1 198.51.100.2 1 443\r\n",  # family mismatch
+        b"PROXY TCP6 fe80::1%eth0 2001:db8::2 1 443\r\n",  # scope id
+        b"PROXY TCP4  192.0.2.1 198.51.100.2 1 443\r\n",  # two spaces
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 1\r\n",  # a field missing
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 1 443 x\r\n",  # a field too many
+        b"PROXY UDP4 192.0.2.1 198.51.100.2 1 443\r\n",
+        b"PROXY tcp4 192.0.2.1 198.51.100.2 1 443\r\n",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 \xb2 443\r\n",  # not ASCII
+        b"PROXY \r\n",
+    ],
+)
+def test_v1_anything_not_exactly_the_protocol_is_malformed(line: bytes) -> None:
+    with pytest.raises(ProxyProtocolError) as error:
+        scan = examine(line, "v1")
+        assert scan.end is not None
+        parse(line[: scan.end])
+    assert error.value.kind == "malformed"
+    assert "192" not in str(error.value)  # never quotes what was received
+
+
+# --- v2 ---------------------------------------------------------------------------------
+
+
+def test_v2_inet_and_inet6_with_tlvs_skipped() -> None:
+    tlvs = tlv(0x01, b"h2") + tlv(0x04, b"") + tlv(0xEA, b"vpce-0123456789abcdef0")
+    header = whole(v2(tlvs=tlvs), "v2")
+    assert header == ProxyHeader(2, False, ("203.0.113.7", 40000), ("10.0.0.1", 7007))
+    assert whole(v2(family=2)).source == ("2001:db8::7", 40001)
+
+
+def test_v2_local_is_accepted_whatever_its_block_holds() -> None:
+    assert whole(v2(command=0, family=0, protocol=0)) == ProxyHeader(2, local=True)
+    assert whole(v2(command=0, family=1, block=b"\xff" * 5)).local
+
+
+@pytest.mark.parametrize(("family", "protocol"), [(0, 0), (1, 2), (2, 2), (3, 1), (1, 0)])
+def test_v2_families_we_do_not_use_mean_the_real_endpoints(family: int, protocol: int) -> None:
+    assert whole(v2(family=family, protocol=protocol, block=b"\0" * 216)).local
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (V2_SIGNATURE + b"\x11\x11\x00\x0c" + b"\0" * 12, "version"),
+        (V2_SIGNATURE + b"\x22\x11\x00\x0c" + b"\0" * 12, "command"),
+        (V2_SIGNATURE + b"\x21\x41\x00\x0c" + b"\0" * 12, "family"),
+        (V2_SIGNATURE + b"\x21\x13\x00\x0c" + b"\0" * 12, "family or protocol"),
+        (v2(block=b"\0" * 11), "shorter"),
+        (v2(tlvs=b"\x01\x00"), "truncated TLV"),
+        (v2(tlvs=tlv(1, b"abc")[:-1]), "longer than the header"),
+    ],
+)
+def test_v2_violations_are_malformed(header: bytes, problem: str) -> None:
+    with pytest.raises(ProxyProtocolError, match=problem) as error:
+        scan = examine(header, "v2")
+        assert scan.end == len(header)
+        parse(header)
+    assert error.value.kind == "malformed"
+
+
+def test_v2_a_declared_length_past_the_cap_is_oversized_before_it_is_read() -> None:
+    fixed = V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", V2_MAX_LENGTH - 16 + 1)
+    with pytest.raises(ProxyProtocolError) as error:
+        examine(fixed, "any")
+    assert error.value.kind == "oversized"
+    at_cap = v2(tlvs=tlv(0xEE, b"x" * (V2_MAX_LENGTH - 16 - 12 - 3)))
+    assert len(at_cap) == V2_MAX_LENGTH
+    assert whole(at_cap).source is not None
+
+
+# --- which version ------------------------------------------------------------------------
+
+
+def test_the_accepted_version_is_enforced_from_the_first_byte() -> None:
+    with pytest.raises(ProxyProtocolError, match="v1 header"):
+        examine(b"\r", "v1")
+    with pytest.raises(ProxyProtocolError, match="v2 header"):
+        examine(b"P", "v2")
+    with pytest.raises(ProxyProtocolError, match="PROXY header"):
+        examine(b"hello", "any")
+    with pytest.raises(ProxyProtocolError):
+        examine(b"GET / HTTP/1.1\r\n", "any")
+    assert examine(b"", "v2").room == 16
+    assert examine(b"PROX", "any") == examine(b"PROX", "v1")
+    assert examine(V2_SIGNATURE[:5], "any").room == 11
+
+
+# --- the reader's contract: never a payload byte ----------------------------------------
+
+
+def _read_like_a_socket(stream: bytes, accept: Accept, rng: random.Random) -> tuple[ProxyHeader, int]:
+    """The reader of the module docstring over ``stream``, where each peek sees only a
+    random part of what "has arrived". Returns the header and how many bytes it consumed."""
+    data = b""
+    arrived = 0
+    while True:
+        scan = examine(data, accept)
+        if scan.end is not None:
+            return parse(data), len(data)
+        arrived = min(len(stream), arrived + rng.randint(1, 40))
+        peeked = stream[len(data) : min(arrived, len(data) + scan.room)]
+        assert peeked, "the reader asked for more than the stream holds"
+        end = examine(data + peeked, accept).end
+        take = len(peeked) if end is None else end - len(data)
+        data += stream[len(data) : len(data) + take]
+
+
+def _random_header(rng: random.Random) -> tuple[bytes, tuple[str, int] | None]:
+    port = rng.randint(0, 65535)
+    if rng.random() < 0.5:
+        ip = str(ipaddress.IPv4Address(rng.getrandbits(32)))
+        return f"PROXY TCP4 {ip} 10.0.0.1 {port} 7007\r\n".encode(), (ip, port)
+    ip = str(ipaddress.IPv6Address(rng.getrandbits(128)))
+    packed = ipaddress.IPv6Address(ip).packed + bytes(16) + struct.pack("!HH", port, 7007)
+    tlvs = b"".join(tlv(rng.randint(0, 255), rng.randbytes(rng.randint(0, 30))) for _ in range(rng.randint(0, 4)))
+    return v2(family=2, block=packed, tlvs=tlvs), (ip, port)
+
+
+def test_the_reader_takes_the_header_and_not_one_payload_byte_over_random_streams() -> None:
+    rng = random.Random(862)
+    for _ in range(2000):
+        header, source = _random_header(rng)
+        payload = rng.choice([b"", b"\r\n", V2_SIGNATURE, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", rng.randbytes(50)])
+        parsed, consumed = _read_like_a_socket(header + payload, "any", rng)
+        assert consumed == len(header)
+        assert parsed.source == source
+
+
+def test_random_bytes_only_ever_give_a_proxy_protocol_error() -> None:
+    rng = random.Random(7)
+    seeds = [v2(), v2(family=2, tlvs=tlv(1, b"x")), b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"]
+    for _ in range(5000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data = data[: rng.randint(0, len(data))]
+        accept: Accept = rng.choice(["v1", "v2", "any"])
+        try:
+            scan = examine(bytes(data), accept)
+            if scan.end is not None:
+                parse(bytes(data[: scan.end]))
+        except ProxyProtocolError as error:
+            assert error.kind in ("malformed", "oversized")
+
+
+# --- trust --------------------------------------------------------------------------------
+
+
+def test_trusted_sources() -> None:
+    assert parse_networks(" any ") is None and trusted("192.0.2.1", None)
+    networks = parse_networks("127.0.0.0/8, 10.1.2.3, ::1/128")
+    assert networks is not None
+    assert trusted("127.0.0.2", networks) and trusted("10.1.2.3", networks) and trusted("::1", networks)
+    assert not trusted("10.1.2.4", networks) and not trusted("::2", networks) and not trusted("bogus", networks)
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33'"):
+        parse_networks("127.0.0.0/8,10.0.0.0/33")
+    with pytest.raises(ValueError):
+        parse_networks("")
