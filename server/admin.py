@@ -24,6 +24,8 @@ Limits, so that the admin port cannot be used to fail the health checks:
   still not done sending its request, or the oldest idle keep-alive) is closed to make
   room. A probe, being newest, is the last to go. Only if every connection is a stream
   (possible only if MAX_STREAMS >= MAX_CLIENTS) is the newcomer closed unanswered.
+  (A flood of more than MAX_CLIENTS new connections within one probe's round trip can
+  still push the probe out: that is a connection flood, for a firewall to stop.)
 - An /events reader has a small socket send buffer (STREAM_SNDBUF) and WATCHER_QUEUE
   events queued for it at the server; when that queue overflows, the reader is
   disconnected at once, whatever it has not read yet. A reader that accepts nothing for
@@ -38,7 +40,9 @@ before the deadline (so they unblock), and returns by the deadline.
 
 Threads: ``start`` and ``close`` from the thread that owns the server's lifecycle. The
 admin thread owns the listener and its selector; it accepts, evicts and force-closes,
-and is the only one that watches stream sockets. Handler threads own their sockets.
+and is the only one that watches stream sockets. Handler threads own their sockets,
+except that a stream's socket, watched by the admin thread, is closed by the admin
+thread once its handler releases it.
 The connection registry (``_conns``, each connection's phase) is behind ``_lock``; a
 socket is shut down from another thread only under that lock and only while its
 connection is registered, and its owner unregisters it (under the lock) before closing
