@@ -22,15 +22,10 @@ from server.core import EchoServer
 from server.events import event
 from tests.conftest import ServerFactory
 from tests.helpers import ServerProcess, address_of, read_until_eof
+from tests.test_admin import admin_of
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SENDING = ("poll_schedule_timeout", "sk_stream_wait_memory")  # where a thread waits in sendall
-
-
-def admin_of(server: EchoServer) -> tuple[str, int]:
-    assert server.admin is not None
-    host, port = server.admin.address[:2]
-    return str(host), int(port)
 
 
 def healthz(address: tuple[str, int], timeout: float = 5.0) -> int:
@@ -171,18 +166,23 @@ def test_a_stream_that_hangs_up_frees_its_slot(make_server: ServerFactory, monke
         assert time.monotonic() < deadline, "the slot was never freed"
 
 
+def attach_reader_that_never_reads(server: EchoServer) -> tuple[socket.socket, threading.Thread]:
+    """An /events reader with a tiny receive buffer, and the server thread serving it."""
+    threads_before = set(threading.enumerate())
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.settimeout(10)
+    reader.connect(admin_of(server))
+    reader.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    reader.recv(1, socket.MSG_PEEK)  # headers are on their way: the watcher is attached
+    (handler,) = set(threading.enumerate()) - threads_before
+    return reader, handler
+
+
 def test_a_stalled_events_reader_is_disconnected(make_server: ServerFactory) -> None:
     server, _ = make_server(admin_port=0)
-    threads_before = set(threading.enumerate())
-    with socket.socket() as reader:
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader.settimeout(10)
-        reader.connect(admin_of(server))
-        reader.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        reader.recv(1, socket.MSG_PEEK)  # headers are on their way: the watcher is attached
-        handlers = set(threading.enumerate()) - threads_before
-        assert len(handlers) == 1
-        handler = handlers.pop()
+    reader, handler = attach_reader_that_never_reads(server)
+    with reader:
         published = 0
         while handler.is_alive() and published < 20_000:
             for _ in range(100):
@@ -312,14 +312,8 @@ def test_the_stop_closes_idle_keep_alive_connections_at_once(make_server: Server
 
 def test_the_stop_cuts_a_stalled_stream_at_its_deadline(make_server: ServerFactory) -> None:
     server, _ = make_server(admin_port=0)
-    threads_before = set(threading.enumerate())
-    with socket.socket() as reader:
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader.settimeout(10)
-        reader.connect(admin_of(server))
-        reader.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        reader.recv(1, socket.MSG_PEEK)
-        (handler,) = set(threading.enumerate()) - threads_before
+    reader, handler = attach_reader_that_never_reads(server)
+    with reader:
         for index in range(admin_module.WATCHER_QUEUE * 4 // 5):  # the buffers fill, the queue does not
             server.publish(event("opened", conn_id=index, peer="203.0.113.9:1"))
         wchan = Path(f"/proc/self/task/{handler.native_id}/wchan")
