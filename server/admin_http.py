@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from server import admin as limits
-from server import metrics
+from server import dashboard, metrics
 from server.admin import AdminServer
 from server.admin_conn import Conn
 
@@ -36,6 +36,8 @@ GET /readyz   200 when accepting, 503 while draining or not yet listening
 GET /metrics  Prometheus text exposition
 GET /stats    connection statistics as JSON
 GET /events   live server events, one JSON object per line (curl -N)
+GET /dashboard       a live page for a browser: rates, charts, latest events
+GET /dashboard.json  its feed: stats, listeners and the events after ?since=SEQ
 """
 
 
@@ -160,7 +162,7 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
             self._send(405, "method not allowed\n", extra={"Allow": ALLOWED})
             return
         view = self.admin.view
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/":
             self._send(200, INDEX)
         elif path == "/healthz":
@@ -176,6 +178,15 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
             self._send(200, json.dumps(document, indent=2) + "\n", content_type="application/json")
         elif path == "/events":
             self._stream_events()
+        elif path == "/dashboard":
+            self._send(200, dashboard.PAGE, content_type="text/html; charset=utf-8", extra=dashboard.PAGE_HEADERS)
+        elif path == "/dashboard.json":
+            since = dashboard.parse_since(query)
+            if since is None:
+                self._send(400, "since: expected a non-negative integer\n")
+                return
+            body = dashboard.feed(view, self.admin.address, since)
+            self._send(200, body, content_type="application/json", extra=dashboard.FEED_HEADERS)
         else:
             self._send(404, "not found; GET / lists the endpoints\n")
 
@@ -200,8 +211,8 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
             send_headers()
             return
 
-        def deliver(line: bytes) -> None:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        def deliver(lines: bytes) -> None:  # one chunk of whole lines
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(lines), lines))
 
         self.admin.watch(self.conn, send_headers, deliver)
         self.wfile.write(b"0\r\n\r\n")

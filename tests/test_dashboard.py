@@ -1,0 +1,352 @@
+"""The /dashboard page and its feed: over HTTP, and in a real browser (headless Chromium).
+
+The browser is driven with the DevTools protocol over ``--remote-debugging-pipe``
+(NUL-separated JSON on file descriptors 3 and 4): standard library only, no debugging
+port. The page signals each redraw with a ``dashboard-update`` DOM event; the test
+waits for a redraw whose numbers satisfy a condition (a promise in the page, bounded),
+never sleeps. Without Debian's ``chromium`` the browser tests skip with the reason
+(``REQUIRE_BROWSER_TESTS=1`` makes that a failure). Screenshots are kept in
+``results/`` (git-ignored) as CI artifacts: ``dashboard.png`` (laptop, light) and
+``dashboard-phone-dark.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import EchoClient
+from server import dashboard
+from server.core import EchoServer
+from server.events import event
+from tests.conftest import ServerFactory
+from tests.helpers import ROOT
+
+ARTIFACTS = ROOT / "results"
+CHROMIUM = shutil.which("chromium")
+
+
+def admin_url(server: EchoServer, path: str) -> str:
+    assert server.admin is not None
+    host, port = server.admin.address[:2]
+    return f"http://{host}:{port}{path}"
+
+
+def get(server: EchoServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    assert server.admin is not None
+    host, port = server.admin.address[:2]
+    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def feed(server: EchoServer, since: int = 0) -> dict[str, Any]:
+    status, headers, body = get(server, f"/dashboard.json?since={since}")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def echo_some(server: EchoServer, conns: int, size: int) -> None:
+    host, port = server.server_address[:2]
+    for _ in range(conns):
+        with EchoClient(str(host), int(port)) as client:
+            payload = os.urandom(size)
+            assert client.echo(payload) == payload
+            client.close_write()
+            assert client.recv() == b""
+
+
+# --- over HTTP ---------------------------------------------------------------------------
+
+
+def test_page_is_self_contained_and_linked_from_the_index(make_server: ServerFactory) -> None:
+    server, _ = make_server(admin_port=0)
+    status, headers, body = get(server, "/dashboard")
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Security-Policy"].startswith("default-src 'none';")
+    assert "connect-src 'self'" in headers["Content-Security-Policy"]
+    for external in ("src=", "href=", "<link", "@import", "url(", "//cdn", "https://"):
+        assert external not in page, f"the page must load nothing: found {external!r}"
+    assert get(server, "/dashboard", "HEAD")[2] == b""
+    assert b"/dashboard" in get(server, "/")[2]
+
+
+def test_feed_counts_traffic_and_lists_listeners(make_server: ServerFactory) -> None:
+    server, recorder = make_server(admin_port=0)
+    before = feed(server)
+    assert before["stats"]["accepted"] == 0 and before["ready"] is True and before["events"] == []
+    assert before["stats"]["rejected"] == {"max_connections": 0, "max_connections_per_ip": 0}
+    assert set(before["stats"]["timed_out"]) == {"idle_timeout", "write_stall"}
+    assert [item["name"] for item in before["listeners"]] == ["echo (TCP)", "admin (HTTP)"]
+    assert before["listeners"][0]["address"].endswith(f":{server.server_address[1]}")
+    echo_some(server, 3, 1000)
+    recorder.wait_for(lambda e: len(recorder.named("closed")) == 3)
+    after = feed(server, before["seq"])
+    assert after["stats"]["accepted"] == 3 and after["stats"]["bytes_received"] == 3000
+    assert sorted(e["event"] for e in after["events"]) == ["closed"] * 3 + ["opened"] * 3
+    assert [e["seq"] for e in after["events"]] == list(range(before["seq"] + 1, after["seq"] + 1))
+    assert feed(server, after["seq"])["events"] == []
+    assert get(server, "/dashboard.json?since=-1")[0] == 400
+    assert get(server, "/dashboard.json?since=%C2%B2")[0] == 400
+
+
+def test_feed_is_bounded_and_says_what_a_late_viewer_skipped(make_server: ServerFactory) -> None:
+    server, _ = make_server(admin_port=0)
+    feed(server)  # the first viewer attaches the event ring
+    server.exchange.send(event("stats", accepted=-1))
+    first = feed(server)
+    assert first["seq"] == 1 and first["skipped"] == 0
+    for n in range(dashboard.RING_SIZE + 40):
+        server.exchange.send(event("stats", accepted=n))
+    late = feed(server, first["seq"])
+    assert len(late["events"]) == dashboard.FEED_EVENTS
+    assert late["events"][-1]["accepted"] == dashboard.RING_SIZE + 39
+    assert late["skipped"] == dashboard.RING_SIZE + 40 - dashboard.FEED_EVENTS
+    assert len(feed(server, 10**17)["events"]) == dashboard.FEED_EVENTS  # a seq from another server: start over
+
+
+def test_event_ring_keeps_the_latest() -> None:
+    ring = dashboard.EventRing(size=5)
+    for n in range(12):
+        ring.send(event("closed", conn_id=n))
+    ring.send("not an event")
+    last, skipped, events = ring.since(0, limit=3)
+    assert last == 12 and skipped == 0 and [e["conn"] for e in events] == [9, 10, 11]
+    assert ring.since(10, limit=3) == (12, 0, events[1:])
+    assert ring.since(2, limit=3)[1] == 7
+
+
+# --- in a real browser -------------------------------------------------------------------
+
+
+class Browser:
+    """Headless Chromium driven over --remote-debugging-pipe (test thread only)."""
+
+    def __init__(self, profile: Path, log: Path) -> None:
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        # Chromium reads commands on fd 3 and answers on fd 4; bash puts our pipe ends there (dash
+        # cannot: it takes one-digit descriptors only).
+        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        with log.open("wb") as log_file:
+            self._process = subprocess.Popen(
+                ["bash", "-c", script, str(CHROMIUM), *flags],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(to_browser_r, from_browser_w),
+            )
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._buffer = b""
+        self._next_id = 0
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        answer = self._receive(lambda m: m.get("id") == self._next_id, method)
+        if "error" in answer:
+            raise AssertionError(f"{method}: {answer['error']}")
+        return answer["result"]
+
+    def _receive(self, wanted: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The first message from the browser that is ``wanted``; the others are dropped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                message: dict[str, Any] = json.loads(raw)
+                if wanted(message):
+                    return message
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {what} from the browser within {timeout:g} s"
+            if select.select([self._from_browser], [], [], left)[0]:
+                chunk = os.read(self._from_browser, 1 << 20)
+                assert chunk, f"the browser exited while we waited for {what}"
+                self._buffer += chunk
+
+    def open(self, url: str) -> str:
+        """A new tab showing ``url``, loaded; returns its session id."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session: str = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", session=session)
+        self.call("Page.navigate", {"url": url}, session=session)
+        self._receive(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == session, "load")
+        return session
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (AssertionError, OSError):
+            pass
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    if CHROMIUM is None:
+        if os.environ.get("REQUIRE_BROWSER_TESTS") == "1":
+            pytest.fail("REQUIRE_BROWSER_TESTS=1 but there is no chromium (apt-get install -y chromium)")
+        pytest.skip("no chromium: apt-get install -y chromium to run the browser tests")
+    instance = Browser(tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+# Resolves, at a redraw, with the page's numbers once `until` holds for them; rejects after `ms`.
+WAIT_JS = """new Promise((resolve, reject) => {
+  const read = () => {
+    const v = {updates: Number(document.body.dataset.updates || 0),
+      events: [...document.querySelectorAll("#events li")].map((li) => li.dataset.event),
+      history: window.dashboard ? window.dashboard.history : {}, status: document.getElementById("status").textContent};
+    for (const node of document.querySelectorAll("[data-value]")) {
+      const n = Number(node.dataset.value);
+      v[node.id] = Number.isNaN(n) ? node.dataset.value : n;
+    }
+    return v;
+  };
+  const until = %s;
+  const check = () => {
+    const v = read();
+    if (!until(v)) return;
+    clearTimeout(timer); removeEventListener("dashboard-update", check); resolve(v);
+  };
+  const timer = setTimeout(() => {
+    removeEventListener("dashboard-update", check);
+    const v = read(); v.history = undefined;
+    reject(new Error("timed out; the page shows " + JSON.stringify(v)));
+  }, %d);
+  addEventListener("dashboard-update", check);
+  if (document.body && document.body.dataset.updates) check();
+})"""
+
+
+def wait_page(browser: Browser, session: str, until: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The page's numbers at the first redraw where the JS predicate ``until(v)`` holds."""
+    expression = WAIT_JS % (until, int(timeout_s * 1000))
+    result = browser.call(
+        "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, session
+    )
+    if "exceptionDetails" in result:
+        raise AssertionError(f"{until}: {result['exceptionDetails'].get('exception', {}).get('description')}")
+    values: dict[str, Any] = result["result"]["value"]
+    return values
+
+
+def screenshot(browser: Browser, session: str, name: str) -> Path:
+    data = browser.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)["data"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(base64.b64decode(data))
+    return path
+
+
+def test_dashboard_in_a_browser_follows_the_traffic(make_server: ServerFactory, browser: Browser) -> None:
+    server, recorder = make_server(admin_port=0, max_connections=4, idle_timeout=3.0)
+    host, port = server.server_address[:2]
+    session = browser.open(admin_url(server, "/dashboard"))
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session,
+    )
+    first = wait_page(browser, session, "(v) => v.updates >= 1")
+    assert first["accepted"] == 0 and first["active"] == 0 and first["status"] == "ready"
+
+    # Traffic in five bursts, one per redraw: the totals are exact, the rates non-zero meanwhile.
+    peak_accept_rate = peak_in_rate = 0.0
+    for burst in range(1, 6):
+        echo_some(server, 4, 10_000)
+        seen = wait_page(browser, session, f"(v) => v.accepted >= {4 * burst}")
+        peak_accept_rate = max(peak_accept_rate, seen["accept-rate"])
+        peak_in_rate = max(peak_in_rate, seen["in-rate"])
+    recorder.wait_for(lambda e: len(recorder.named("closed")) == 20)
+    settled = wait_page(browser, session, "(v) => v['bytes-out'] === 200000 && v['accept-rate'] === 0")
+    assert settled["accepted"] == 20 and settled["bytes-in"] == 200_000 and settled["active"] == 0
+    assert peak_accept_rate > 0 and peak_in_rate > 0
+    assert max(settled["history"]["accepted"]) > 0 and max(settled["history"]["in"]) > 0
+    assert {"opened", "closed"} <= set(settled["events"])
+
+    # Four silent clients fill max_connections, three more are rejected; the four time out.
+    held = [EchoClient(str(host), int(port)).connect() for _ in range(4)]
+    try:
+        recorder.wait_for(lambda e: len(recorder.named("opened")) == 24)
+        refused = [EchoClient(str(host), int(port)).connect() for _ in range(3)]
+        for client in refused:
+            assert client.recv() == b""  # closed at once, no bytes
+            client.close()
+        limited = wait_page(browser, session, "(v) => v.rejected === 3")
+        assert limited["accepted"] == 24
+        timed_out = wait_page(browser, session, "(v) => v.timeouts === 4 && v.active === 0", timeout_s=15)
+        assert max(timed_out["history"]["active"]) == 4
+        assert max(timed_out["history"]["rejected"]) > 0 and max(timed_out["history"]["timed_out"]) > 0
+        assert "rejected" in timed_out["events"]
+    finally:
+        for client in held:
+            client.close()
+    rows = browser.call(
+        "Runtime.evaluate",
+        {"expression": "document.querySelectorAll('#events li').length", "returnByValue": True},
+        session,
+    )["result"]["value"]
+    assert 0 < rows <= dashboard.EVENT_ROWS
+    screenshot(browser, session, "dashboard.png")
+
+
+def test_dashboard_fits_a_phone_and_follows_dark_mode(make_server: ServerFactory, browser: Browser) -> None:
+    server, _ = make_server(admin_port=0)
+    session = browser.open(admin_url(server, "/dashboard"))
+    metrics = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    browser.call("Emulation.setDeviceMetricsOverride", metrics, session)
+    colours = {}
+    for scheme in ("light", "dark"):
+        browser.call(
+            "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": scheme}]}, session
+        )
+        wait_page(browser, session, "(v) => v.updates >= 2")
+        probe = "[getComputedStyle(document.body).backgroundColor, document.documentElement.scrollWidth, innerWidth]"
+        value = browser.call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session)
+        colour, scroll_width, width = value["result"]["value"]
+        assert scroll_width <= width, f"{scheme}: the page is {scroll_width} px wide on a {width} px screen"
+        colours[scheme] = colour
+    assert colours == {"light": "rgb(246, 247, 249)", "dark": "rgb(13, 17, 23)"}
+    screenshot(browser, session, "dashboard-phone-dark.png")
