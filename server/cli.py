@@ -40,6 +40,7 @@ from server.logger import LEVELS, LogActor, SkipRestatedEvents
 from server.rotation import LogFileError
 from server.signals import Action, Signals, Wakeup
 from server.stats import Stats
+from server.tls import TlsContext, TlsError
 
 PROG = "echo-server"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -148,6 +149,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             max_bytes=config.log_max_bytes,
             backups=config.log_backups,
         )
+        if config.tls_port is not None:
+            TlsContext.load(config)  # the files' problems, named by flag, before anything starts
+    except TlsError as error:
+        print(
+            f"{PROG}: error: {sources.get(error.setting, flag_name(error.setting))}: {error.problem}", file=sys.stderr
+        )
+        return EXIT_USAGE
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -182,6 +190,9 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
             except ListenError as error:
                 print(f"{PROG}: {_listen_problem(error, server)}", file=sys.stderr)
                 return EXIT_FAILED
+            except TlsError as error:  # a TLS file changed since main() checked it
+                print(f"{PROG}: error: {flag_name(error.setting)}: {error.problem}", file=sys.stderr)
+                return EXIT_USAGE
             code = run.until_stopped()
         finally:
             finish_logging(LOG_DRAIN_S)
@@ -252,8 +263,13 @@ class _Run:
         self._begin_stop()
 
     def reload(self, wakeup: Wakeup) -> None:
-        """SIGHUP. The hook for a future reload (re-read the settings, replace the
-        workers); until then it changes nothing and says so."""
+        """SIGHUP. Re-reads the TLS certificate and key, if TLS is on (a bad file keeps the
+        old ones and logs one error). The hook for a future reload of the settings and
+        workers; until then nothing else changes, and it says so."""
+        if self._server.config.tls_port is not None:
+            log.info("received %s: reloading the TLS certificate and key", wakeup.name)
+            self._server.reload_tls()
+            return
         log.warning("received %s: reload is not supported yet; ignored", wakeup.name)
 
     def reopen_log(self, wakeup: Wakeup) -> None:
@@ -297,6 +313,8 @@ def _listen_problem(error: ListenError, server: EchoServer) -> str:
     """Say which port could not be had. The echo listener opens first (core.start());
     if it got an address, the one that failed is the admin listener."""
     problem = error.strerror or str(error)
+    if isinstance(error.filename, str):  # the TLS or UDP port, named by core
+        return f"{error.filename}: {problem}"
     config = server.config
     if config.admin_port is None or not server.server_address[1]:
         where, role, hint = f"{config.host}:{config.port}", "the echo port", ""

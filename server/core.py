@@ -45,9 +45,12 @@ from server.config import Config
 from server.echo import Connection, EchoWaits, echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
-from server.listener import backlog_capped, fit_fd_limit, format_address, open_listener
+from server.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
 from server.scheduler import Scheduler, every
 from server.stats import Stats, StatsSnapshot
+from server.tls import TlsContext
+from server.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
+from server.udp import UdpEcho, open_udp
 
 log = logging.getLogger("echo.server")
 
@@ -77,6 +80,10 @@ class EchoServer:
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
         self._waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
+        # The optional listeners (see tls_echo.py, udp.py); their addresses once started.
+        self.tls: TlsContext | None = None
+        self.tls_address: tuple[Any, ...] | None = None
+        self.udp_address: tuple[Any, ...] | None = None
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
         self._failure_lock = threading.Lock()
@@ -127,13 +134,18 @@ class EchoServer:
             capped = backlog_capped(config.backlog)
             if capped:
                 log.warning("%s", capped)
+            tls = TlsContext.load(config) if config.tls_port is not None else None  # TlsError: nothing opened yet
             listener = open_listener(config.host, config.port, config.backlog)
             self.server_address = listener.getsockname()
+            tls_listener, udp_sock = self._open_optional_listeners(config, listener)
+            self.tls = tls
             if config.admin_port is not None:
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
                 except OSError:
-                    listener.close()
+                    for sock in (listener, tls_listener, udp_sock):
+                        if sock is not None:
+                            sock.close()
                     raise
             self._started = True
             self.publish(event("started", loops=config.loops, max_connections=config.max_connections))
@@ -141,8 +153,13 @@ class EchoServer:
             if self.admin is not None:
                 addresses["admin_address"] = format_address(self.admin.address)
                 self.admin.start()
+            said = " and admin on ".join(addresses.values())
+            for name, address in (("tls_address", self.tls_address), ("udp_address", self.udp_address)):
+                if address is not None:
+                    addresses[name] = format_address(address)
+                    said += f"; {name[:3].upper()} echo on {addresses[name]}"
             self.publish(event("listening", **addresses))
-            log.info("echo listening on %s", " and admin on ".join(addresses.values()))
+            log.info("echo listening on %s", said)
 
             self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
             self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._critical_exit)
@@ -159,12 +176,74 @@ class EchoServer:
                 max_connections_per_ip=config.max_connections_per_ip,
                 on_ready=self._on_ready,
             )
+            if tls_listener is not None and tls is not None:
+                self._spawn_tls_acceptor(tls_listener, tls, acceptor)
+            if udp_sock is not None:
+                udp = UdpEcho(udp_sock, self.stats, rate=config.udp_rate, global_rate=config.udp_global_rate)
+                self._acceptor_loop.spawn_threadsafe(udp.run(), udp_sock, critical=True)
+                self._acceptor_loop.spawn_threadsafe(every(FOLD_INTERVAL_S, udp.fold), daemon=True)
             self._acceptor_loop.spawn_threadsafe(acceptor.run(), listener, daemon=True, critical=True)
             if config.stats_interval > 0:
                 self._acceptor_loop.spawn_threadsafe(every(config.stats_interval, self._publish_stats), daemon=True)
             self._futures = [self._pool.submit(loop.run) for loop in (self._acceptor_loop, *self._loops)]
             for loop, future in zip((self._acceptor_loop, *self._loops), self._futures, strict=True):
                 future.add_done_callback(functools.partial(self._loop_done, loop.name))
+
+    def _open_optional_listeners(
+        self, config: Config, listener: socket.socket
+    ) -> tuple[socket.socket | None, socket.socket | None]:
+        """The TLS listener and the UDP socket, if configured; on failure nothing stays open."""
+        opened: list[socket.socket] = [listener]
+        try:
+            tls_listener = udp_sock = None
+            if config.tls_port is not None:
+                try:
+                    tls_listener = open_listener(config.host, config.tls_port, config.backlog)
+                except ListenError as error:
+                    raise ListenError(error.errno, error.strerror, "the TLS port") from None
+                opened.append(tls_listener)
+                self.tls_address = tls_listener.getsockname()
+            if config.udp_port is not None:
+                udp_sock = open_udp(config.host, config.udp_port)
+                self.udp_address = udp_sock.getsockname()
+            return tls_listener, udp_sock
+        except OSError:
+            for sock in opened:
+                sock.close()
+            raise
+
+    def _spawn_tls_acceptor(self, tls_listener: socket.socket, tls: TlsContext, acceptor: Acceptor) -> None:
+        """A second Acceptor on the same scheduler, same limits, handing off to TLS tasks."""
+        assert self._acceptor_loop is not None
+        config = self.config
+        start = functools.partial(
+            self._start_tls_connection,
+            tls=tls,
+            waits=TlsWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout, config.tls_handshake_timeout),
+            on_close=self._on_close,
+            failures=HandshakeFailures(),
+        )
+        tls_acceptor = Acceptor(
+            tls_listener,
+            self._loops,
+            start,
+            stats=self.stats,
+            publish=self.publish,
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+            on_ready=lambda: None,
+        )
+        tls_acceptor._ids = acceptor._ids  # one numbering of connections for both listeners
+        self._acceptor_loop.spawn_threadsafe(tls_acceptor.run(), tls_listener, daemon=True, critical=True)
+
+    def _start_tls_connection(self, loop: Scheduler, *args: Any, **kwargs: Any) -> None:  # loop's thread
+        self.stats.listener_accepted("tls")
+        start_tls_connection(loop, *args, **kwargs)
+
+    def reload_tls(self) -> bool:
+        """SIGHUP (main thread): re-read the TLS certificate and key for new connections.
+        False if TLS is off or the files were unusable (then the old ones stay)."""
+        return self.tls is not None and self.tls.reload()
 
     def serve_forever(self) -> None:
         """Start if needed, then block until the server has stopped (see shutdown)."""
@@ -272,6 +351,12 @@ class EchoServer:
 
     def _on_close(self, conn: Connection) -> None:  # the connection's scheduler thread
         duration = time.monotonic() - conn.opened_at
+        listener: str = getattr(conn, "listener", "tcp")
+        extra: dict[str, str] = {}
+        if listener != "tcp":
+            extra["listener"] = listener
+            if getattr(conn, "detail", ""):
+                extra["detail"] = conn.detail  # type: ignore[attr-defined]
         self.stats.connection_closed(
             conn.ip,
             conn.reason,
@@ -279,6 +364,7 @@ class EchoServer:
             conn.bytes_out - conn.folded_out,
             conn.bytes_in + conn.bytes_out,
             duration,
+            listener,
         )
         self.publish(
             event(
@@ -290,17 +376,20 @@ class EchoServer:
                 bytes_in=conn.bytes_in,
                 bytes_out=conn.bytes_out,
                 duration_s=round(duration, 6),
+                **extra,
             )
         )
 
     def _fold(self, loop: Scheduler) -> None:
-        received = sent = 0
+        traffic: dict[str, list[int]] = {}  # listener -> [received, sent]
         for task in loop.tasks():
             conn = task.state
             if isinstance(conn, Connection):
-                received += conn.bytes_in - conn.folded_in
-                sent += conn.bytes_out - conn.folded_out
+                counts = traffic.setdefault(getattr(conn, "listener", "tcp"), [0, 0])
+                counts[0] += conn.bytes_in - conn.folded_in
+                counts[1] += conn.bytes_out - conn.folded_out
                 conn.folded_in = conn.bytes_in
                 conn.folded_out = conn.bytes_out
-        if received or sent:
-            self.stats.add_traffic(received, sent)
+        for listener, (received, sent) in traffic.items():
+            if received or sent:
+                self.stats.add_traffic(received, sent, listener)

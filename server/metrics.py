@@ -15,10 +15,11 @@ import resource
 from collections.abc import Iterable
 
 from server import __version__
-from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, TIMEOUT_REASONS, Histogram, StatsSnapshot
+from server.stats import LISTENERS, REJECT_MAX_CONNECTIONS, REJECT_PER_IP, TIMEOUT_REASONS, Histogram, StatsSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-CLOSE_REASONS = ("eof", "idle_timeout", "write_stall", "reset", "shutdown", "error")
+CLOSE_REASONS = ("eof", "idle_timeout", "write_stall", "reset", "shutdown", "error", "tls_handshake")
+UDP_DROP_REASONS = ("source_rate", "global_rate", "source_table_full", "send_failed")
 REJECT_REASONS = (REJECT_MAX_CONNECTIONS, REJECT_PER_IP)
 
 
@@ -73,6 +74,7 @@ def render(snapshot: StatsSnapshot, *, ready: bool, draining: bool) -> str:
     )
     lines += _family("echo_received_bytes_total", "counter", "Bytes read from clients.", [("", s.bytes_received)])
     lines += _family("echo_sent_bytes_total", "counter", "Bytes echoed to clients.", [("", s.bytes_sent)])
+    lines += _listener_lines(s)
     lines += _family("echo_connection_errors_total", "counter", "Connections ended by an error.", [("", s.errors)])
     lines += _family("echo_accept_errors_total", "counter", "accept() calls that failed.", [("", s.accept_errors)])
     lines += _family(
@@ -93,6 +95,38 @@ def render(snapshot: StatsSnapshot, *, ready: bool, draining: bool) -> str:
     )
     lines += _process_lines()
     return "\n".join(lines) + "\n"
+
+
+def _listener_lines(s: StatsSnapshot) -> list[str]:
+    """The totals above split by listener (tcp, tls, udp), and UDP's datagram counts."""
+
+    def by_listener(key: str, names: tuple[str, ...] = LISTENERS) -> list[tuple[str, float]]:
+        return [(f'{{listener="{n}"}}', s.listeners.get(n, {}).get(key, 0)) for n in names]
+
+    lines: list[str] = []
+    lines += _family(
+        "echo_listener_connections_accepted_total",
+        "counter",
+        "Connections admitted, by listener.",
+        by_listener("accepted", ("tcp", "tls")),
+    )
+    lines += _family(
+        "echo_listener_received_bytes_total", "counter", "Bytes read, by listener.", by_listener("bytes_received")
+    )
+    lines += _family(
+        "echo_listener_sent_bytes_total", "counter", "Bytes echoed, by listener.", by_listener("bytes_sent")
+    )
+    lines += _family(
+        "echo_udp_received_datagrams_total", "counter", "UDP datagrams read.", [("", s.udp_datagrams_received)]
+    )
+    lines += _family("echo_udp_sent_datagrams_total", "counter", "UDP datagrams echoed.", [("", s.udp_datagrams_sent)])
+    lines += _family(
+        "echo_udp_dropped_datagrams_total",
+        "counter",
+        "UDP datagrams read and not echoed, by reason.",
+        [(f'{{reason="{r}"}}', s.udp_dropped.get(r, 0)) for r in UDP_DROP_REASONS],
+    )
+    return lines
 
 
 def _process_lines() -> list[str]:

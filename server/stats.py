@@ -31,6 +31,10 @@ BYTES_BUCKETS = (0, 64, 1024, 16_384, 262_144, 4_194_304, 67_108_864, 1_073_741_
 REJECT_MAX_CONNECTIONS = "max_connections"
 REJECT_PER_IP = "max_connections_per_ip"
 
+# Per-listener counters: ``tls`` and ``udp`` are counted as such, ``tcp`` is the rest of
+# the totals (so the plain-TCP hot path pays nothing for the split).
+LISTENERS = ("tcp", "tls", "udp")
+
 
 @dataclass(frozen=True, slots=True)
 class Histogram:
@@ -63,6 +67,11 @@ class StatsSnapshot:
     duration_s: Histogram = Histogram(DURATION_BUCKETS_S, (0,) * (len(DURATION_BUCKETS_S) + 1), 0.0)
     bytes_per_connection: Histogram = Histogram(BYTES_BUCKETS, (0,) * (len(BYTES_BUCKETS) + 1), 0.0)
     uptime_s: float = 0.0
+    # listener -> {"accepted", "bytes_received", "bytes_sent"}; UDP's "accepted" is 0.
+    listeners: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: MappingProxyType({}))
+    udp_datagrams_received: int = 0
+    udp_datagrams_sent: int = 0
+    udp_dropped: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def rejected_total(self) -> int:
@@ -84,6 +93,12 @@ class StatsSnapshot:
             "accept_errors": self.accept_errors,
             "log_events_dropped": self.log_events_dropped,
             "uptime_s": round(self.uptime_s, 3),
+            "listeners": {name: dict(counts) for name, counts in self.listeners.items()},
+            "udp": {
+                "datagrams_received": self.udp_datagrams_received,
+                "datagrams_sent": self.udp_datagrams_sent,
+                "dropped": dict(self.udp_dropped),
+            },
         }
 
 
@@ -114,6 +129,8 @@ class Stats:
         self._duration_sum = 0.0
         self._bytes_counts = [0] * (len(BYTES_BUCKETS) + 1)
         self._bytes_sum = 0
+        self._listener_counts: dict[str, Counter[str]] = {"tls": Counter(), "udp": Counter()}
+        self._udp_dropped: Counter[str] = Counter()
 
     def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
         """Count a new connection from ``ip`` if both limits allow it.
@@ -136,14 +153,35 @@ class Stats:
             self._rejected[reason] += 1
             return reason
 
-    def add_traffic(self, received: int, sent: int) -> None:
+    def add_traffic(self, received: int, sent: int, listener: str = "tcp") -> None:
         """Fold bytes of still-open connections in (called about once a second)."""
         with self._lock:
             self._bytes_received += received
             self._bytes_sent += sent
+            if listener != "tcp":
+                counts = self._listener_counts[listener]
+                counts["bytes_received"] += received
+                counts["bytes_sent"] += sent
+
+    def listener_accepted(self, listener: str) -> None:
+        """One of the connections ``admit`` counted came in on ``listener`` (not tcp)."""
+        with self._lock:
+            self._listener_counts[listener]["accepted"] += 1
+
+    def add_udp(self, received: int, sent: int, bytes_in: int, bytes_out: int, dropped: Mapping[str, int]) -> None:
+        """Fold the UDP task's counts in (datagrams, bytes, drops by reason)."""
+        with self._lock:
+            self._bytes_received += bytes_in
+            self._bytes_sent += bytes_out
+            counts = self._listener_counts["udp"]
+            counts["bytes_received"] += bytes_in
+            counts["bytes_sent"] += bytes_out
+            counts["datagrams_received"] += received
+            counts["datagrams_sent"] += sent
+            self._udp_dropped.update(dropped)
 
     def connection_closed(
-        self, ip: str, reason: str, received: int, sent: int, total_bytes: int, duration_s: float
+        self, ip: str, reason: str, received: int, sent: int, total_bytes: int, duration_s: float, listener: str = "tcp"
     ) -> None:
         """A connection admitted by ``admit`` ended. ``received``/``sent`` are the bytes
         not yet folded in; ``total_bytes`` is its whole traffic (in + out)."""
@@ -162,6 +200,10 @@ class Stats:
                 self._errors += 1
             self._bytes_received += received
             self._bytes_sent += sent
+            if listener != "tcp":
+                counts = self._listener_counts[listener]
+                counts["bytes_received"] += received
+                counts["bytes_sent"] += sent
             self._duration_counts[duration_slot] += 1
             self._duration_sum += duration_s
             self._bytes_counts[bytes_slot] += 1
@@ -183,6 +225,16 @@ class Stats:
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
             closed_by_reason = dict(self._closed_by_reason)
+            listeners = {name: dict(counts) for name, counts in self._listener_counts.items()}
+            tcp = {
+                key: total - sum(counts.get(key, 0) for counts in listeners.values())
+                for key, total in (
+                    ("accepted", self._accepted),
+                    ("bytes_received", self._bytes_received),
+                    ("bytes_sent", self._bytes_sent),
+                )
+            }
+            udp = listeners["udp"]
             return StatsSnapshot(
                 accepted=self._accepted,
                 active=self._active,
@@ -199,4 +251,13 @@ class Stats:
                 duration_s=Histogram(DURATION_BUCKETS_S, tuple(self._duration_counts), self._duration_sum),
                 bytes_per_connection=Histogram(BYTES_BUCKETS, tuple(self._bytes_counts), float(self._bytes_sum)),
                 uptime_s=self._clock() - self._started,
+                listeners=MappingProxyType(
+                    {
+                        "tcp": MappingProxyType(tcp),
+                        "tls": MappingProxyType({k: listeners["tls"].get(k, 0) for k in tcp}),
+                        "udp": MappingProxyType({k: udp.get(k, 0) for k in tcp}),
+                    }
+                ),
+                udp_datagrams_received=udp.get("datagrams_received", 0),
+                udp_datagrams_sent=udp.get("datagrams_sent", 0),
             )
