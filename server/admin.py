@@ -78,6 +78,7 @@ RESPONSE_TIMEOUT_S = 5.0  # to take one answer
 STREAM_SEND_TIMEOUT_S = 10.0  # an /events reader that accepts nothing for this long is dropped
 STREAM_SNDBUF = 8192  # bytes asked of the kernel for a stream's send buffer (Linux doubles it)
 WATCHER_QUEUE = 1000  # events an /events reader may fall behind before it is cut off
+STREAM_FLUSH_S = 0.02  # an /events reader gets what was published in this window as one chunk
 ACCEPT_BATCH = 16
 ACCEPT_PAUSE_S = 0.1
 CLOSE_TIMEOUT_S = 1.0  # the whole of close(): streams flushed, answers finished, threads joined
@@ -109,6 +110,7 @@ class AdminServer:
         self._conns: set[Conn] = set()
         self._threads: list[threading.Thread] = []
         self._closing = False
+        self._stopping = threading.Event()  # set with _closing: streams stop gathering bursts
         self._loop_done = False
         self._stream_refusals = Throttle()  # under _lock
         self._requests: queue.SimpleQueue[tuple[Request, Conn | None]] = queue.SimpleQueue()
@@ -135,6 +137,7 @@ class AdminServer:
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Stop within ``timeout`` seconds in all (see the module docstring)."""
         deadline = time.monotonic() + timeout
+        self._stopping.set()
         with self._lock:
             self._closing = True
             for conn in list(self._conns):
@@ -378,8 +381,9 @@ class AdminServer:
             return True
 
     def watch(self, conn: Conn, subscribed: Callable[[], None], deliver: Callable[[bytes], None]) -> None:
-        """Stream events to ``deliver`` until the server stops or the reader falls behind.
-        ``subscribed`` runs once the watcher is attached: no event after it is missed."""
+        """Stream events to ``deliver`` (JSON lines, what is queued at once in one call) until
+        the server stops or the reader falls behind. ``subscribed`` runs once the watcher
+        is attached: no event after it is missed."""
         watcher = Watcher(WATCHER_QUEUE, lambda: self._post("drop", conn))
         with self._lock:
             conn.watcher = watcher
@@ -392,10 +396,25 @@ class AdminServer:
         with self._view.exchange.subscribed(watcher):
             subscribed()
             while True:
-                item = watcher.items.get()
-                if item is END or watcher.overflowed:
+                batch = [watcher.items.get()]
+                self._stopping.wait(STREAM_FLUSH_S)  # let a burst gather: one wake-up and send for many
+                while batch[-1] is not END and len(batch) < WATCHER_QUEUE:
+                    try:
+                        batch.append(watcher.items.get_nowait())
+                    except queue.Empty:
+                        break
+                ended = batch[-1] is END
+                lines = [_line(item) for item in batch if item is not END]
+                if watcher.overflowed:
                     return
-                deliver(json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n")
+                if lines:
+                    deliver(b"".join(lines))
+                if ended:
+                    return
+
+
+def _line(item: Any) -> bytes:
+    return json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n"
 
 
 def _peer(address: Any) -> str:
