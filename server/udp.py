@@ -141,7 +141,7 @@ class UdpEcho:
                         continue
                     self._received += 1
                     self._bytes_in += size
-                    reason = self._admit(str(address[0]), now)
+                    reason = self.admit(str(address[0]), now)
                     if reason is None:
                         try:
                             sent = sendto(view[:size], address)
@@ -162,7 +162,7 @@ class UdpEcho:
             self._received = self._sent = self._bytes_in = self._bytes_out = 0
             self._dropped = Counter()
 
-    def _admit(self, ip: str, now: float) -> str | None:
+    def admit(self, ip: str, now: float) -> str | None:
         """None if this source and everyone may have one more echo; else why not."""
         sources = self._sources
         bucket = sources.get(ip)
