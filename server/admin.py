@@ -53,7 +53,6 @@ thread for things through ``_requests`` plus a wake-up socketpair.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import queue
 import selectors
@@ -63,7 +62,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from server.admin_conn import END, Conn, Watcher
+from server.admin_conn import Conn, Watcher
 from server.exchange import Exchange
 from server.listener import format_address, open_listener
 from server.stats import StatsSnapshot
@@ -114,7 +113,11 @@ class AdminServer:
         self._loop_done = False
         self._stream_refusals = Throttle()  # under _lock
         self._requests: queue.SimpleQueue[tuple[Request, Conn | None]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError:
+            self._listener.close()
+            raise
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._evictions = Throttle()  # admin thread
@@ -396,25 +399,13 @@ class AdminServer:
         with self._view.exchange.subscribed(watcher):
             subscribed()
             while True:
-                batch = [watcher.items.get()]
-                self._stopping.wait(STREAM_FLUSH_S)  # let a burst gather: one wake-up and send for many
-                while batch[-1] is not END and len(batch) < WATCHER_QUEUE:
-                    try:
-                        batch.append(watcher.items.get_nowait())
-                    except queue.Empty:
-                        break
-                ended = batch[-1] is END
-                lines = [_line(item) for item in batch if item is not END]
+                lines, last = watcher.next_burst(lambda: self._stopping.wait(STREAM_FLUSH_S))
                 if watcher.overflowed:
                     return
                 if lines:
-                    deliver(b"".join(lines))
-                if ended:
+                    deliver(lines)
+                if last:
                     return
-
-
-def _line(item: Any) -> bytes:
-    return json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n"
 
 
 def _peer(address: Any) -> str:

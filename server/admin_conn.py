@@ -3,11 +3,12 @@
 ``Conn``: ``phase`` and ``since`` change only under AdminServer's lock (any thread);
 ``deadline`` and ``wants_watch`` belong to the connection's handler thread; ``watched``
 to the admin thread. ``Watcher``: ``send`` from any publishing thread (it never blocks),
-``end`` from any thread, ``items`` read by the handler thread.
+``end`` from any thread, ``next_burst`` on the handler thread.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 from collections.abc import Callable
@@ -48,6 +49,22 @@ class Watcher:
             if not self.overflowed:
                 self.overflowed = True
                 self._on_overflow()  # once: ask the admin thread to cut the reader off
+
+    def next_burst(self, gather: Callable[[], object]) -> tuple[bytes, bool]:
+        """The next events as JSON lines, and whether the stream ends after them (the
+        handler thread). Waits for an event, then calls ``gather`` (a short wait, so that
+        a burst is sent as one chunk with one wake-up), then takes what is queued."""
+        items = [self.items.get()]
+        gather()
+        while items[-1] is not END and len(items) < self.items.maxsize:
+            try:
+                items.append(self.items.get_nowait())
+            except queue.Empty:
+                break
+        lines = b"".join(
+            json.dumps(item.as_dict(), separators=(",", ":")).encode() + b"\n" for item in items if item is not END
+        )
+        return lines, items[-1] is END
 
     def end(self) -> None:
         """End the stream after what is queued (a full queue: a reader that far behind is cut off)."""
