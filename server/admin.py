@@ -1,7 +1,7 @@
 """The admin HTTP endpoint: its listener, its connections, its limits and its stop.
 
     GET /          a plain-text index        GET /metrics  Prometheus text
-    GET /healthz   200 while serving         GET /stats    the Stats snapshot as JSON
+    GET /healthz   200 healthy, 503 failed  GET /stats    the Stats snapshot as JSON
     GET /readyz    200 ready, 503 draining   GET /events   live events, JSON lines (chunked)
 
 (HEAD works wherever GET does; the requests themselves are served by
@@ -94,6 +94,11 @@ class ServerView(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    @property
+    def healthy(self) -> bool:
+        """False once a server thread died: /healthz says 503 so the orchestrator restarts us."""
+        ...
 
     def is_ready(self) -> bool: ...
 

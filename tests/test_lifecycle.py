@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -40,7 +42,8 @@ def start_server(**settings: object) -> tuple[EchoServer, EventRecorder, threadi
     recorder = EventRecorder()
     exchange = Exchange("lifecycle-test")
     exchange.attach(recorder)
-    config = Config(port=0, admin_port=None, stats_interval=0, **settings)  # type: ignore[arg-type]
+    settings = {"port": 0, "admin_port": None, "stats_interval": 0, **settings}
+    config = Config(**settings)  # type: ignore[arg-type]
     server = EchoServer(config, exchange=exchange)
     failed = threading.Event()
     failures: list[BaseException] = []
@@ -55,10 +58,20 @@ def start_server(**settings: object) -> tuple[EchoServer, EventRecorder, threadi
     return server, recorder, failed, failures
 
 
-def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLog) -> None:
-    server, recorder, failed, failures = start_server()
+def _healthz(server: EchoServer) -> int:
+    assert server.admin is not None
+    host, port = server.admin.address[:2]
     try:
-        assert server.healthy
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLog) -> None:
+    server, recorder, failed, failures = start_server(admin_port=0, admin_host="127.0.0.1")
+    try:
+        assert server.healthy and _healthz(server) == 200
         with socket.create_connection(server.server_address[:2], timeout=5) as sock:
             sock.sendall(b"before")
             assert read_exactly(sock, 6) == b"before"
@@ -74,6 +87,7 @@ def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLo
                 sock.recv(1)
         assert [str(f) for f in failures] == ["injected scheduler fault"]
         assert not server.healthy and not server.ready.is_set()
+        assert _healthz(server) == 503
         event = recorder.wait_for(lambda e: e.name == "failed")
         assert "loop-0" in event.data["reason"] and event.level == "error"
         tracebacks = [r for r in error_log.records if r.exc_info]
