@@ -117,7 +117,9 @@ def test_a_flood_from_one_source_is_held_to_the_rate_while_another_is_served(
     started = time.monotonic()
     for i in range(2000):
         flooder.sendto(b"flood %d" % i, address)
-        if i % 200 == 199:  # the other source is answered in the middle of the flood
+        # The other source is answered in the middle of the flood; waiting for its echo also
+        # keeps the server's socket buffer from overflowing (the kernel would drop, not us).
+        if i % 100 == 99:
             assert _echo(other, address, b"still served %d" % i) == b"still served %d" % i
     # The socket is read in order: once this echo is back, every flood datagram was handled.
     assert _echo(other, address, b"last") == b"last"
@@ -135,8 +137,9 @@ def test_a_flood_from_one_source_is_held_to_the_rate_while_another_is_served(
     assert _nothing_more(bystander)
     server.shutdown()
     snapshot = server.stats.snapshot()
+    assert snapshot.udp_datagrams_received > 1000  # the server did see the flood
     assert snapshot.udp_dropped["source_rate"] == snapshot.udp_datagrams_received - snapshot.udp_datagrams_sent
-    assert snapshot.udp_datagrams_sent == echoed + 11
+    assert snapshot.udp_datagrams_sent == echoed + 21
     assert snapshot.listeners["udp"]["bytes_sent"] <= snapshot.listeners["udp"]["bytes_received"]
 
 
@@ -147,7 +150,7 @@ def test_the_global_cap_holds_across_sources(make_server: ServerFactory, sockets
     marker = _client(sockets, "127.0.0.7")
     marker.settimeout(0.5)
     started = time.monotonic()
-    for i in range(100):
+    for i in range(60):  # 120 small datagrams: well within the server's socket buffer
         for client in clients:
             client.sendto(b"%d" % i, address)
     # Read in order: once a marker comes back, both floods were handled. (A marker can be
@@ -175,6 +178,7 @@ def test_the_global_cap_holds_across_sources(make_server: ServerFactory, sockets
     server.shutdown()
     snapshot = server.stats.snapshot()
     assert snapshot.udp_datagrams_sent == echoed + 1
+    assert snapshot.udp_datagrams_received > 100
     assert snapshot.udp_dropped["global_rate"] == snapshot.udp_datagrams_received - snapshot.udp_datagrams_sent
 
 
