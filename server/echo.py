@@ -42,8 +42,12 @@ from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout, 
 
 # After a shutdown FIN, read and drop what the client still sends until it closes, so
 # that closing does not turn into an RST that could destroy echo the client has not yet
-# read. Bounded by the scheduler's abort deadline.
-_LINGER_WAIT = Wait(READ)
+# read; but once the peer has acknowledged every byte and our FIN (nothing unsent) and
+# sends nothing, there is nothing left to protect: close then, checked every
+# LINGER_CHECK_S, so a client that never closes does not hold the stop until the
+# scheduler's abort deadline (which still bounds a peer that never reads).
+LINGER_CHECK_S = 0.05
+_LINGER_WAIT = Wait(READ, LINGER_CHECK_S)
 _INT = struct.Struct("i")
 
 
@@ -186,7 +190,12 @@ def _flush(sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection)
 
 def _discard_until_eof(sock: socket.socket, buffer: memoryview) -> TaskGen:
     while True:
-        yield _LINGER_WAIT
+        try:
+            yield _LINGER_WAIT
+        except WaitTimeout:
+            if unsent_bytes(sock) == 0:
+                return  # the peer holds all of its echo and our FIN
+            continue
         try:
             if not sock.recv_into(buffer):
                 return

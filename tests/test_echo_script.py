@@ -197,3 +197,15 @@ def test_closed_from_outside_is_a_shutdown(monkeypatch: pytest.MonkeyPatch) -> N
     run = Run(ScriptedSocket([]), monkeypatch)
     run.gen.close()  # the scheduler's abort deadline
     assert run.conn.reason == "shutdown" and run.closed == [run.conn]
+
+
+def test_after_the_shutdown_fin_it_closes_once_the_peer_holds_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = ScriptedSocket([b""])
+    run = Run(sock, monkeypatch)
+    run.throw(Shutdown())  # FIN sent; now it lingers for the client's EOF
+    assert sock.shut_write and run.wait is not None and run.wait.timeout is not None
+    sock.unsent = 10  # the peer has not acknowledged everything (our FIN included) yet
+    assert run.throw(WaitTimeout(run.wait.timeout)) is not None
+    sock.unsent = 0  # it has: nothing left to protect, close without waiting for its EOF
+    assert run.throw(WaitTimeout(run.wait.timeout)) is None
+    assert run.conn.reason == "shutdown" and sock.reads == deque([b""])

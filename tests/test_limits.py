@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+from server.core import FINAL_FLUSH_S
 from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
 from server.throttle import Throttle
 from tests.conftest import ServerFactory
@@ -151,3 +152,18 @@ def test_a_slow_but_steady_reader_is_not_reset_as_a_write_stall(make_server: Ser
     assert received >= 8192 * 40
     closed = recorder.wait_for(lambda e: e.name == "closed")
     assert closed.data["reason"] == "reset"  # the client's close with unread data
+
+
+def test_a_client_that_never_closes_does_not_hold_the_stop_past_its_fin(make_server: ServerFactory) -> None:
+    """After the drain, a connection that owes nothing closes once the peer has
+    acknowledged our FIN, not at the final-flush deadline."""
+    server, recorder = make_server(shutdown_timeout=0.2)
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"hi")
+        assert read_exactly(sock, 2) == b"hi"
+        started = time.monotonic()
+        server.shutdown()
+        took = time.monotonic() - started
+        assert sock.recv(1) == b""  # the FIN; the client never closes before the stop ends
+    assert took < 0.2 + FINAL_FLUSH_S / 2, f"the stop took {took:.2f} s"
+    assert recorder.wait_for(lambda e: e.name == "closed").data["reason"] == "shutdown"
