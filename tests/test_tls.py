@@ -6,6 +6,7 @@ errors. The certificate files live in tmp_path."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -382,3 +383,25 @@ def test_sighup_reloads_the_certificate_for_new_connections(pki: Pki, tls_files:
         assert sum(r.get("level") == "error" for r in process.seen) == 1
     finally:
         process.stop()
+
+
+def test_failed_handshakes_are_logged_at_most_once_a_second(
+    make_server: ServerFactory, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, events, address = _tls_server(make_server, pki)
+    caplog.set_level(logging.WARNING, logger="echo.tls")
+    started = time.monotonic()
+    for _ in range(30):
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    events.wait_for(lambda e: len(events.named("closed")) == 30)
+    elapsed = time.monotonic() - started
+    warnings_said = [r for r in caplog.records if r.name == "echo.tls"]
+    assert 1 <= len(warnings_said) <= elapsed + 1, (len(warnings_said), elapsed)
+    assert "Traceback" not in caplog.text
+    assert server.stats.snapshot().closed_by_reason["tls_handshake"] == 30
