@@ -40,6 +40,7 @@ from server.logger import LEVELS, LogActor, SkipRestatedEvents
 from server.rotation import LogFileError
 from server.signals import Action, Signals, Wakeup
 from server.stats import Stats
+from server.supervisor import Supervisor
 from server.tls import TlsContext, TlsError
 
 PROG = "echo-server"
@@ -162,10 +163,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except LogFileError as error:
         print(f"{PROG}: error: {sources.get('log_file', flag_name('log_file'))}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    return serve(config, stats, actor, unknown_environment(environ))
+    return serve(config, stats, actor, unknown_environment(environ), lambda: load_config(argv, environ))
 
 
-def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str] = ()) -> int:
+def serve(
+    config: Config,
+    stats: Stats,
+    actor: LogActor,
+    warnings: Sequence[str] = (),
+    reload_config: Callable[[], Config] | None = None,
+) -> int:
+    """Run until stopped: one EchoServer, or with ``workers`` > 1 a Supervisor of worker
+    processes. ``reload_config`` re-reads the settings for SIGHUP (workers only)."""
     exchange = get_exchange("events")
     echo_logger = logging.getLogger("echo")
     echo_logger.setLevel(LEVELS[config.log_level])
@@ -182,8 +191,15 @@ def serve(config: Config, stats: Stats, actor: LogActor, warnings: Sequence[str]
         try:
             for warning in warnings:
                 log.warning("%s", warning)
-            server = EchoServer(config, stats=stats, exchange=exchange)
-            run = _Run(server, signals, actor, finish_logging)
+            server: EchoServer | Supervisor
+            if config.workers > 1 and (config.tls_port is not None or config.udp_port is not None):
+                print(f"{PROG}: error: --workers > 1 does not support --tls-port or --udp-port yet", file=sys.stderr)
+                return EXIT_USAGE
+            if config.workers > 1:
+                server = Supervisor(config, stats=stats, exchange=exchange)
+            else:
+                server = EchoServer(config, stats=stats, exchange=exchange)
+            run = _Run(server, signals, actor, finish_logging, reload_config)
             server.add_failure_callback(run.on_thread_failure)
             try:
                 server.start()
@@ -218,8 +234,16 @@ class _Run:
     main thread still hears a second signal (exit 1 at once) and keeps a watchdog.
     """
 
-    def __init__(self, server: EchoServer, signals: Signals, actor: LogActor, finish: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        server: EchoServer | Supervisor,
+        signals: Signals,
+        actor: LogActor,
+        finish: Callable[[float], None],
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
         self._server = server
+        self._reload_config = reload_config
         self._signals = signals
         self._actor = actor
         self._finish = finish
@@ -265,10 +289,24 @@ class _Run:
     def reload(self, wakeup: Wakeup) -> None:
         """SIGHUP. Re-reads the TLS certificate and key, if TLS is on (a bad file keeps the
         old ones and logs one error). The hook for a future reload of the settings and
-        workers; until then nothing else changes, and it says so."""
-        if self._server.config.tls_port is not None:
+        workers; until then nothing else changes, and it says so.
+        With workers: re-read the settings (the same flags, the environment as it is now)
+        and hand them to the supervisor, which starts a new generation of workers and
+        drains the old one (new workers load the TLS files afresh). Bad settings keep the
+        running ones."""
+        server = self._server
+        if isinstance(server, Supervisor) and self._reload_config is not None:
+            try:
+                config = self._reload_config()
+            except UsageError as error:
+                log.error("received %s: %s; keeping the running configuration", wakeup.name, error)
+                return
+            log.info("received %s: reloading the workers", wakeup.name)
+            server.reload(config)
+            return
+        if isinstance(server, EchoServer) and server.config.tls_port is not None:
             log.info("received %s: reloading the TLS certificate and key", wakeup.name)
-            self._server.reload_tls()
+            server.reload_tls()
             return
         log.warning("received %s: reload is not supported yet; ignored", wakeup.name)
 
@@ -305,11 +343,13 @@ class _Run:
             self._signals.wake(Action.STOPPED)
 
     def _exit_now(self) -> NoReturn:
+        if isinstance(self._server, Supervisor):
+            self._server.kill_workers()  # no worker outlives its supervisor
         self._finish(1.0)
         os._exit(EXIT_FAILED)  # pool threads would otherwise be joined at exit
 
 
-def _listen_problem(error: ListenError, server: EchoServer) -> str:
+def _listen_problem(error: ListenError, server: EchoServer | Supervisor) -> str:
     """Say which port could not be had. The echo listener opens first (core.start());
     if it got an address, the one that failed is the admin listener."""
     problem = error.strerror or str(error)

@@ -13,6 +13,7 @@ A Config is immutable and validated on construction: any thread may read one.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,13 @@ def _admin_port(text: str) -> int | None:
         return None
     port = _integer(text)
     return None if port < 0 else port
+
+
+def _workers(text: str) -> int:
+    """A number, or ``auto``: the CPUs this process may run on (its affinity mask)."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return _integer(text)
 
 
 # --- Checks: value -> problem (str) or None when the value is valid.
@@ -142,6 +150,15 @@ class Config:
         "scheduler threads running connections; under the GIL one is fastest",
         parse=_integer,
         check=_between(1, 64),
+        metavar="N",
+    )
+    # One process is one core (the GIL); more cores take processes. 1: no supervisor.
+    workers: int = setting(
+        1,
+        "worker processes sharing the port under a supervisor (restarts, SIGHUP reload); "
+        "'auto' = the CPUs this process may use",
+        parse=_workers,
+        check=_between(1, 1024),
         metavar="N",
     )
     # Sized for bursts: a load balancer's health checks plus a load test's ramp-up can

@@ -64,8 +64,18 @@ FD_PER_SCHEDULER = 3
 
 
 class EchoServer:
-    def __init__(self, config: Config, *, stats: Stats | None = None, exchange: Exchange | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stats: Stats | None = None,
+        exchange: Exchange | None = None,
+        listener: socket.socket | None = None,
+    ) -> None:
+        """``listener``: an already-listening socket to serve (a worker's, inherited from
+        the supervisor) instead of opening one on config.host:port; closed at shutdown."""
         self.config = config
+        self._given_listener = listener
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
         self.ready = threading.Event()
@@ -135,7 +145,7 @@ class EchoServer:
             if capped:
                 log.warning("%s", capped)
             tls = TlsContext.load(config) if config.tls_port is not None else None  # TlsError: nothing opened yet
-            listener = open_listener(config.host, config.port, config.backlog)
+            listener = self._given_listener or open_listener(config.host, config.port, config.backlog)
             self.server_address = listener.getsockname()
             tls_listener, udp_sock = self._open_optional_listeners(config, listener)
             self.tls = tls

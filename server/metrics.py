@@ -93,8 +93,38 @@ def render(snapshot: StatsSnapshot, *, ready: bool, draining: bool) -> str:
         "Version of echo-service and of Python.",
         [(f'{{version="{__version__}",python_version="{platform.python_version()}"}}', 1)],
     )
+    lines += _worker_lines(s)
     lines += _process_lines()
     return "\n".join(lines) + "\n"
+
+
+def _worker_lines(s: StatsSnapshot) -> list[str]:
+    """With --workers N (a supervisor's totals.WorkersSnapshot): per-worker series, by
+    worker slot (a replacement or a reload's new worker keeps its slot's label). The
+    process_* lines that follow are the supervisor's own."""
+    rows = getattr(s, "workers", None)
+    if rows is None:
+        return []
+    active: dict[int, int] = {}
+    restarts: dict[int, int] = {}
+    for row in rows:
+        active[row.worker] = active.get(row.worker, 0) + row.active
+        restarts[row.worker] = max(restarts.get(row.worker, 0), row.restarts)
+    lines: list[str] = []
+    lines += _family("echo_workers", "gauge", "Worker processes running (a reload overlaps two).", [("", len(rows))])
+    lines += _family(
+        "echo_worker_connections_active",
+        "gauge",
+        "Connections open now, by worker slot.",
+        [(f'{{worker="{w}"}}', n) for w, n in sorted(active.items())],
+    )
+    lines += _family(
+        "echo_worker_restarts_total",
+        "counter",
+        "Workers replaced after exiting unasked, by worker slot.",
+        [(f'{{worker="{w}"}}', n) for w, n in sorted(restarts.items())],
+    )
+    return lines
 
 
 def _listener_lines(s: StatsSnapshot) -> list[str]:

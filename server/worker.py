@@ -1,0 +1,231 @@
+"""A worker process: today's EchoServer on the supervisor's listening socket.
+
+The supervisor (supervisor.py) starts each worker with multiprocessing's *spawn*
+context: a fresh interpreter (fork + exec at once), so no thread of the supervisor is
+ever forked. ``WorkerSpec`` travels pickled; multiprocessing passes the listening
+socket, the two pipes and the shared limits down as file descriptors while it starts
+the process. The worker then runs ``main(spec)``:
+
+- an EchoServer on the inherited listener, admin off, its own periodic ``stats`` events
+  off (the supervisor publishes the totals), admitting through ``GlobalStats`` so that
+  max_connections and max_connections_per_ip hold for the whole server (shared_limits.py);
+- an ``Uplink`` actor: subscribed to the worker's events Exchange and its ``echo``
+  logger, it sends them in batches up the worker's pipe, plus a stats snapshot every
+  SNAPSHOT_INTERVAL_S and a final one after the drain. Its mailbox is bounded
+  (``log_queue``): if the supervisor falls behind, events are dropped and counted, and
+  no server thread ever waits for the pipe;
+- the main thread waits for a stop: ``drain`` on the control pipe, the control pipe's
+  end (the supervisor is gone), or SIGTERM. Then it drains (EchoServer.shutdown), sends
+  its final snapshot and exits 0 (1 if a server thread had failed).
+
+SIGINT, SIGQUIT, SIGHUP and SIGUSR1 are ignored here: a Ctrl-C in a terminal reaches
+the whole process group, and the supervisor alone decides what a signal means.
+
+Threads: ``main`` on the process's main thread; Uplink as an Actor (``send`` from any
+thread); GlobalStats as Stats (any thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import selectors
+import signal
+import socket
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+from server.actor import Actor
+from server.config import Config
+from server.events import Event
+from server.exchange import Exchange
+from server.logger import LEVELS, SkipRestatedEvents
+from server.shared_limits import SharedLimits
+from server.stats import REJECT_PER_IP, Stats
+from server.totals import pack
+
+SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
+BATCH = 256  # messages sent up the pipe in one write, at most
+DRAIN = "drain"  # the supervisor's one command
+_UNLIMITED = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    index: int  # the worker's slot, 0 .. workers-1 (the ``worker`` label)
+    generation: int
+    config: Config
+    listener: socket.socket
+    limits: SharedLimits
+    row: int
+    uplink: Pipe  # write end: worker -> supervisor
+    control: Pipe  # read end: supervisor -> worker
+
+
+def worker_config(config: Config) -> Config:
+    """What a worker runs: the admin endpoint and the periodic stats events belong to
+    the supervisor."""
+    return dataclasses.replace(config, admin_port=None, stats_interval=0.0, workers=1)
+
+
+class GlobalStats(Stats):
+    """Stats whose admission also asks the shared limits (one check for all workers).
+    A connection the shared limits refuse is counted here under the same reason."""
+
+    def __init__(self, limits: SharedLimits) -> None:
+        super().__init__()
+        self._limits = limits
+
+    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
+        reason = self._limits.admit(ip, max_total, max_per_ip)
+        if reason is None:
+            return super().admit(ip, _UNLIMITED, _UNLIMITED)  # counts it here
+        # Count the rejection here under its reason: a limit of 0 makes Stats refuse for it.
+        if reason == REJECT_PER_IP:
+            super().admit(ip, _UNLIMITED, 0)
+        else:
+            super().admit(ip, 0, max_per_ip)
+        return reason
+
+    def connection_closed(self, ip: str, *args: Any, **kwargs: Any) -> None:
+        super().connection_closed(ip, *args, **kwargs)
+        self._limits.release(ip)
+
+
+def wire_event(record: Event) -> tuple[Any, ...]:
+    return ("e", record.name, record.level, record.conn_id, record.peer, dict(record.data), record.at)
+
+
+def wire_log(record: logging.LogRecord) -> tuple[Any, ...]:
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[0] is not None:
+        message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+    return ("l", record.name, record.levelno, message, record.created)
+
+
+class Uplink(Actor):
+    """Events, log records and snapshots up the pipe, in batches (see the module docstring)."""
+
+    def __init__(self, pipe: Pipe, stats: Stats, mailbox_size: int) -> None:
+        super().__init__("uplink", mailbox_size)
+        self._pipe = pipe
+        self._stats = stats
+        self._batch: list[tuple[Any, ...]] = []
+        self._broken = False
+        self.handler = _UplinkHandler(self)
+
+    def send(self, message: Any) -> bool:  # any thread
+        delivered = super().send(message)
+        if not delivered:
+            self._stats.log_event_dropped()
+        return delivered
+
+    def handle(self, message: Any) -> None:
+        if isinstance(message, Event):
+            self._batch.append(wire_event(message))
+        elif isinstance(message, logging.LogRecord):
+            self._batch.append(wire_log(message))
+        else:
+            self._batch.append(message)
+        if len(self._batch) >= BATCH:
+            self.idle()
+
+    def idle(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        if self._broken:
+            return
+        try:
+            self._pipe.send(batch)
+        except OSError:
+            self._broken = True  # the supervisor is gone; the control pipe tells main()
+
+
+class _UplinkHandler(logging.Handler):
+    def __init__(self, uplink: Uplink) -> None:
+        super().__init__()
+        self._uplink = uplink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._uplink.send(record)
+
+
+def main(spec: WorkerSpec) -> None:
+    """The worker process's entry point (see the module docstring)."""
+    from server.core import EchoServer  # here: the spawned child imports this module first
+
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # set_wakeup_fd does the telling
+
+    config = worker_config(spec.config)
+    spec.limits.bind(spec.row)
+    stats = GlobalStats(spec.limits)
+    exchange = Exchange("events")
+    uplink = Uplink(spec.uplink, stats, config.log_queue)
+    echo_logger = logging.getLogger("echo")
+    echo_logger.setLevel(LEVELS[config.log_level])
+    echo_logger.propagate = False
+    uplink.handler.addFilter(SkipRestatedEvents())  # the events say it
+    echo_logger.addHandler(uplink.handler)
+    uplink.start()
+    exchange.attach(uplink)
+    spec.listener.setblocking(False)
+    server = EchoServer(config, stats=stats, exchange=exchange, listener=spec.listener)
+    failed: list[BaseException] = []
+
+    def on_failure(error: BaseException) -> None:  # any thread
+        failed.append(error)
+        try:
+            wake_w.send(b"\xff")
+        except OSError:
+            pass
+
+    server.add_failure_callback(on_failure)
+    code = 0
+    try:
+        server.start()
+        _wait_for_stop(spec.control, wake_r, stats, uplink, failed)
+        server.shutdown()
+        code = 1 if failed else 0
+    finally:
+        uplink.send(("f", pack(stats.snapshot())))
+        exchange.detach(uplink)
+        echo_logger.removeHandler(uplink.handler)
+        uplink.close(2.0)
+        uplink.join(2.0)
+        spec.uplink.close()
+        signal.set_wakeup_fd(-1)
+        wake_r.close()
+        wake_w.close()
+    if code:
+        raise SystemExit(code)
+
+
+def _wait_for_stop(control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any]) -> None:
+    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(control.fileno(), selectors.EVENT_READ)
+        selector.register(wake, selectors.EVENT_READ)
+        while not failed:
+            ready = selector.select(SNAPSHOT_INTERVAL_S)
+            uplink.send(("s", pack(stats.snapshot())))
+            for key, _ in ready:
+                if key.fileobj is wake:
+                    try:
+                        wake.recv(64)
+                    except BlockingIOError:
+                        pass
+                    return  # SIGTERM, or a failure
+                try:
+                    if control.recv() == DRAIN:
+                        return
+                except (EOFError, OSError):
+                    return  # the supervisor is gone: drain and go

@@ -1,0 +1,342 @@
+"""--workers N: a supervisor, its worker processes, one port, one log, one admin endpoint.
+
+Real processes and real signals: each test runs ``python3 -m server --workers N`` and
+reads its JSON log. Nothing sleeps to synchronize: tests wait for log lines, socket
+answers and process exits, each with a bounded timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import ServerProcess, address_of, read_exactly
+
+pytestmark = pytest.mark.slow
+
+
+def start(*args: str, workers: int = 2) -> ServerProcess:
+    server = ServerProcess("--port", "0", "--admin-port", "0", "--workers", str(workers), *args)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[ServerProcess]]:
+    servers: list[ServerProcess] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def admin_get(server: ServerProcess, path: str) -> tuple[int, str]:
+    host, port = address_of(server.wait_for("listening"), "admin_address")
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def round_trip(address: tuple[str, int], payload: bytes = b"ping") -> bytes:
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(payload)
+        return read_exactly(sock, len(payload))
+
+
+def open_echoing(address: tuple[str, int], **bind: Any) -> socket.socket:
+    """A connection that has echoed once (so it was admitted, not closed at the door)."""
+    sock = socket.create_connection(address, timeout=5, **bind)
+    sock.sendall(b"hi")
+    assert read_exactly(sock, 2) == b"hi"
+    return sock
+
+
+def is_rejected(address: tuple[str, int], **bind: Any) -> bool:
+    """True if the server closes the connection without echoing a byte."""
+    with socket.create_connection(address, timeout=5, **bind) as sock:
+        try:
+            sock.sendall(b"hi")
+            return sock.recv(2) == b""
+        except ConnectionResetError:
+            return True
+
+
+def worker_pids(server: ServerProcess, count: int, generation: int = 1) -> dict[int, int]:
+    """worker slot -> pid of the first ``count`` workers of ``generation``."""
+    pids: dict[int, int] = {}
+    for index in range(count):
+        record = server.wait_for("worker_ready", worker=index, generation=generation)
+        pids[index] = int(record["pid"])
+    return pids
+
+
+def stop(server: ServerProcess, timeout: float = 15.0) -> int:
+    server.signal(signal.SIGTERM)
+    return server.finish(timeout)
+
+
+def test_two_workers_share_the_port_and_both_serve(cleanup: list[ServerProcess]) -> None:
+    server = start()
+    cleanup.append(server)
+    for n in range(200):
+        payload = f"message {n}".encode()
+        assert round_trip(server.address, payload) == payload
+    assert stop(server) == 0
+    by_worker = Counter(r["worker"] for r in server.seen if r.get("event") == "opened")
+    assert sum(by_worker.values()) == 200
+    assert set(by_worker) == {0, 1}
+    assert min(by_worker.values()) >= 50, by_worker  # each at least 25%
+    stopped = server.seen[-1]
+    assert stopped["event"] == "stopped" and stopped["accepted"] == 200
+
+
+def test_sigterm_drains_all_workers_with_admin_clients_attached(cleanup: list[ServerProcess]) -> None:
+    server = start("--shutdown-timeout", "1")
+    cleanup.append(server)
+    for _ in range(40):
+        round_trip(server.address)
+    idle = [open_echoing(server.address) for _ in range(6)]
+    host, port = address_of(server.wait_for("listening"), "admin_address")
+    keep_alive = http.client.HTTPConnection(host, port, timeout=5)
+    keep_alive.request("GET", "/healthz")
+    assert keep_alive.getresponse().read() is not None
+    stream = socket.create_connection((host, port), timeout=5)
+    stream.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200" in stream.recv(64)
+    try:
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.wait_for("stopping")
+        status, _ = admin_get(server, "/readyz")
+        assert status == 503
+        assert idle[0].send(b"x") == 1 and read_exactly(idle[0], 1) == b"x"  # still echoed while draining
+        code = server.finish(10)
+        took = time.monotonic() - signalled
+    finally:
+        for sock in [*idle, stream]:
+            sock.close()
+        keep_alive.close()
+    assert code == 0, server.stderr()
+    assert took < 1.0 + 1.5, took
+    last = server.seen[-1]
+    assert last["event"] == "stopped"
+    exited = [r for r in server.seen if r.get("event") == "worker_exited"]
+    assert len(exited) == 2 and all(r["status"] == "exit 0" for r in exited)
+    assert last["accepted"] == sum(r["accepted"] for r in exited) == 46
+    assert last["closed"] == sum(r["closed"] for r in exited) == 46
+    assert last["bytes_sent"] == sum(r["bytes_sent"] for r in exited)
+
+
+def test_a_killed_worker_loses_only_its_connections_and_is_replaced_within_a_second(
+    cleanup: list[ServerProcess],
+) -> None:
+    server = start()
+    cleanup.append(server)
+    pids = worker_pids(server, 2)
+    held: dict[int, list[socket.socket]] = {0: [], 1: []}
+    while min(len(socks) for socks in held.values()) < 5:
+        sock = open_echoing(server.address)
+        peer = f"127.0.0.1:{sock.getsockname()[1]}"
+        held[server.wait_for("opened", peer=peer)["worker"]].append(sock)
+    load = _ConnectLoop(server.address)
+    load.start()
+    try:
+        load.wait_for_successes(50)
+        killed_at = time.monotonic()
+        os.kill(pids[0], signal.SIGKILL)
+        exited = server.wait_for("worker_exited", pid=pids[0])
+        replacement = server.wait_for("worker_ready", worker=0, restarts=1, timeout=5)
+        ready_after = time.monotonic() - killed_at
+        before = load.successes
+        load.wait_for_successes(before + 50)
+    finally:
+        load.stop()
+    assert exited["status"] == "killed by SIGKILL"
+    assert exited["connections_lost"] >= 5
+    assert replacement["pid"] != pids[0] and replacement["restart_s"] < 1.0
+    assert ready_after < 1.5, ready_after  # kill -> noticed -> spawned -> serving, seen from here
+    assert load.failures <= 2, load.failures  # at most what the dead worker had just accepted
+    for sock in held[1]:  # the other worker's connections never noticed
+        sock.sendall(b"ok")
+        assert read_exactly(sock, 2) == b"ok"
+    for sock in held[0]:  # the dead worker's are gone
+        try:
+            sock.sendall(b"ok")
+            assert sock.recv(2) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    status, metrics = admin_get(server, "/metrics")
+    assert status == 200
+    assert 'echo_worker_restarts_total{worker="0"} 1' in metrics
+    assert 'echo_worker_restarts_total{worker="1"} 0' in metrics
+    for socks in held.values():
+        for sock in socks:
+            sock.close()
+    assert stop(server) == 0
+
+
+def test_sighup_reloads_with_zero_refused_connections(cleanup: list[ServerProcess]) -> None:
+    server = start()
+    cleanup.append(server)
+    old = worker_pids(server, 2)
+    on_old = open_echoing(server.address)
+    load = _ConnectLoop(server.address, rate=1000.0)
+    load.start()
+    try:
+        load.wait_for_successes(200)
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", generation=2)
+        for pid in old.values():
+            server.wait_for("worker_exited", pid=pid)
+        before = load.successes
+        load.wait_for_successes(before + 200)
+    finally:
+        load.stop()
+    assert load.successes >= 400
+    assert (load.refused, load.reset, load.unanswered) == (0, 0, 0), load.problems
+    on_old.close()
+    assert stop(server) == 0
+    exited = {r["pid"]: r for r in server.seen if r.get("event") == "worker_exited"}
+    assert all(exited[pid]["status"] == "exit 0" for pid in old.values())
+
+
+def test_a_connection_on_an_old_worker_keeps_echoing_through_a_reload(cleanup: list[ServerProcess]) -> None:
+    server = start("--shutdown-timeout", "30")
+    cleanup.append(server)
+    worker_pids(server, 2)
+    sock = open_echoing(server.address)
+    try:
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", generation=2)
+        for n in range(5):
+            sock.sendall(b"%d" % n)
+            assert read_exactly(sock, 1) == b"%d" % n
+        assert round_trip(server.address) == b"ping"  # and the new generation serves
+    finally:
+        sock.close()
+    assert stop(server) == 0
+
+
+def test_limits_hold_for_the_whole_server_exactly(cleanup: list[ServerProcess]) -> None:
+    server = start("--max-connections", "100", "--max-connections-per-ip", "60", workers=4)
+    cleanup.append(server)
+    worker_pids(server, 4)
+    first = [open_echoing(server.address) for _ in range(60)]
+    try:
+        assert is_rejected(server.address)  # 61st from 127.0.0.1: per address, across workers
+        other = [open_echoing(server.address, source_address=("127.0.0.2", 0)) for _ in range(40)]
+        assert is_rejected(server.address, source_address=("127.0.0.3", 0))  # the 101st in all
+        leaving = first.pop()
+        peer = f"127.0.0.1:{leaving.getsockname()[1]}"
+        leaving.close()
+        server.wait_for("closed", peer=peer)  # published after its place was given back
+        first.append(open_echoing(server.address))
+        assert is_rejected(server.address, source_address=("127.0.0.3", 0))
+    finally:
+        for sock in first + locals().get("other", []):
+            sock.close()
+    assert stop(server) == 0
+    last = server.seen[-1]
+    assert last["accepted"] == 101
+    assert last["rejected"] == {"max_connections_per_ip": 1, "max_connections": 2}
+
+
+def test_a_crash_loop_stops_the_supervisor_with_exit_1(cleanup: list[ServerProcess]) -> None:
+    server = start()
+    cleanup.append(server)
+    started = time.monotonic()
+    for restarts in range(5):  # worker 0, then each of its replacements
+        os.kill(int(server.wait_for("worker_ready", worker=0, restarts=restarts)["pid"]), signal.SIGKILL)
+    assert time.monotonic() - started < 10.0
+    code = server.finish(15)
+    assert code == 1, server.stderr()
+    failed = [r for r in server.seen if r.get("event") == "failed"]
+    assert failed and "crash loop" in failed[0]["reason"]
+    assert server.seen[-1]["event"] == "stopped"
+
+
+def test_workers_1_has_no_supervisor(cleanup: list[ServerProcess]) -> None:
+    server = start(workers=1)
+    cleanup.append(server)
+    assert round_trip(server.address) == b"ping"
+    assert stop(server) == 0
+    assert not [r for r in server.seen if r.get("event", "").startswith("worker_")]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+class _ConnectLoop:
+    """A client thread: connect, send 4 bytes, read them back, close; up to ``rate`` a
+    second. Counts what went wrong, by kind."""
+
+    def __init__(self, address: tuple[str, int], rate: float = 500.0) -> None:
+        self._address = address
+        self._interval = 1.0 / rate
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.successes = 0
+        self.refused = self.reset = self.unanswered = 0
+        self.problems: list[str] = []
+
+    @property
+    def failures(self) -> int:
+        return self.refused + self.reset + self.unanswered
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def wait_for_successes(self, count: int, timeout: float = 20.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.successes >= count or not self._thread.is_alive(), timeout):
+                raise AssertionError(f"{self.successes} of {count} round trips within {timeout} s")
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        payload = b"ping"
+        while not self._stop.is_set():
+            next_at += self._interval
+            try:
+                with socket.create_connection(self._address, timeout=5) as sock:
+                    sock.sendall(payload)
+                    got = sock.recv(4)
+                    if got != payload:
+                        raise TimeoutError(f"answered {got!r}")
+            except ConnectionRefusedError as error:
+                self._count("refused", error)
+            except (ConnectionResetError, BrokenPipeError) as error:
+                self._count("reset", error)
+            except OSError as error:  # a timeout, or an EOF without the echo
+                self._count("unanswered", error)
+            else:
+                with self._cond:
+                    self.successes += 1
+                    self._cond.notify_all()
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                self._stop.wait(pause)
+            else:
+                next_at = time.monotonic()
+
+    def _count(self, kind: str, error: Exception) -> None:
+        with self._cond:
+            setattr(self, kind, getattr(self, kind) + 1)
+            self.problems.append(f"{kind}: {error!r}")
+            self._cond.notify_all()
