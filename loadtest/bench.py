@@ -20,6 +20,10 @@ closes a connection before measuring measures that artifact, not the design.
 The practical ceiling is ``c-epoll`` (loadtest/epoll_echo.c), compiled here with ``cc``
 when there is one; without it that server's rows are skipped with a one-line reason.
 
+Scenario 5 is the TLS row: echo-service plain and with ``--tls-port`` (a certificate made
+here with the ``openssl`` command), both driven by loadtest.tls_load (one client process,
+so the two figures compare with each other, not with the loadgen rows above them).
+
 Writes ``results.json``, ``results.md`` (the table with medians and ranges, and which
 targets hold) and ``results.svg`` (a bar chart) to ``--out``.
 """
@@ -43,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from client import loadgen
-from loadtest import report
+from loadtest import report, tls_load
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -59,6 +63,7 @@ class Scenario:
     conns: int
     size: int
     idle: int = 0
+    tls: bool = False  # driven by loadtest.tls_load, for TLS_SERVERS only
 
 
 SCENARIOS = [
@@ -67,7 +72,10 @@ SCENARIOS = [
     Scenario("50 conns, 64 KiB", 50, 65536),
     Scenario("1000 busy conns, 1 KiB", 1000, 1024),
     Scenario("100 busy + 10000 idle, 1 KiB", 100, 1024, idle=10_000),
+    Scenario("50 conns, 1 KiB: plain vs TLS", 50, 1024, tls=True),
 ]
+TLS_SERVER = "echo-service-tls"
+TLS_SERVERS = ("echo-service", TLS_SERVER)
 SERVERS = {
     # As users run it (info logging included); only the limits are raised for 10,000 idle.
     "echo-service": [
@@ -88,6 +96,7 @@ SERVERS = {
     "threading-tcpserver": [sys.executable, "-m", "loadtest.reference_servers", "threading"],
     "seed-threadpool-128": [sys.executable, "-m", "loadtest.reference_servers", "seed"],
     C_SERVER: [],  # filled in by build_c_server()
+    TLS_SERVER: [],  # filled in by make_tls_files(): echo-service with --tls-port
 }
 
 
@@ -106,6 +115,22 @@ def build_c_server(build_dir: Path) -> str | None:
     return None
 
 
+def make_tls_files(build_dir: Path) -> str | None:
+    """A self-signed certificate and key in ``build_dir`` for TLS_SERVER; None if done, else why not."""
+    if shutil.which("openssl") is None:
+        return "no openssl command on PATH"
+    cert, key = build_dir / "cert.pem", build_dir / "key.pem"
+    result = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return f"openssl failed: exit {result.returncode}"
+    SERVERS[TLS_SERVER] = [*SERVERS["echo-service"], "--tls-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    return None
+
+
 class ServerUnderTest:
     """A server subprocess; its address comes from its first line of output."""
 
@@ -113,6 +138,7 @@ class ServerUnderTest:
         if not SERVERS[name]:
             raise RuntimeError(f"{name} has no command (not built)")
         self.name = name
+        self.tls_address: tuple[str, int] | None = None
 
         def pin() -> None:
             if server_cpus:
@@ -130,6 +156,9 @@ class ServerUnderTest:
     def _read_address(self) -> tuple[str, int]:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # blocks until the server says where it listens
+            if " tls_address=" in line:
+                host, _, port = line.split("tls_address=")[1].split()[0].rpartition(":")
+                self.tls_address = (host.strip("[]"), int(port))
             if line.startswith("LISTENING "):
                 _, host, port = line.split()
                 return host, int(port)
@@ -202,7 +231,8 @@ def measure(
 ) -> dict[str, Any]:
     server = ServerUnderTest(server_name, cpus[0])
     try:
-        warm_up(server.address, scenario, warmup_s, processes)
+        if not scenario.tls:
+            warm_up(server.address, scenario, warmup_s, processes)
         rss_before_kib = server.memory_kib("VmRSS")
         window: dict[str, float] = {}
         lock = threading.Lock()
@@ -223,7 +253,18 @@ def measure(
             idle=scenario.idle,
             connect_timeout_s=10,
         )
-        result = loadgen.run(spec, on_window=on_window)
+        if scenario.tls:  # the same client for both rows; it warms up itself
+            result: loadgen.BenchResult | tls_load.TlsLoadResult = tls_load.run(
+                server.tls_address or server.address,
+                conns=scenario.conns,
+                size=scenario.size,
+                duration_s=duration_s,
+                use_tls=server.tls_address is not None,
+                warmup_s=warmup_s,
+                on_window=on_window,
+            )
+        else:
+            result = loadgen.run(spec, on_window=on_window)
         peak_kib = server.memory_kib("VmHWM")
     finally:
         server.stop()
@@ -246,7 +287,7 @@ def measure(
         "errors": sum(result.errors.values()) + result.mismatches,
         "error_kinds": result.errors,
     }
-    if scenario.idle:
+    if scenario.idle and isinstance(result, loadgen.BenchResult):
         row["idle_held"] = result.idle_open_at_end
         row["rss_per_idle_conn_bytes"] = round((window.get("rss_end_kib", 0) - rss_before_kib) * 1024 / scenario.idle)
     return row
@@ -268,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, default=1.0, help="seconds of load before each measured window (after one closed echo)"
     )
-    parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-4)")
+    parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-5; 5 is TLS)")
     parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
@@ -288,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[C_SERVER] = why
                 servers.remove(C_SERVER)
                 print(f"skipping {C_SERVER}: {why}", file=sys.stderr, flush=True)
+        if TLS_SERVER in servers and any(s.tls for s in scenarios):
+            why = make_tls_files(Path(build_dir))
+            if why:
+                skipped[TLS_SERVER] = why
+                servers.remove(TLS_SERVER)
+                print(f"skipping {TLS_SERVER}: {why}", file=sys.stderr, flush=True)
+        elif TLS_SERVER in servers:
+            servers.remove(TLS_SERVER)  # it has no row outside the TLS scenario
         return run(args, scenarios, servers, skipped)
 
 
@@ -299,6 +348,8 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
     for scenario in scenarios:
         for repeat in range(args.repeats):
             for name in servers:
+                if not (name in TLS_SERVERS if scenario.tls else name != TLS_SERVER):
+                    continue  # the TLS scenario has its two servers; the others, all but TLS_SERVER
                 started = time.monotonic()
                 row = measure(name, scenario, args.duration, (server_cpus, load_cpus), args.processes, args.warmup)
                 row["repeat"] = repeat
