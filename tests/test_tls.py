@@ -405,3 +405,51 @@ def test_failed_handshakes_are_logged_at_most_once_a_second(
     assert 1 <= len(warnings_said) <= elapsed + 1, (len(warnings_said), elapsed)
     assert "Traceback" not in caplog.text
     assert server.stats.snapshot().closed_by_reason["tls_handshake"] == 30
+
+
+def test_bytes_held_decrypted_are_echoed_without_waiting_for_the_socket(make_server: ServerFactory, pki: Pki) -> None:
+    # A 1 KiB buffer takes a 16 KiB TLS record in 16 reads: after the first the rest sits
+    # in the TLS layer (pending()) while the socket has nothing more to say.
+    _, _, address = _tls_server(make_server, pki, buffer_size=1024)
+    payload = os.urandom(100_000)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(payload)
+        assert read_exactly(tls, len(payload)) == payload
+
+
+def test_idle_and_write_stall_deadlines_apply_to_tls(make_server: ServerFactory, pki: Pki) -> None:
+    _, events, address = _tls_server(make_server, pki, idle_timeout=0.3, write_stall_timeout=0.5)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"then silence")
+        assert read_exactly(tls, 12) == b"then silence"
+        assert tls.recv(100) == b""  # closed at the idle deadline
+    assert _closed(events, "idle_timeout").data["listener"] == "tls"
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        pytest.raises(OSError),  # it never reads: the server stops reading, then resets it
+    ):
+        for _ in range(10_000):
+            tls.sendall(bytes(65_536))
+    closed = _closed(events, "write_stall")
+    assert closed.data["bytes_in"] - closed.data["bytes_out"] <= 65_536 + 16_384
+
+
+def test_tls_connections_count_against_the_same_limits(make_server: ServerFactory, pki: Pki) -> None:
+    server, events, address = _tls_server(make_server, pki, max_connections=1)
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"held")
+        assert read_exactly(tls, 4) == b"held"
+        with socket.create_connection(server.server_address[:2], timeout=10) as plain:
+            assert plain.recv(10) == b""  # the plain port is full too
+        events.wait_for(lambda e: e.name == "rejected")
+    assert server.stats.snapshot().rejected["max_connections"] == 1
