@@ -5,7 +5,8 @@
                            after ``?since=SEQ`` (at most FEED_EVENTS of them)
 
 The page polls the feed about once a second (the next request only after the previous
-answer), computes rates from consecutive snapshots itself, and keeps at most
+answer), computes rates itself (over its last three snapshots: the bytes of open
+connections reach the counters once a second), and keeps at most
 HISTORY_POINTS points per chart and EVENT_ROWS rows of events: a page left open for
 hours costs the browser bounded memory and the server one small request a second on an
 ordinary admin connection, under the admin endpoint's limits (a viewer that does not
@@ -147,11 +148,11 @@ header{display:flex;flex-wrap:wrap;gap:6px 14px;align-items:baseline;margin-bott
 h1{font-size:18px;margin:0}h2{font-size:13px;margin:0 0 6px;color:var(--dim);font-weight:600}
 .pill{padding:1px 8px;border-radius:9px;color:#fff;background:var(--dim);font-size:12px}
 .pill.ok{background:var(--ok)}.pill.bad{background:var(--bad)}.dim{color:var(--dim)}
-.grid{display:grid;gap:10px;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));margin-bottom:10px}
+.grid{display:grid;gap:10px;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));margin-bottom:10px}
 .wide{grid-template-columns:repeat(auto-fit,minmax(280px,1fr))}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:8px 10px;min-width:0}
-.big{font-size:24px;font-weight:600;font-variant-numeric:tabular-nums}.sub{font-size:12px;color:var(--dim)}
-svg{width:100%;height:90px;display:block}svg .l1{stroke:var(--a)}svg .l2{stroke:var(--b)}
+.big{font-size:22px;font-weight:600;font-variant-numeric:tabular-nums;white-space:nowrap}.sub{font-size:12px;color:var(--dim)}
+svg{width:100%;height:90px;display:block}svg .l1{stroke:var(--a)}svg .l2{stroke:var(--b);stroke-dasharray:4 3}
 svg polyline{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}svg .axis{stroke:var(--line)}
 .legend{font-size:12px;color:var(--dim)}.legend b{font-weight:600}.k1{color:var(--a)}.k2{color:var(--b)}
 table{width:100%;border-collapse:collapse;font-variant-numeric:tabular-nums}
@@ -191,10 +192,10 @@ td:first-child,th:first-child{text-align:left}
 <section class="card"><h2>Latest events <span class="dim" id="event-note"></span></h2><ol id="events"></ol></section>
 <script>
 "use strict";
-const HISTORY = __HISTORY__, ROWS = __ROWS__, POLL_MS = __POLL__;
+const HISTORY = __HISTORY__, ROWS = __ROWS__, POLL_MS = __POLL__, FEED = __FEED__, RATE_POLLS = 3;
 const CHARTS = [["active", "Connections active", "active", null], ["accepts", "Accepted / s", "accepted", null],
   ["bytes", "Bytes / s", "in", "out"], ["rejects", "Rejected and timed out / s", "rejected", "timed_out"]];
-const state = {updates: 0, seq: 0, prev: null, failures: 0, history: {}};
+const state = {updates: 0, seq: 0, skipped: 0, window: [], failures: 0, history: {}};
 window.dashboard = state;
 for (const k of ["active", "accepted", "in", "out", "rejected", "timed_out"]) state.history[k] = [];
 const $ = (id) => document.getElementById(id);
@@ -273,13 +274,17 @@ function table(id, rows) {
     return tr;
   }));
 }
-function rates(cur, prev) {
-  const dt = prev ? cur.uptime_s - prev.uptime_s : 0;
-  if (!prev || dt <= 0 || cur.accepted < prev.accepted) return null;
+// Rates over the last RATE_POLLS snapshots (about 3 s): the bytes of open connections reach
+// the counters once a second, so a one-poll rate would alias against that.
+function rates(cur) {
+  const last = state.window[state.window.length - 1];
+  if (last && (cur.uptime_s < last.uptime_s || cur.accepted < last.accepted)) state.window = [];  // a restart
+  const prev = state.window[0], dt = prev ? cur.uptime_s - prev.uptime_s : 0;
+  if (!prev || dt <= 0) return null;
   return (f) => Math.max(0, (f(cur) - f(prev)) / dt);
 }
 function render(doc) {
-  const s = doc.stats, r = rates(s, state.prev && state.prev.stats);
+  const s = doc.stats, r = rates(s);
   const rate = r || (() => 0);
   const accepted = rate((x) => x.accepted), bin = rate((x) => x.bytes_received), bout = rate((x) => x.bytes_sent);
   const rejected = rate((x) => sum(x.rejected)), timedOut = rate((x) => sum(x.timed_out));
@@ -311,7 +316,9 @@ function render(doc) {
   table("listeners", doc.listeners.map((l) => [l.name, l.address]));
   addEvents(doc);
   drawCharts();
-  state.prev = doc; state.updates++;
+  state.window.push(s);
+  if (state.window.length > RATE_POLLS) state.window.shift();
+  state.updates++;
   document.body.dataset.updates = String(state.updates);
   dispatchEvent(new Event("dashboard-update"));
 }
@@ -329,7 +336,10 @@ function addEvents(doc) {
     list.prepend(li);
   }
   while (list.children.length > ROWS) list.lastElementChild.remove();
-  if (doc.skipped) $("event-note").textContent = "(" + doc.skipped + " skipped while away)";
+  state.skipped += doc.skipped;
+  if (state.skipped) {
+    $("event-note").textContent = "(" + num(state.skipped) + " not shown: at most " + FEED + " per update)";
+  }
   state.seq = doc.seq;
 }
 async function poll() {
@@ -351,4 +361,5 @@ poll();
 """.replace("__HISTORY__", str(HISTORY_POINTS))
     .replace("__ROWS__", str(EVENT_ROWS))
     .replace("__POLL__", str(POLL_MS))
+    .replace("__FEED__", str(FEED_EVENTS))
 )
