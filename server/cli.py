@@ -7,8 +7,9 @@ config.SETTINGS; a flag wins over the environment. Exit codes:
     1  could not listen (port in use, bad address); a second stop signal during the
        drain; a server thread died (after a graceful, bounded stop); a thread stuck
        in a bug at exit (not waited for)
-    2  invalid flag or environment value, or a log file that cannot be opened: one
-       line naming the setting, no traceback
+    2  invalid flag or environment value, a log file that cannot be opened, or a TLS
+       certificate/key/CA file that cannot be used: one line naming the setting, no
+       traceback
 
 What each signal means is in signals.py; what the main thread does about it, here
 (``_Run``).
