@@ -7,12 +7,16 @@
 The pool hosts ``loops`` connection schedulers plus one acceptor scheduler; each is a
 generator-task loop (see scheduler.py). New connections go from the acceptor to the
 connection schedulers round-robin, through each scheduler's queue + wake-up.
+Optional listeners run on the same schedulers: TLS (``tls_port``) is a second Acceptor
+task on the acceptor scheduler handing off to tls_echo tasks; UDP (``udp_port``) is one
+udp.UdpEcho task there. ``start`` raises tls.TlsError, before opening anything, if the
+certificate or key cannot be used; ``reload_tls`` (SIGHUP) re-reads them.
 
 Threads: ``start``, ``shutdown``, ``close`` and ``serve_forever`` may be called from
 any thread (a lock orders them); ``shutdown`` is idempotent and blocks until stopped.
 ``stats``, ``ready``, ``stopped``, ``draining`` and ``failure`` may be read from anywhere.
 
-Stopping: stop accepting (the listener closes) -> connections are echoed until they
+Stopping: stop accepting (the listeners close, the UDP task ends) -> connections are echoed until they
 close or shutdown_timeout passes -> then they stop reading, flush what is owed, send
 FIN and close, for at most FINAL_FLUSH_S, after which what is left is reset -> the
 schedulers return and the pool shuts down -> ``stopped`` event -> the admin endpoint
