@@ -5,6 +5,7 @@ sent to an address that did not send first."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -106,10 +107,11 @@ def test_empty_and_largest_datagrams_come_back_unchanged(
 
 
 def test_a_flood_from_one_source_is_held_to_the_rate_while_another_is_served(
-    make_server: ServerFactory, sockets: list[socket.socket]
+    make_server: ServerFactory, sockets: list[socket.socket], caplog: pytest.LogCaptureFixture
 ) -> None:
     rate = 50
     server, address = _udp_server(make_server, udp_rate=rate)
+    caplog.set_level(logging.WARNING, logger="echo.udp")
     flooder = _client(sockets, "127.0.0.2")
     other = _client(sockets, "127.0.0.3")
     bystander = _client(sockets, "127.0.0.4")  # sends nothing: must get nothing
@@ -135,6 +137,9 @@ def test_a_flood_from_one_source_is_held_to_the_rate_while_another_is_served(
         echoed += 1
     assert rate <= echoed <= rate + rate * elapsed + 1, (echoed, elapsed)
     assert _nothing_more(bystander)
+    said = [r for r in caplog.records if r.name == "echo.udp"]
+    assert 1 <= len(said) <= elapsed + 1  # drops are logged at most once a second
+    assert "source_rate" in said[0].getMessage() and "127.0.0.2" in said[0].getMessage()
     server.shutdown()
     snapshot = server.stats.snapshot()
     assert snapshot.udp_datagrams_received > 1000  # the server did see the flood
