@@ -24,6 +24,11 @@ Scenario 5 is the TLS row: echo-service plain and with ``--tls-port`` (a certifi
 here with the ``openssl`` command), both driven by loadtest.tls_load (one client process,
 so the two figures compare with each other, not with the loadgen rows above them).
 
+Scenario 6 is the workers row: echo-service with ``--workers 1`` and ``--workers 2``,
+both unpinned (server and load generator share every CPU: on a 2-core machine the load
+generator takes a core that a second worker would want), driven by the same client.
+CPU per message then counts the supervisor and all its workers.
+
 Writes ``results.json``, ``results.md`` (the table with medians and ranges, and which
 targets hold) and ``results.svg`` (a bar chart) to ``--out``.
 """
@@ -31,6 +36,7 @@ targets hold) and ``results.svg`` (a bar chart) to ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -64,6 +70,7 @@ class Scenario:
     size: int
     idle: int = 0
     tls: bool = False  # driven by loadtest.tls_load, for TLS_SERVERS only
+    workers: bool = False  # WORKER_SERVERS only, unpinned
 
 
 SCENARIOS = [
@@ -73,6 +80,7 @@ SCENARIOS = [
     Scenario("1000 busy conns, 1 KiB", 1000, 1024),
     Scenario("100 busy + 10000 idle, 1 KiB", 100, 1024, idle=10_000),
     Scenario("50 conns, 1 KiB: plain vs TLS", 50, 1024, tls=True),
+    Scenario("50 conns, 1 KiB: 1 vs 2 workers, unpinned", 50, 1024, workers=True),
 ]
 TLS_SERVER = "echo-service-tls"
 TLS_SERVERS = ("echo-service", TLS_SERVER)
@@ -98,6 +106,18 @@ SERVERS = {
     C_SERVER: [],  # filled in by build_c_server()
     TLS_SERVER: [],  # filled in by make_tls_files(): echo-service with --tls-port
 }
+WORKERS_SERVER = "echo-service-2-workers"
+SERVERS[WORKERS_SERVER] = [*SERVERS["echo-service"], "--workers", "2"]
+WORKER_SERVERS = ("echo-service", WORKERS_SERVER)
+
+
+def runs_in(name: str, scenario: Scenario) -> bool:
+    """Which servers have a row in ``scenario``: TLS and workers rows have their two."""
+    if scenario.tls:
+        return name in TLS_SERVERS
+    if scenario.workers:
+        return name in WORKER_SERVERS
+    return name not in (TLS_SERVER, WORKERS_SERVER)
 
 
 def build_c_server(build_dir: Path) -> str | None:
@@ -168,14 +188,38 @@ class ServerUnderTest:
         raise RuntimeError(f"{self.name} exited before listening")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        """The server's CPU time, with its child processes' (a supervisor's workers)."""
+        total = 0.0
+        for pid in self._process_tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        return total
+
+    def _process_tree(self) -> list[int]:
+        """The server's pid and its descendants' (children are listed per thread)."""
+        pids, index = [self.proc.pid], 0
+        while index < len(pids):
+            for children in Path(f"/proc/{pids[index]}/task").glob("*/children"):
+                try:
+                    pids += [int(child) for child in children.read_text().split()]
+                except OSError:
+                    pass  # the thread or process is gone
+            index += 1
+        return pids
 
     def memory_kib(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
+        """Summed over the server's processes (for VmHWM: the sum of each one's peak)."""
+        total = 0
+        for pid in self._process_tree():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) for line in lines if line.startswith(key + ":"))
+        return total
 
     def stop(self) -> None:
         self.proc.kill()
@@ -229,6 +273,15 @@ def measure(
     processes: int,
     warmup_s: float = 1.0,
 ) -> dict[str, Any]:
+    if scenario.workers:  # unpinned: the server and the load generator share every CPU
+        all_cpus = set(range(os.cpu_count() or 1))
+        os.sched_setaffinity(0, all_cpus)
+        try:
+            unpinned = dataclasses.replace(scenario, workers=False)
+            return measure(server_name, unpinned, duration_s, (None, None), processes, warmup_s)
+        finally:
+            if cpus[1]:
+                os.sched_setaffinity(0, cpus[1])
     server = ServerUnderTest(server_name, cpus[0])
     try:
         if not scenario.tls:
@@ -309,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, default=1.0, help="seconds of load before each measured window (after one closed echo)"
     )
-    parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-5; 5 is TLS)")
+    parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-6; 5 is TLS, 6 workers)")
     parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
@@ -348,8 +401,8 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
     for scenario in scenarios:
         for repeat in range(args.repeats):
             for name in servers:
-                if not (name in TLS_SERVERS if scenario.tls else name != TLS_SERVER):
-                    continue  # the TLS scenario has its two servers; the others, all but TLS_SERVER
+                if not runs_in(name, scenario):
+                    continue
                 started = time.monotonic()
                 row = measure(name, scenario, args.duration, (server_cpus, load_cpus), args.processes, args.warmup)
                 row["repeat"] = repeat

@@ -340,3 +340,19 @@ class _ConnectLoop:
             setattr(self, kind, getattr(self, kind) + 1)
             self.problems.append(f"{kind}: {error!r}")
             self._cond.notify_all()
+
+
+def test_the_bench_counts_every_process_of_a_supervised_server() -> None:
+    from loadtest import bench
+
+    workers_row = bench.SCENARIOS[6]
+    assert workers_row.workers
+    assert [n for n in bench.SERVERS if bench.runs_in(n, workers_row)] == ["echo-service", bench.WORKERS_SERVER]
+    assert bench.WORKERS_SERVER not in [n for n in bench.SERVERS if bench.runs_in(n, bench.SCENARIOS[1])]
+    server = bench.ServerUnderTest(bench.WORKERS_SERVER, None)
+    try:
+        assert round_trip(server.address) == b"ping"
+        assert len(server._process_tree()) >= 3  # the supervisor and its two workers
+        assert server.memory_kib("VmRSS") > 3 * 5000
+    finally:
+        server.stop()
