@@ -260,4 +260,5 @@ class Stats:
                 ),
                 udp_datagrams_received=udp.get("datagrams_received", 0),
                 udp_datagrams_sent=udp.get("datagrams_sent", 0),
+                udp_dropped=MappingProxyType(dict(self._udp_dropped)),
             )
