@@ -9,11 +9,20 @@ wait until the listener is readable, accept a batch, and for each connection eit
   - admit it: non-blocking, TCP_NODELAY, publish ``opened``, and hand it to the next
     connection scheduler round-robin through that scheduler's queue + wake-up.
 
+With PROXY protocol on (``proxy=ProxyPolicy(...)``), admission is split (see stats.py
+for the rule): at accept, a source outside --proxy-protocol-from is rejected at once
+(reason ``proxy_protocol``, detail ``untrusted``) and the others only reserve a place
+under max_connections; the connection's task reads the header (echo.proxied_echo), then
+calls ``ProxyAdmission.admit`` (the per-address check by the header's address, then
+``opened`` with ``peer`` = the client and ``via`` = the balancer) or ``.reject``.
+
 accept() failing for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) pauses
 accepting for ACCEPT_PAUSE_S: no spinning, a warning at most once a second, and
 ``accept_paused``/``accept_resumed`` events around the episode.
 
-Everything here runs on the acceptor's scheduler thread.
+Threads: ``run`` and what it calls run on the acceptor's scheduler thread. ``note_rejection``
+and the ProxyAdmission methods may be called from any thread (connection schedulers
+call them after a header); a lock keeps the per-reason throttles.
 """
 
 from __future__ import annotations
@@ -22,13 +31,17 @@ import errno
 import itertools
 import logging
 import socket
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from server.echo import Connection
 from server.events import Event, event
 from server.listener import format_address
+from server.proxy_protocol import Accept, Network, ProxyHeader, parse_networks, trusted
 from server.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
-from server.stats import Stats
+from server.stats import REJECT_PROXY_PROTOCOL, Stats
 from server.throttle import Throttle
 
 log = logging.getLogger("echo.acceptor")
@@ -49,6 +62,22 @@ def peer_text(address: tuple[object, ...]) -> tuple[str, str]:
     return ip, format_address((ip, address[1]))
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyPolicy:
+    """--proxy-protocol (which versions), its timeout, and who may send a header."""
+
+    accept: Accept
+    timeout_s: float
+    networks: tuple[Network, ...] | None  # None: any source
+
+    @classmethod
+    def from_settings(cls, mode: str, timeout_s: float, sources: str) -> ProxyPolicy | None:
+        if mode == "off":
+            return None
+        accept: Accept = "v1" if mode == "v1" else "v2" if mode == "v2" else "any"
+        return cls(accept, timeout_s, parse_networks(sources))
+
+
 class Acceptor:
     def __init__(
         self,
@@ -61,6 +90,7 @@ class Acceptor:
         max_connections: int,
         max_connections_per_ip: int,
         on_ready: Callable[[], None],
+        proxy: ProxyPolicy | None = None,
     ) -> None:
         self._listener = listener
         self._schedulers = schedulers
@@ -73,6 +103,13 @@ class Acceptor:
         self._next_scheduler = itertools.cycle(schedulers)
         self._ids = itertools.count(1)
         self._reject_throttles: dict[str, Throttle] = {}
+        self._reject_lock = threading.Lock()
+        self._proxy = proxy
+        self.proxy_admission = (
+            None
+            if proxy is None
+            else ProxyAdmission(proxy, stats, publish, max_connections_per_ip, self.note_rejection)
+        )
         self._pause_throttle = Throttle()
         self._paused_errno = 0
 
@@ -85,10 +122,13 @@ class Acceptor:
                 yield readable
                 yield from self._accept_batch(accept)
         finally:
-            # So that the counts of the rejected events add up to every rejection.
-            for reason, throttle in self._reject_throttles.items():
-                if throttle.held_back:
-                    self._publish(event("rejected", level="warning", reason=reason, count=throttle.held_back))
+            # So that the counts of the rejected events add up to every rejection (but for
+            # headers that fail after this, during the drain: Stats still counts them).
+            with self._reject_lock:
+                for reason, throttle in self._reject_throttles.items():
+                    if throttle.held_back:
+                        self._publish(event("rejected", level="warning", reason=reason, count=throttle.held_back))
+                self._reject_throttles.clear()  # said: later ones start afresh
 
     def _accept_batch(self, accept: Callable[[], tuple[socket.socket, Any]]) -> TaskGen:
         for _ in range(ACCEPT_BATCH):
@@ -110,10 +150,19 @@ class Acceptor:
 
     def _admit(self, sock: socket.socket, address: tuple[object, ...]) -> None:
         ip, peer = peer_text(address)
-        reason = self._stats.admit(ip, self._max_connections, self._max_per_ip)
+        proxy = self._proxy
+        if proxy is None:
+            reason = self._stats.admit(ip, self._max_connections, self._max_per_ip)
+        elif not trusted(ip, proxy.networks):
+            self._stats.reject(REJECT_PROXY_PROTOCOL)
+            sock.close()
+            self.note_rejection(REJECT_PROXY_PROTOCOL, peer, detail="untrusted")
+            return
+        else:
+            reason = self._stats.reserve(self._max_connections)
         if reason is not None:
             sock.close()
-            self._note_rejection(reason, peer)
+            self.note_rejection(reason, peer)
             return
         try:
             sock.setblocking(False)
@@ -122,18 +171,21 @@ class Acceptor:
         except OSError:
             pass  # the peer may already be gone; its task will find out
         conn_id = next(self._ids)
-        self._publish(event("opened", conn_id=conn_id, peer=peer))
+        if proxy is None:  # else once the header has named the client
+            self._publish(event("opened", conn_id=conn_id, peer=peer))
         scheduler = next(self._next_scheduler)
         scheduler.call_soon_threadsafe(self._start_connection, scheduler, sock, conn_id, peer, ip)
 
-    def _note_rejection(self, reason: str, peer: str) -> None:
-        throttle = self._reject_throttles.get(reason)
-        if throttle is None:
-            throttle = self._reject_throttles[reason] = Throttle()
-        held_back = throttle.allow()
+    def note_rejection(self, reason: str, peer: str, **detail: Any) -> None:
+        """Publish a ``rejected`` event at most once a second per reason (any thread)."""
+        with self._reject_lock:
+            throttle = self._reject_throttles.get(reason)
+            if throttle is None:
+                throttle = self._reject_throttles[reason] = Throttle()
+            held_back = throttle.allow()
         if held_back is None:
             return
-        self._publish(event("rejected", level="warning", peer=peer, reason=reason, count=held_back + 1))
+        self._publish(event("rejected", level="warning", peer=peer, reason=reason, count=held_back + 1, **detail))
 
     def _note_pause(self, error: OSError) -> None:
         self._stats.accept_failed()
@@ -159,3 +211,46 @@ class Acceptor:
         name = errno.errorcode.get(self._paused_errno, str(self._paused_errno))
         self._paused_errno = 0
         self._publish(event("accept_resumed", errno=name))
+
+
+class ProxyAdmission:
+    """The second admission step for PROXY protocol connections (see the module docstring).
+
+    Called on the connection's scheduler thread once its header has been read; any
+    thread may call it (Stats, the exchange and note_rejection are thread-safe).
+    """
+
+    def __init__(
+        self,
+        policy: ProxyPolicy,
+        stats: Stats,
+        publish: Callable[[Event], None],
+        max_connections_per_ip: int,
+        note_rejection: Callable[..., None],
+    ) -> None:
+        self.accept = policy.accept
+        self.timeout_s = policy.timeout_s
+        self._stats = stats
+        self._publish = publish
+        self._max_per_ip = max_connections_per_ip
+        self._note_rejection = note_rejection
+
+    def admit(self, conn: Connection, header: ProxyHeader) -> bool:
+        """Make the header's client the connection's peer and admit it; False if rejected."""
+        if header.source is not None:
+            conn.via = conn.peer
+            conn.ip, conn.peer = peer_text(header.source)
+        reason = self._stats.admit_reserved(conn.ip, self._max_per_ip)
+        if reason is not None:
+            self._note_rejection(reason, conn.peer, **({"via": conn.via} if conn.via else {}))
+            return False
+        if conn.via:
+            self._publish(event("opened", conn_id=conn.id, peer=conn.peer, via=conn.via))
+        else:  # LOCAL/UNKNOWN: the balancer's own connection (a health check)
+            self._publish(event("opened", conn_id=conn.id, peer=conn.peer, proxy="local"))
+        return True
+
+    def reject(self, conn: Connection, kind: str, problem: str) -> None:
+        """The header failed (``kind``: malformed, oversized, truncated or late)."""
+        self._stats.reject_reserved(REJECT_PROXY_PROTOCOL)
+        self._note_rejection(REJECT_PROXY_PROTOCOL, conn.peer, detail=kind, problem=problem)

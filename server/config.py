@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.banner import check_template, parse_template
+from server.proxy_protocol import ACCEPT_CHOICES, check_networks
+
 ENV_PREFIX = "ECHO_"
 
 
@@ -286,6 +289,37 @@ class Config:
         check=_between(0, DAY_S),
         unit="s",
         metavar="SECONDS",
+    )
+    # Behind a load balancer (see server/proxy_protocol.py and server/banner.py). The
+    # timeout is generous for a header that arrives in one segment with the connection.
+    proxy_protocol: str = setting(
+        "off",
+        "each connection must begin with a PROXY protocol header from a load balancer: off, v1, v2 or any",
+        parse=lambda text: text.strip().lower(),
+        check=_one_of("off", *ACCEPT_CHOICES),
+        metavar="VERSION",
+    )
+    proxy_protocol_timeout: float = setting(
+        5.0,
+        "close a connection whose PROXY header has not fully arrived within this long",
+        parse=_number,
+        check=_between(0.001, 3600),
+        unit="s",
+        metavar="SECONDS",
+    )
+    proxy_protocol_from: str = setting(
+        "any",
+        "source addresses allowed to send a PROXY header: any, or CIDR[,CIDR...]; others are closed",
+        parse=_text,
+        check=check_networks,
+        metavar="CIDRS",
+    )
+    banner: str | None = setting(
+        None,
+        "send this line first on each connection ({hostname} {peer} {local} {conn} {version}); not pure RFC 862",
+        parse=parse_template,
+        check=check_template,
+        metavar="TEMPLATE",
     )
     log_format: str = setting(
         "text",

@@ -43,10 +43,11 @@ from concurrent.futures import wait as wait_futures
 from typing import Any
 
 from server import admin as admin_module
-from server.acceptor import Acceptor
+from server.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
 from server.admin import AdminServer
+from server.banner import Banner, local_address
 from server.config import Config
-from server.echo import Connection, EchoWaits, echo
+from server.echo import Connection, EchoWaits, echo, proxied_echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
 from server.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
@@ -94,6 +95,8 @@ class EchoServer:
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
         self._waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
+        self._banner = Banner(config.banner) if config.banner is not None else None
+        self._proxy_admission: ProxyAdmission | None = None  # set by start() with --proxy-protocol
         # The optional listeners (see tls_echo.py, udp.py); their addresses once started.
         self.tls: TlsContext | None = None
         self.tls_address: tuple[Any, ...] | None = None
@@ -189,7 +192,11 @@ class EchoServer:
                 max_connections=config.max_connections,
                 max_connections_per_ip=config.max_connections_per_ip,
                 on_ready=self._on_ready,
+                proxy=ProxyPolicy.from_settings(
+                    config.proxy_protocol, config.proxy_protocol_timeout, config.proxy_protocol_from
+                ),
             )
+            self._proxy_admission = acceptor.proxy_admission
             if tls_listener is not None and tls is not None:
                 self._spawn_tls_acceptor(tls_listener, tls, acceptor)
             if udp_sock is not None:
@@ -361,7 +368,16 @@ class EchoServer:
 
     def _start_connection(self, loop: Scheduler, sock: socket.socket, conn_id: int, peer: str, ip: str) -> None:
         conn = Connection(conn_id, peer, ip, time.monotonic())
-        loop.spawn(echo(sock, conn, loop.buffer, self._waits, self._on_close), sock, state=conn)
+        greet = None if self._banner is None else functools.partial(self._greeting, sock)
+        if self._proxy_admission is not None:
+            task = proxied_echo(sock, conn, loop.buffer, self._waits, self._on_close, self._proxy_admission, greet)
+        else:
+            task = echo(sock, conn, loop.buffer, self._waits, self._on_close, greet(conn) if greet else b"")
+        loop.spawn(task, sock, state=conn)
+
+    def _greeting(self, sock: socket.socket, conn: Connection) -> bytes:  # the connection's scheduler thread
+        assert self._banner is not None
+        return self._banner.render(conn.id, conn.peer, functools.partial(local_address, sock))
 
     def _on_close(self, conn: Connection) -> None:  # the connection's scheduler thread
         duration = time.monotonic() - conn.opened_at
@@ -386,6 +402,7 @@ class EchoServer:
                 level="warning" if conn.reason == "error" else "info",
                 conn_id=conn.id,
                 peer=conn.peer,
+                **({"via": conn.via} if conn.via else {}),
                 reason=conn.reason,
                 bytes_in=conn.bytes_in,
                 bytes_out=conn.bytes_out,

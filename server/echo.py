@@ -18,6 +18,13 @@ take far longer than the timeout; so when the write wait times out, the task ask
 kernel how much it still holds (SIOCOUTQ, Linux) and keeps waiting if the peer took
 any of it since the last look. Where the kernel cannot say, a timeout is a stall.
 
+Before the loop, two optional steps (DESIGN: "a preamble step of the connection's
+task"): ``proxied_echo`` first reads the PROXY protocol header (``read_proxy_header``:
+peek at most what can still be header, take exactly the header's bytes, all within one
+deadline; no echo byte is consumed), and settles admission through a ProxyGate; then
+``echo`` writes the banner (``greeting``) if any, before echoing. Banner bytes are not
+counted in ``bytes_out``.
+
 How it ends (``Connection.reason``):
     eof          the client half-closed; everything it sent was echoed, then FIN
     idle_timeout nothing arrived for idle_timeout
@@ -35,9 +42,12 @@ import fcntl
 import socket
 import struct
 import termios
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Protocol
 
+from server.proxy_protocol import Accept, ProxyHeader, ProxyProtocolError, examine, parse
 from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
 
 # After a shutdown FIN, read and drop what the client still sends until it closes, so
@@ -62,7 +72,18 @@ def unsent_bytes(sock: socket.socket) -> int | None:
 class Connection:
     """One connection's identity and counters, shared by its task and its scheduler."""
 
-    __slots__ = ("bytes_in", "bytes_out", "folded_in", "folded_out", "id", "ip", "opened_at", "peer", "reason")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "folded_in",
+        "folded_out",
+        "id",
+        "ip",
+        "opened_at",
+        "peer",
+        "reason",
+        "via",
+    )
 
     def __init__(self, conn_id: int, peer: str, ip: str, opened_at: float) -> None:
         self.id = conn_id
@@ -74,6 +95,7 @@ class Connection:
         self.folded_in = 0  # bytes already added to Stats by the periodic fold
         self.folded_out = 0
         self.reason = ""
+        self.via = ""  # the balancer's address once a PROXY header named the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +116,17 @@ def echo(
     buffer: memoryview,
     waits: EchoWaits,
     on_close: Callable[[Connection], None],
+    greeting: bytes = b"",
 ) -> TaskGen:
-    """Echo until EOF, a deadline, an error or shutdown; then report via ``on_close``."""
+    """Send ``greeting`` (the banner), then echo until EOF, a deadline, an error or
+    shutdown; then report via ``on_close``."""
     recv_into = sock.recv_into
     send = sock.send
     read_wait = waits.read
     try:
+        if greeting and not (yield from _greet(sock, greeting, waits, conn)):
+            reset_on_close(sock)
+            return
         while True:
             try:
                 yield read_wait
@@ -203,3 +230,96 @@ def _discard_until_eof(sock: socket.socket, buffer: memoryview) -> TaskGen:
             continue
         except OSError:
             return
+
+
+def _greet(sock: socket.socket, greeting: bytes, waits: EchoWaits, conn: Connection) -> Generator[Wait, None, bool]:
+    try:
+        sent = sock.send(greeting)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(greeting):
+        return True
+    return (yield from _flush(sock, greeting[sent:], waits, conn))
+
+
+# --- the PROXY protocol preamble ------------------------------------------------------------
+
+
+class ProxyRejected(Exception):
+    """The header failed: ``kind`` is malformed, oversized, truncated or late."""
+
+    def __init__(self, kind: str, problem: str) -> None:
+        super().__init__(problem)
+        self.kind = kind
+
+
+class ProxyGate(Protocol):
+    """Admission after the header (acceptor.ProxyAdmission); any thread may call it."""
+
+    accept: Accept
+    timeout_s: float
+
+    def admit(self, conn: Connection, header: ProxyHeader) -> bool: ...
+
+    def reject(self, conn: Connection, kind: str, problem: str) -> None: ...
+
+
+def read_proxy_header(
+    sock: socket.socket, accept: Accept, timeout_s: float, clock: Callable[[], float] = time.monotonic
+) -> Generator[Wait, None, ProxyHeader]:
+    """Read exactly one header within ``timeout_s`` (one deadline for all of it, however
+    the bytes trickle in); raises ProxyRejected. Never consumes a byte past the header."""
+    deadline = clock() + timeout_s
+    data = b""
+    try:
+        while (scan := examine(data, accept)).end is None:
+            left = deadline - clock()
+            if left <= 0:
+                raise ProxyRejected("late", f"no complete header within {timeout_s:g} s")
+            try:
+                yield Wait(READ, left)
+            except WaitTimeout:
+                raise ProxyRejected("late", f"no complete header within {timeout_s:g} s") from None
+            except Shutdown:
+                raise ProxyRejected("late", "the server stopped before the header arrived") from None
+            try:
+                peeked = sock.recv(scan.room, socket.MSG_PEEK)
+                if not peeked:
+                    raise ProxyRejected("truncated", f"the connection closed after {len(data)} bytes of the header")
+                end = examine(data + peeked, accept).end
+                data += sock.recv(len(peeked) if end is None else end - len(data))
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                raise ProxyRejected("truncated", f"the connection failed during the header: {error.strerror}") from None
+        return parse(data[: scan.end])
+    except ProxyProtocolError as error:
+        raise ProxyRejected(error.kind, str(error)) from None
+
+
+def proxied_echo(
+    sock: socket.socket,
+    conn: Connection,
+    buffer: memoryview,
+    waits: EchoWaits,
+    on_close: Callable[[Connection], None],
+    gate: ProxyGate,
+    greet: Callable[[Connection], bytes] | None = None,
+) -> TaskGen:
+    """The header, admission by the header's client address, then ``echo``. A connection
+    not admitted is closed (by the scheduler, as the task ends) without ``on_close``:
+    it was never admitted, so its place is released by ``gate.reject`` or ``gate.admit``."""
+    settled = False
+    try:
+        header = yield from read_proxy_header(sock, gate.accept, gate.timeout_s)
+        settled = True
+        if not gate.admit(conn, header):
+            return
+    except ProxyRejected as rejected:
+        settled = True
+        gate.reject(conn, rejected.kind, str(rejected))
+        return
+    finally:
+        if not settled:  # closed at the abort deadline, or a bug: still release the place
+            gate.reject(conn, "late", "the connection was closed before its header arrived")
+    yield from echo(sock, conn, buffer, waits, on_close, greet(conn) if greet is not None else b"")

@@ -263,3 +263,14 @@ def trusted(ip: str, networks: tuple[Network, ...] | None) -> bool:
     except ValueError:
         return False
     return any(address in network for network in networks)
+
+
+def check_networks(value: object) -> str | None:
+    """The --proxy-protocol-from setting's check: why ``value`` is not usable, or None."""
+    if not isinstance(value, str):
+        return f"expected text, got {value!r}"
+    try:
+        parse_networks(value)
+    except ValueError as error:
+        return str(error)
+    return None

@@ -9,6 +9,17 @@ limit and counting the connection must be one atomic step under the lock, so tha
 two threads admitting at once (the acceptor today, other listeners tomorrow) can both
 take the last place.
 
+The admission rule with PROXY protocol on: the client's address is only known once the
+header has arrived, so admission has two steps. ``reserve`` at accept checks
+max_connections and holds a place (pending: counted against max_connections, not yet in
+``accepted`` or ``active``); then exactly one of ``admit_reserved`` (the header named the
+client: the per-address check uses the header's address) or ``reject_reserved`` (the
+header failed) settles it. A connection rejected at any step is counted once in
+``rejected`` and never in ``accepted``. Every admitted connection (``admit`` or
+``admit_reserved`` returned None) is passed to ``connection_closed`` exactly once, with the
+address it was admitted under. So active == accepted - closed at all times, and
+active + pending <= max_connections.
+
 The echo hot path never calls in here: a connection counts its bytes itself and folds
 them in at close, and its scheduler folds long connections' bytes in once a second.
 """
@@ -30,6 +41,7 @@ BYTES_BUCKETS = (0, 64, 1024, 16_384, 262_144, 4_194_304, 67_108_864, 1_073_741_
 
 REJECT_MAX_CONNECTIONS = "max_connections"
 REJECT_PER_IP = "max_connections_per_ip"
+REJECT_PROXY_PROTOCOL = "proxy_protocol"
 
 # Per-listener counters: ``tls`` and ``udp`` are counted as such, ``tcp`` is the rest of
 # the totals (so the plain-TCP hot path pays nothing for the split).
@@ -125,6 +137,7 @@ class Stats:
         self._rejected: Counter[str] = Counter()
         self._closed_by_reason: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()
+        self._pending = 0  # places reserved for connections awaiting a PROXY header
         self._duration_counts = [0] * (len(DURATION_BUCKETS_S) + 1)
         self._duration_sum = 0.0
         self._bytes_counts = [0] * (len(BYTES_BUCKETS) + 1)
@@ -139,7 +152,7 @@ class Stats:
         An admitted connection must later be passed to ``connection_closed``.
         """
         with self._lock:
-            if self._active >= max_total:
+            if self._active + self._pending >= max_total:
                 reason = REJECT_MAX_CONNECTIONS
             elif self._per_ip[ip] >= max_per_ip:
                 reason = REJECT_PER_IP
@@ -152,6 +165,46 @@ class Stats:
                 return None
             self._rejected[reason] += 1
             return reason
+
+    def reserve(self, max_total: int) -> str | None:
+        """Hold a place for a connection whose PROXY header is still to come (None), or
+        reject it (the reason, counted). Settle it with admit_reserved or reject_reserved."""
+        with self._lock:
+            if self._active + self._pending >= max_total:
+                self._rejected[REJECT_MAX_CONNECTIONS] += 1
+                return REJECT_MAX_CONNECTIONS
+            self._pending += 1
+            return None
+
+    def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
+        """The header named client ``ip``: admit (None) or reject (the reason, counted)."""
+        with self._lock:
+            self._pending -= 1
+            if self._per_ip[ip] >= max_per_ip:
+                self._rejected[REJECT_PER_IP] += 1
+                return REJECT_PER_IP
+            self._accepted += 1
+            self._active += 1
+            self._per_ip[ip] += 1
+            if self._active > self._peak_active:
+                self._peak_active = self._active
+            return None
+
+    def reject_reserved(self, reason: str) -> None:
+        """A reserved connection closed without being admitted."""
+        with self._lock:
+            self._pending -= 1
+            self._rejected[reason] += 1
+
+    def reject(self, reason: str) -> None:
+        """A connection closed at accept for ``reason``, before any reservation."""
+        with self._lock:
+            self._rejected[reason] += 1
+
+    def pending(self) -> int:
+        """Places held by connections awaiting their PROXY header."""
+        with self._lock:
+            return self._pending
 
     def add_traffic(self, received: int, sent: int, listener: str = "tcp") -> None:
         """Fold bytes of still-open connections in (called about once a second)."""

@@ -4,12 +4,17 @@ a ProxyProtocolError. (The socket side is in test_banner.py and test_balancers.p
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
+import socket
 import struct
+import time
 
 import pytest
 
+from server.core import EchoServer
+from server.events import Event
 from server.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_MAX_LENGTH,
@@ -22,6 +27,8 @@ from server.proxy_protocol import (
     parse_networks,
     trusted,
 )
+from tests.conftest import ServerFactory
+from tests.helpers import read_exactly, read_until_eof, wait_readable
 
 
 def v2(command: int = 1, family: int = 1, protocol: int = 1, block: bytes | None = None, tlvs: bytes = b"") -> bytes:
@@ -242,3 +249,160 @@ def test_trusted_sources() -> None:
         parse_networks("127.0.0.0/8,10.0.0.0/33")
     with pytest.raises(ValueError):
         parse_networks("")
+
+
+# --- on real sockets: the preamble step of the server ---------------------------------------
+
+
+def _connect(server: EchoServer) -> socket.socket:
+    return socket.create_connection(server.server_address[:2], timeout=10)
+
+
+def _closed_without_echo(sock: socket.socket) -> bool:
+    """The server closed the connection (FIN or, with bytes left unread, RST), echoing nothing."""
+    try:
+        return read_until_eof(sock) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _is(name: str, peer: str, event: Event) -> bool:
+    return event.name == name and event.peer == peer
+
+
+def _settled(server: EchoServer) -> None:
+    """Stats add up: nothing pending, every admitted connection open or closed once."""
+    snap = server.stats.snapshot()
+    assert server.stats.pending() == 0
+    assert snap.active == snap.accepted - snap.closed
+
+
+def test_v1_and_v2_the_header_is_not_echoed_and_names_the_peer_everywhere(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="any")
+    v1_line = b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 7007\r\n"
+    for header, peer in ((v1_line, "203.0.113.9:5555"), (v2(family=2), "[2001:db8::7]:40001")):
+        with _connect(server) as sock:
+            balancer = f"127.0.0.1:{sock.getsockname()[1]}"
+            sock.sendall(header + b"hello")  # one segment: the payload must not be lost
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until_eof(sock) == b"hello"
+        opened = events.wait_for(functools.partial(_is, "opened", peer))
+        closed = events.wait_for(functools.partial(_is, "closed", peer))
+        assert opened.data["via"] == balancer and closed.data["via"] == balancer
+        assert closed.data["bytes_in"] == 5
+    _settled(server)
+
+
+def test_v2_local_is_a_plain_connection_from_the_balancer(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="v2")
+    with _connect(server) as sock:
+        sock.sendall(v2(command=0, family=0, protocol=0) + b"ping")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_eof(sock) == b"ping"
+        own = f"127.0.0.1:{sock.getsockname()[1]}"
+    opened = events.wait_for(lambda e: e.name == "opened")
+    assert opened.peer == own and "via" not in opened.data and opened.data["proxy"] == "local"
+
+
+@pytest.mark.parametrize(
+    ("mode", "sent", "detail"),
+    [
+        ("any", b"GET / HTTP/1.1\r\n\r\n", "malformed"),
+        ("v2", b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 7007\r\n", "malformed"),
+        ("v1", b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 7007\n", "malformed"),
+        ("v1", b"PROXY UNKNOWN " + b"f" * 120, "oversized"),
+        ("v2", V2_SIGNATURE + b"\x21\x11\xff\xff", "oversized"),
+        ("any", b"PROXY TCP4 203.0.113.9", "truncated"),
+        ("any", v2()[:20], "truncated"),
+    ],
+)
+def test_a_bad_header_is_rejected_with_its_reason(
+    make_server: ServerFactory, mode: str, sent: bytes, detail: str
+) -> None:
+    server, events = make_server(proxy_protocol=mode)
+    with _connect(server) as sock:
+        sock.sendall(sent)
+        sock.shutdown(socket.SHUT_WR)
+        assert _closed_without_echo(sock)
+    rejected = events.wait_for(lambda e: e.name == "rejected")
+    assert rejected.data["reason"] == "proxy_protocol" and rejected.data["detail"] == detail
+    assert not events.named("opened")
+    assert server.stats.snapshot().rejected == {"proxy_protocol": 1}
+    _settled(server)
+
+
+def test_a_slow_header_is_late_however_it_trickles(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="v1", proxy_protocol_timeout=0.5)
+    with _connect(server) as sock:
+        started = time.monotonic()
+        for byte in b"PROXY TCP4 ":  # one byte at a time, each well inside the timeout
+            sock.sendall(bytes([byte]))
+            if not wait_readable(sock, 0.06):
+                continue
+            break
+        assert _closed_without_echo(sock)
+        elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 3.0
+    assert events.wait_for(lambda e: e.name == "rejected").data["detail"] == "late"
+    _settled(server)
+
+
+def test_a_source_outside_proxy_protocol_from_is_rejected_at_accept(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="any", proxy_protocol_from="10.0.0.0/8,::1")
+    with _connect(server) as sock:
+        sock.sendall(b"PROXY TCP4 203.0.113.9 10.0.0.1 5555 7007\r\nhello")
+        assert _closed_without_echo(sock)
+    rejected = events.wait_for(lambda e: e.name == "rejected")
+    assert rejected.data["detail"] == "untrusted" and rejected.peer.startswith("127.0.0.1:")
+    assert server.stats.snapshot().rejected == {"proxy_protocol": 1}
+    _settled(server)
+
+
+def test_the_per_ip_limit_counts_the_headers_address(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="v1", max_connections_per_ip=1)
+
+    def proxied(client: str) -> socket.socket:
+        sock = _connect(server)
+        sock.sendall(f"PROXY TCP4 {client} 10.0.0.1 4000 7007\r\n".encode())
+        return sock
+
+    with proxied("192.0.2.1") as first, proxied("192.0.2.2") as other:
+        for sock in (first, other):  # both admitted: one each, though both come from 127.0.0.1
+            sock.sendall(b"x")
+            assert read_exactly(sock, 1) == b"x"
+        with proxied("192.0.2.1") as again:
+            assert _closed_without_echo(again)
+        rejected = events.wait_for(lambda e: e.name == "rejected")
+        assert rejected.data["reason"] == "max_connections_per_ip" and rejected.peer == "192.0.2.1:4000"
+        assert rejected.data["via"].startswith("127.0.0.1:")
+    snap = server.stats.snapshot()
+    assert snap.rejected == {"max_connections_per_ip": 1}
+    events.wait_for(lambda e: len(events.named("closed")) == 2)
+    _settled(server)
+
+
+def test_waiting_headers_hold_places_under_max_connections(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="v1", max_connections=2)
+    with _connect(server) as one, _connect(server):
+        with _connect(server) as three:  # accepted after the two: they hold both places
+            assert _closed_without_echo(three)
+        assert server.stats.snapshot().rejected == {"max_connections": 1}
+        assert server.stats.pending() == 2
+        one.sendall(b"PROXY UNKNOWN\r\nz")
+        assert read_exactly(one, 1) == b"z"
+        assert events.wait_for(lambda e: e.name == "opened").data["proxy"] == "local"
+    events.wait_for(lambda e: e.name == "rejected" and e.data.get("detail") == "truncated")
+    _settled(server)
+
+
+def test_rejections_are_published_at_most_once_a_second_with_counts(make_server: ServerFactory) -> None:
+    server, events = make_server(proxy_protocol="v2")
+    for _ in range(20):
+        with _connect(server) as sock:
+            sock.sendall(b"nope")
+            assert _closed_without_echo(sock)
+    events.wait_for(lambda e: server.stats.snapshot().rejected.get("proxy_protocol") == 20)
+    server.shutdown()
+    published = events.named("rejected")
+    assert 1 <= len(published) < 20
+    assert sum(e.data["count"] for e in published) == 20
