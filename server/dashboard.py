@@ -105,18 +105,29 @@ def parse_since(query: str) -> int | None:
     return 0
 
 
+def _with_every(counts: dict[str, int], names: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """``counts`` with every known name present (0 until it happens), known names first."""
+    return {name: counts.get(name, 0) for name in names} | counts
+
+
 def feed(view: Any, admin_address: Any, since: int) -> str:
-    """The feed document (JSON text) for one poll; ``view`` is the admin's ServerView."""
+    """The feed document (JSON text) for one poll; ``view`` is the admin's ServerView
+    (an EchoServer, or a supervisor whose snapshot adds ``workers`` rows)."""
     snapshot = view.snapshot().as_dict()
-    snapshot["closed_by_reason"] = {r: snapshot["closed_by_reason"].get(r, 0) for r in CLOSE_REASONS}
-    snapshot["rejected"] = {r: snapshot["rejected"].get(r, 0) for r in REJECT_REASONS}
-    snapshot["timed_out"] = {r: snapshot["timed_out"].get(r, 0) for r in sorted(TIMEOUT_REASONS)}
+    snapshot["closed_by_reason"] = _with_every(snapshot["closed_by_reason"], CLOSE_REASONS)
+    snapshot["rejected"] = _with_every(snapshot["rejected"], REJECT_REASONS)
+    snapshot["timed_out"] = _with_every(snapshot["timed_out"], sorted(TIMEOUT_REASONS))
     listeners = []
-    echo_address = getattr(view, "server_address", None)
-    if isinstance(echo_address, tuple) and len(echo_address) >= 2:
-        listeners.append({"name": "echo (TCP)", "address": format_address(echo_address)})
+    for name, key, attribute in (
+        ("echo (TCP)", "tcp", "server_address"),
+        ("echo (TLS)", "tls", "tls_address"),
+        ("echo (UDP)", "udp", "udp_address"),
+    ):
+        address = getattr(view, attribute, None)
+        if isinstance(address, tuple) and len(address) >= 2:
+            listeners.append({"name": name, "key": key, "address": format_address(address)})
     if isinstance(admin_address, tuple) and len(admin_address) >= 2:
-        listeners.append({"name": "admin (HTTP)", "address": format_address(admin_address)})
+        listeners.append({"name": "admin (HTTP)", "key": "", "address": format_address(admin_address)})
     last, skipped, events = ring_for(view.exchange).since(since)
     document = {
         "version": __version__,
@@ -187,7 +198,11 @@ td:first-child,th:first-child{text-align:left}
 <th>total</th></tr></thead><tbody></tbody></table></div>
 <div class="card"><h2>Rejected and timed out, by reason</h2><table id="limits-table"><thead><tr><th>reason</th>
 <th>per s</th><th>total</th></tr></thead><tbody></tbody></table></div>
-<div class="card"><h2>Listeners</h2><table id="listeners"><tbody></tbody></table></div>
+<div class="card"><h2>Listeners</h2><table id="listeners"><thead><tr><th>listener</th><th>address</th>
+<th>accepted/s</th><th>in/s</th><th>out/s</th></tr></thead><tbody></tbody></table></div>
+<div class="card" id="workers-card" hidden><h2>Workers <span class="dim" id="restarts"></span></h2><table id="workers">
+<thead><tr><th>slot</th><th>pid</th><th>gen</th><th>active</th><th>accepted/s</th><th>restarts</th></tr></thead>
+<tbody></tbody></table></div>
 </section>
 <section class="card"><h2>Latest events <span class="dim" id="event-note"></span></h2><ol id="events"></ol></section>
 <script>
@@ -309,11 +324,24 @@ function render(doc) {
       if (series.length > HISTORY) series.shift();
     }
   }
-  const byReason = (field) => Object.entries(s[field]).map(([k, v]) => [k, num(rate((x) => x[field][k])), num(v)]);
+  const byReason = (field) => Object.entries(s[field]).map(([k, v]) => [k, num(rate((x) => x[field][k] || 0)), num(v)]);
   table("closed-table", byReason("closed_by_reason"));
   table("limits-table", [...byReason("rejected").map((row) => ["rejected: " + row[0], row[1], row[2]]),
-    ...byReason("timed_out").map((row) => ["timed out: " + row[0], row[1], row[2]])]);
-  table("listeners", doc.listeners.map((l) => [l.name, l.address]));
+    ...byReason("timed_out").map((row) => ["timed out: " + row[0], row[1], row[2]]),
+    ...Object.entries((s.udp || {}).dropped || {}).map(([k, v]) => ["UDP dropped: " + k,
+      num(rate((x) => ((x.udp || {}).dropped || {})[k] || 0)), num(v)])]);
+  const per = (key, field) => (x) => ((x.listeners || {})[key] || {})[field] || 0;
+  table("listeners", doc.listeners.map((l) => !l.key ? [l.name, l.address] : [l.name, l.address,
+    num(rate(per(l.key, "accepted"))), bytes(rate(per(l.key, "bytes_received"))) + "/s",
+    bytes(rate(per(l.key, "bytes_sent"))) + "/s"]));
+  const workers = s.workers || [];
+  $("workers-card").hidden = workers.length === 0;
+  if (workers.length) {
+    const accepted = (w) => (x) => ((x.workers || []).find((o) => o.pid === w.pid) || w).accepted;
+    table("workers", workers.map((w) => [w.worker, w.pid, w.generation, num(w.active), num(rate(accepted(w))),
+      w.restarts]));
+    $("restarts").textContent = "(" + (s.restarts || 0) + " restarts in all)";
+  }
   addEvents(doc);
   drawCharts();
   state.window.push(s);

@@ -31,7 +31,7 @@ from server import dashboard
 from server.core import EchoServer
 from server.events import event
 from tests.conftest import ServerFactory
-from tests.helpers import ROOT
+from tests.helpers import ROOT, ServerProcess, address_of
 
 ARTIFACTS = ROOT / "results"
 CHROMIUM = shutil.which("chromium")
@@ -350,3 +350,28 @@ def test_dashboard_fits_a_phone_and_follows_dark_mode(make_server: ServerFactory
         colours[scheme] = colour
     assert colours == {"light": "rgb(246, 247, 249)", "dark": "rgb(13, 17, 23)"}
     screenshot(browser, session, "dashboard-phone-dark.png")
+
+
+def test_dashboard_shows_each_worker(browser: Browser) -> None:
+    server = ServerProcess("--workers", "2", "--port", "0", "--admin-port", "0").start()
+    try:
+        admin = address_of(server.wait_for("listening"), "admin_address")
+        session = browser.open(f"http://{admin[0]}:{admin[1]}/dashboard")
+        empty = wait_page(browser, session, "(v) => document.querySelectorAll('#workers tbody tr').length === 2")
+        assert empty["active"] == 0
+        held = [EchoClient(*server.address).connect() for _ in range(6)]
+        try:
+            for client in held:
+                assert client.echo(b"x") == b"x"  # admitted and served by some worker
+            seen = wait_page(browser, session, "(v) => v.active === 6 && v.accepted === 6")
+            cells = "[...document.querySelectorAll('#workers tbody tr')].map((tr) => tr.cells[3].textContent)"
+            rows = browser.call("Runtime.evaluate", {"expression": cells, "returnByValue": True}, session)
+            rows = rows["result"]["value"]
+            assert seen["status"] == "ready" and sum(int(cell) for cell in rows) == 6, rows
+        finally:
+            for client in held:
+                client.close()
+        server.signal()
+        assert server.finish() == 0
+    finally:
+        server.stop()
