@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import select
 import signal
 import socket
 import threading
@@ -356,3 +357,34 @@ def test_the_bench_counts_every_process_of_a_supervised_server() -> None:
         assert server.memory_kib("VmRSS") > 3 * 5000
     finally:
         server.stop()
+
+
+def test_a_second_stop_signal_kills_the_workers_and_exits_1_at_once(cleanup: list[ServerProcess]) -> None:
+    server = start("--shutdown-timeout", "60")
+    cleanup.append(server)
+    pids = worker_pids(server, 2)
+    sock = open_echoing(server.address)  # keeps its worker draining for a minute
+    try:
+        server.signal(signal.SIGINT)
+        server.wait_for("stopping")
+        signalled = time.monotonic()
+        server.signal(signal.SIGINT)
+        code = server.finish(10)
+        assert time.monotonic() - signalled < 3.0
+        assert code == 1
+        for pid in pids.values():  # no worker outlives its supervisor, even one still draining
+            assert not _alive(pid, timeout=5.0), pid
+    finally:
+        sock.close()
+
+
+def _alive(pid: int, timeout: float) -> bool:
+    """Whether ``pid`` still runs after ``timeout``: a pidfd turns readable at its exit."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        return not select.select([fd], [], [], timeout)[0]
+    finally:
+        os.close(fd)
