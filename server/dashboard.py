@@ -119,15 +119,15 @@ def feed(view: Any, admin_address: Any, since: int) -> str:
     snapshot["timed_out"] = _with_every(snapshot["timed_out"], sorted(TIMEOUT_REASONS))
     listeners = []
     for name, key, attribute in (
-        ("echo (TCP)", "tcp", "server_address"),
-        ("echo (TLS)", "tls", "tls_address"),
-        ("echo (UDP)", "udp", "udp_address"),
+        ("TCP", "tcp", "server_address"),
+        ("TLS", "tls", "tls_address"),
+        ("UDP", "udp", "udp_address"),
     ):
         address = getattr(view, attribute, None)
         if isinstance(address, tuple) and len(address) >= 2:
             listeners.append({"name": name, "key": key, "address": format_address(address)})
     if isinstance(admin_address, tuple) and len(admin_address) >= 2:
-        listeners.append({"name": "admin (HTTP)", "key": "", "address": format_address(admin_address)})
+        listeners.append({"name": "admin", "key": "", "address": format_address(admin_address)})
     last, skipped, events = ring_for(view.exchange).since(since)
     document = {
         "version": __version__,
@@ -161,7 +161,8 @@ h1{font-size:18px;margin:0}h2{font-size:13px;margin:0 0 6px;color:var(--dim);fon
 .pill.ok{background:var(--ok)}.pill.bad{background:var(--bad)}.dim{color:var(--dim)}
 .grid{display:grid;gap:10px;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));margin-bottom:10px}
 .wide{grid-template-columns:repeat(auto-fit,minmax(280px,1fr))}
-.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:8px 10px;min-width:0}
+.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:8px 10px;min-width:0;
+overflow-x:auto}
 .big{font-size:22px;font-weight:600;font-variant-numeric:tabular-nums;white-space:nowrap}.sub{font-size:12px;color:var(--dim)}
 svg{width:100%;height:90px;display:block}svg .l1{stroke:var(--a)}svg .l2{stroke:var(--b);stroke-dasharray:4 3}
 svg polyline{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}svg .axis{stroke:var(--line)}
@@ -198,7 +199,7 @@ td:first-child,th:first-child{text-align:left}
 <th>total</th></tr></thead><tbody></tbody></table></div>
 <div class="card"><h2>Rejected and timed out, by reason</h2><table id="limits-table"><thead><tr><th>reason</th>
 <th>per s</th><th>total</th></tr></thead><tbody></tbody></table></div>
-<div class="card"><h2>Listeners</h2><table id="listeners"><thead><tr><th>listener</th><th>address</th>
+<div class="card"><h2>Listeners</h2><table id="listeners"><thead><tr><th>listener</th>
 <th>accepted/s</th><th>in/s</th><th>out/s</th></tr></thead><tbody></tbody></table></div>
 <div class="card" id="workers-card" hidden><h2>Workers <span class="dim" id="restarts"></span></h2><table id="workers">
 <thead><tr><th>slot</th><th>pid</th><th>gen</th><th>active</th><th>accepted/s</th><th>restarts</th></tr></thead>
@@ -285,7 +286,11 @@ function table(id, rows) {
   const body = $(id).tBodies[0];
   body.replaceChildren(...rows.map((cells) => {
     const tr = el("tr");
-    for (const c of cells) tr.append(el("td", null, c));
+    for (const c of cells) {  // a cell is text, or [text, a smaller line under it]
+      const td = el("td", null, Array.isArray(c) ? c[0] : c);
+      if (Array.isArray(c)) td.append(el("div", "sub", c[1]));
+      tr.append(td);
+    }
     return tr;
   }));
 }
@@ -331,7 +336,7 @@ function render(doc) {
     ...Object.entries((s.udp || {}).dropped || {}).map(([k, v]) => ["UDP dropped: " + k,
       num(rate((x) => ((x.udp || {}).dropped || {})[k] || 0)), num(v)])]);
   const per = (key, field) => (x) => ((x.listeners || {})[key] || {})[field] || 0;
-  table("listeners", doc.listeners.map((l) => !l.key ? [l.name, l.address] : [l.name, l.address,
+  table("listeners", doc.listeners.map((l) => !l.key ? [[l.name, l.address]] : [[l.name, l.address],
     num(rate(per(l.key, "accepted"))), bytes(rate(per(l.key, "bytes_received"))) + "/s",
     bytes(rate(per(l.key, "bytes_sent"))) + "/s"]));
   const workers = s.workers || [];
@@ -350,8 +355,8 @@ function render(doc) {
   document.body.dataset.updates = String(state.updates);
   dispatchEvent(new Event("dashboard-update"));
 }
-const DETAILS = ["reason", "count", "bytes_in", "bytes_out", "duration_s", "address", "admin_address", "errno",
-  "dropped", "active", "accepted", "message"];
+const DETAILS = ["worker", "reason", "count", "bytes_in", "bytes_out", "duration_s", "address", "admin_address",
+  "errno", "dropped", "active", "accepted", "message"];
 function addEvents(doc) {
   const list = $("events");
   for (const e of doc.events) {
