@@ -212,9 +212,12 @@ class Stats:
             self._bytes_received += received
             self._bytes_sent += sent
             if listener != "tcp":
-                counts = self._listener_counts[listener]
-                counts["bytes_received"] += received
-                counts["bytes_sent"] += sent
+                self._add_listener_bytes(listener, received, sent)
+
+    def _add_listener_bytes(self, listener: str, received: int, sent: int) -> None:  # under the lock
+        counts = self._listener_counts[listener]
+        counts["bytes_received"] += received
+        counts["bytes_sent"] += sent
 
     def listener_accepted(self, listener: str) -> None:
         """One of the connections ``admit`` counted came in on ``listener`` (not tcp)."""
@@ -226,9 +229,8 @@ class Stats:
         with self._lock:
             self._bytes_received += bytes_in
             self._bytes_sent += bytes_out
+            self._add_listener_bytes("udp", bytes_in, bytes_out)
             counts = self._listener_counts["udp"]
-            counts["bytes_received"] += bytes_in
-            counts["bytes_sent"] += bytes_out
             counts["datagrams_received"] += received
             counts["datagrams_sent"] += sent
             self._udp_dropped.update(dropped)
@@ -254,9 +256,7 @@ class Stats:
             self._bytes_received += received
             self._bytes_sent += sent
             if listener != "tcp":
-                counts = self._listener_counts[listener]
-                counts["bytes_received"] += received
-                counts["bytes_sent"] += sent
+                self._add_listener_bytes(listener, received, sent)
             self._duration_counts[duration_slot] += 1
             self._duration_sum += duration_s
             self._bytes_counts[bytes_slot] += 1
