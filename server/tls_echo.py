@@ -36,14 +36,13 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from server.echo import Connection, unsent_bytes
+from server.echo import Connection, _discard_until_eof, unsent_bytes
 from server.scheduler import READ, WRITE, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.throttle import Throttle
 from server.tls import TlsContext
 
 log = logging.getLogger("echo.tls")
 
-_LINGER_WAIT = Wait(READ)
 HANDSHAKE_FAILED = "tls_handshake"
 
 
@@ -246,7 +245,7 @@ def _echo(sock: ssl.SSLSocket, conn: TlsConnection, buffer: memoryview, waits: T
     except OSError:
         return
     if conn.reason == "shutdown":
-        yield from _discard_until_eof(sock, buffer)
+        yield from _discard_until_eof(sock, buffer)  # echo.py's: the TLS layer is gone, reads are raw
 
 
 def _flush(sock: ssl.SSLSocket, owed: bytes, waits: TlsWaits, conn: TlsConnection) -> Generator[Wait, None, bool]:
@@ -299,15 +298,3 @@ def _close_notify(sock: ssl.SSLSocket, waits: TlsWaits) -> Generator[Wait, None,
                 continue
         except (ssl.SSLError, OSError):
             return  # the TLS layer is past saying goodbye (a bare FIN, an alert): FIN only
-
-
-def _discard_until_eof(sock: ssl.SSLSocket, buffer: memoryview) -> TaskGen:
-    while True:
-        yield _LINGER_WAIT
-        try:
-            if not sock.recv_into(buffer):
-                return
-        except BlockingIOError:
-            continue
-        except OSError:
-            return

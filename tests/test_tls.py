@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,16 @@ def _client_context(pki: Pki, *, with_cert: bool = False) -> ssl.SSLContext:
     if with_cert:
         context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
     return context
+
+
+@contextmanager
+def _tls_client(address: tuple[str, int], pki: Pki, *, with_cert: bool = False) -> Iterator[ssl.SSLSocket]:
+    """A verified TLS connection to the server (with the client certificate if asked)."""
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        _client_context(pki, with_cert=with_cert).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        yield tls
 
 
 def _tls_server(make_server: ServerFactory, pki: Pki, **settings: Any) -> tuple[Any, Any, tuple[str, int]]:
@@ -157,10 +168,7 @@ def test_16_mib_echo_byte_exact_through_real_tls_clients(
 
 def test_echo_counts_on_the_tls_listener(make_server: ServerFactory, pki: Pki) -> None:
     server, events, address = _tls_server(make_server, pki, loops=2)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
         for size in (1, 1000, 16_384, 100_000):
             payload = os.urandom(size)
@@ -190,10 +198,7 @@ def test_tls_1_1_is_refused(make_server: ServerFactory, pki: Pki) -> None:
 
 def test_mtls_accepts_a_good_client_certificate_and_refuses_none(make_server: ServerFactory, pki: Pki) -> None:
     _, events, address = _tls_server(make_server, pki, tls_client_ca=str(pki.ca))
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki, with_cert=True).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki, with_cert=True) as tls:
         tls.sendall(b"with a certificate")
         assert read_exactly(tls, 18) == b"with a certificate"
     echoed = b""
@@ -236,20 +241,14 @@ def test_a_plain_tcp_client_on_the_tls_port_is_refused_cleanly(make_server: Serv
     assert closed.data["detail"] == "wrong_version_number"
     assert server.stats.snapshot().closed_by_reason["tls_handshake"] == 1
     # ... and the listener goes on: a real client right after is served.
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         tls.sendall(b"after")
         assert read_exactly(tls, 5) == b"after"
 
 
 def test_drain_sends_close_notify_after_the_echo(make_server: ServerFactory, pki: Pki) -> None:
     server, events, address = _tls_server(make_server, pki, shutdown_timeout=0.2)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         tls.sendall(b"before the stop")
         assert read_exactly(tls, 15) == b"before the stop"
         stopper = threading.Thread(target=server.shutdown)
@@ -343,10 +342,7 @@ def tls_files(pki: Pki, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _serial(address: tuple[str, int], pki: Pki) -> int:
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         tls.sendall(b"x")
@@ -412,27 +408,20 @@ def test_bytes_held_decrypted_are_echoed_without_waiting_for_the_socket(make_ser
     # in the TLS layer (pending()) while the socket has nothing more to say.
     _, _, address = _tls_server(make_server, pki, buffer_size=1024)
     payload = os.urandom(100_000)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         tls.sendall(payload)
         assert read_exactly(tls, len(payload)) == payload
 
 
 def test_idle_and_write_stall_deadlines_apply_to_tls(make_server: ServerFactory, pki: Pki) -> None:
     _, events, address = _tls_server(make_server, pki, idle_timeout=0.3, write_stall_timeout=0.5)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         tls.sendall(b"then silence")
         assert read_exactly(tls, 12) == b"then silence"
         assert tls.recv(100) == b""  # closed at the idle deadline
     assert _closed(events, "idle_timeout").data["listener"] == "tls"
     with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        _tls_client(address, pki) as tls,
         pytest.raises(OSError),  # it never reads: the server stops reading, then resets it
     ):
         for _ in range(10_000):
@@ -443,10 +432,7 @@ def test_idle_and_write_stall_deadlines_apply_to_tls(make_server: ServerFactory,
 
 def test_tls_connections_count_against_the_same_limits(make_server: ServerFactory, pki: Pki) -> None:
     server, events, address = _tls_server(make_server, pki, max_connections=1)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
+    with _tls_client(address, pki) as tls:
         tls.sendall(b"held")
         assert read_exactly(tls, 4) == b"held"
         with socket.create_connection(server.server_address[:2], timeout=10) as plain:
