@@ -16,6 +16,10 @@ under max_connections; the connection's task reads the header (echo.proxied_echo
 calls ``ProxyAdmission.admit`` (the per-address check by the header's address, then
 ``opened`` with ``peer`` = the client and ``via`` = the balancer) or ``.reject``.
 
+Stopping: the task is closed at the stop; before the listener closes, it admits the
+connections the kernel has already completed (the backlog), so that a client that
+connected before the stop is served in the drain instead of being reset.
+
 accept() failing for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) pauses
 accepting for ACCEPT_PAUSE_S: no spinning, a warning at most once a second, and
 ``accept_paused``/``accept_resumed`` events around the episode.
@@ -48,6 +52,7 @@ log = logging.getLogger("echo.acceptor")
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up before giving other tasks a turn
 ACCEPT_PAUSE_S = 0.1
+BACKLOG_TAKEN_AT_STOP = 65_535  # at most the largest listen backlog
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # Hand-off target: called on the chosen scheduler's thread with the new connection.
@@ -121,6 +126,9 @@ class Acceptor:
             while True:
                 yield readable
                 yield from self._accept_batch(accept)
+        except GeneratorExit:  # the stop: the listener closes right after this
+            self._take_backlog(accept)
+            raise
         finally:
             # So that the counts of the rejected events add up to every rejection (but for
             # headers that fail after this, during the drain: Stats still counts them).
@@ -129,6 +137,17 @@ class Acceptor:
                     if throttle.held_back:
                         self._publish(event("rejected", level="warning", reason=reason, count=throttle.held_back))
                 self._reject_throttles.clear()  # said: later ones start afresh
+
+    def _take_backlog(self, accept: Callable[[], tuple[socket.socket, Any]]) -> None:
+        """Admit what the kernel has already accepted: closing the listener would reset
+        those connections, which their clients (or a balancer, which cannot retry a
+        connection it already made) would see as failures. They are served in the drain."""
+        for _ in range(BACKLOG_TAKEN_AT_STOP):
+            try:
+                sock, address = accept()
+            except OSError:
+                return  # BlockingIOError: none left
+            self._admit(sock, address)
 
     def _accept_batch(self, accept: Callable[[], tuple[socket.socket, Any]]) -> TaskGen:
         for _ in range(ACCEPT_BATCH):

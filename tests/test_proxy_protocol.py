@@ -9,6 +9,7 @@ import ipaddress
 import random
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -406,3 +407,31 @@ def test_rejections_are_published_at_most_once_a_second_with_counts(make_server:
     published = events.named("rejected")
     assert 1 <= len(published) < 20
     assert sum(e.data["count"] for e in published) == 20
+
+
+def test_connections_the_kernel_completed_before_the_stop_are_served_not_reset(make_server: ServerFactory) -> None:
+    """A balancer cannot retry a connection it already made: closing the listener must not
+    reset the backlog (found by test_balancers' drain test)."""
+    server, events = make_server(proxy_protocol="v1", shutdown_timeout=5)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_acceptor() -> None:
+        holding.set()
+        release.wait(10)
+
+    assert server._acceptor_loop is not None
+    server._acceptor_loop.call_soon_threadsafe(hold_the_acceptor)
+    assert holding.wait(5)
+    clients = [_connect(server) for _ in range(3)]  # completed by the kernel, not accepted
+    for sock in clients:
+        sock.sendall(b"PROXY UNKNOWN\r\nabc")
+        sock.shutdown(socket.SHUT_WR)
+    stopper = threading.Thread(target=server.shutdown)
+    stopper.start()
+    events.wait_for(lambda e: e.name == "stopping")
+    release.set()
+    for sock in clients:
+        with sock:
+            assert read_until_eof(sock) == b"abc"
+    stopper.join(15)
+    assert len(events.named("closed")) == 3
