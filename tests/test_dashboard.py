@@ -357,8 +357,9 @@ def test_dashboard_fits_a_phone_and_follows_dark_mode(make_server: ServerFactory
 
 
 def test_dashboard_shows_each_worker(browser: Browser) -> None:
-    server = ServerProcess("--workers", "2", "--port", "0", "--admin-port", "0").start()
+    server = ServerProcess("--workers", "2", "--port", "0", "--admin-port", "0")
     try:
+        server.start()
         admin = address_of(server.wait_for("listening"), "admin_address")
         session = browser.open(f"http://{admin[0]}:{admin[1]}/dashboard")
         empty = wait_page(browser, session, "(v) => document.querySelectorAll('#workers tbody tr').length === 2")

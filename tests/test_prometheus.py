@@ -37,7 +37,7 @@ import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the test extra
 from client import EchoClient
 from server.core import EchoServer
 from tests.conftest import ServerFactory
-from tests.helpers import ROOT
+from tests.helpers import ROOT, ServerProcess, address_of
 
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 UNIT_TESTS = ROOT / "deploy" / "prometheus" / "tests.yml"
@@ -92,13 +92,28 @@ def recorded_rules() -> dict[str, str]:
     return {rule["record"]: rule["expr"] for group in document["groups"] for rule in group["rules"] if "record" in rule}
 
 
-def exported_names(server: EchoServer) -> set[str]:
-    """Every series name on a live server's /metrics."""
-    assert server.admin is not None
-    host, port = server.admin.address[:2]
+def scraped_names(host: str, port: int) -> set[str]:
+    """Every series name on the /metrics of the admin endpoint at host:port."""
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def exported_names(server: EchoServer) -> set[str]:
+    """Every series name a live server exports: ``server``'s (one process), and those of a
+    ``--workers 2`` supervisor started for the purpose (it adds the per-worker series)."""
+    assert server.admin is not None
+    host, port = server.admin.address[:2]
+    names = scraped_names(str(host), int(port))
+    supervisor = ServerProcess("--workers", "2", "--port", "0", "--admin-port", "0")
+    try:
+        supervisor.start()
+        names |= scraped_names(*address_of(supervisor.wait_for("listening"), "admin_address"))
+        supervisor.signal()
+        assert supervisor.finish() == 0
+    finally:
+        supervisor.stop()
+    return names
 
 
 # --- promtool ---------------------------------------------------------------------------
@@ -139,7 +154,7 @@ def test_every_metric_the_rules_use_is_exported(make_server: ServerFactory) -> N
     assert used, "no metric found in the rules: the parser is broken"
     missing = used - exported - set(recorded_rules()) - PROMETHEUS_MADE
     assert not missing, f"rules.yml uses metrics the server does not export: {sorted(missing)}"
-    assert {"process_open_fds", "process_max_fds"} <= exported
+    assert {"process_open_fds", "process_max_fds", "echo_worker_restarts_total"} <= exported
 
 
 def test_the_metric_name_parser() -> None:
@@ -298,6 +313,7 @@ def test_a_real_prometheus_scrapes_exact_totals_and_evaluates_the_rules(
             "echo_received_bytes_total": sum(sizes),
             "echo_sent_bytes_total": sum(sizes),
             'echo_connections_closed_total{reason="eof"}': len(sizes),
+            'echo_listener_received_bytes_total{listener="tcp"}': sum(sizes),
             "echo_connections_active": 0,
         }
         seen: dict[str, float | None] = {}
