@@ -76,11 +76,14 @@ class EchoServer:
         stats: Stats | None = None,
         exchange: Exchange | None = None,
         listener: socket.socket | None = None,
+        tls_listener: socket.socket | None = None,
     ) -> None:
-        """``listener``: an already-listening socket to serve (a worker's, inherited from
-        the supervisor) instead of opening one on config.host:port; closed at shutdown."""
+        """``listener`` (and ``tls_listener``, with tls_port set): already-listening sockets
+        to serve (a worker's, inherited from the supervisor) instead of opening them on
+        config.host:port (tls_port); closed at shutdown."""
         self.config = config
         self._given_listener = listener
+        self._given_tls_listener = tls_listener
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
         self.ready = threading.Event()
@@ -219,7 +222,9 @@ class EchoServer:
             tls_listener = udp_sock = None
             if config.tls_port is not None:
                 try:
-                    tls_listener = open_listener(config.host, config.tls_port, config.backlog)
+                    tls_listener = self._given_tls_listener or open_listener(
+                        config.host, config.tls_port, config.backlog
+                    )
                 except ListenError as error:
                     raise ListenError(error.errno, error.strerror, "the TLS port") from None
                 opened.append(tls_listener)

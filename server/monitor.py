@@ -75,11 +75,13 @@ class Owner(Protocol):
 
 
 class Monitor:
-    def __init__(self, owner: Owner, ctx: Any, listener: socket.socket, limits: SharedLimits) -> None:
+    def __init__(
+        self, owner: Owner, ctx: Any, listeners: tuple[socket.socket, socket.socket | None], limits: SharedLimits
+    ) -> None:
         self._owner = owner
         self.config = owner.config
         self._ctx = ctx
-        self._listener: socket.socket | None = listener
+        self._listeners: tuple[socket.socket, socket.socket | None] | None = listeners  # echo, TLS
         self._limits = limits
         self._commands: queue.SimpleQueue[tuple[str, Config | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -125,8 +127,7 @@ class Monitor:
             self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
-            if self._listener is not None:
-                self._listener.close()
+            self._close_listeners()
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -178,14 +179,14 @@ class Monitor:
         return generation
 
     def _spawn(self, index: int, generation: int, *, replacing_at: float | None = None) -> None:
-        if self._listener is None:
+        if self._listeners is None:
             return  # stopping: nothing more is started
         row = self._limits.take_row()
         if row is None:
             log.error("no free row in the shared limits for worker %d; not started", index)
             return
         worker = WorkerProcess.spawn(
-            self._ctx, index, generation, self._configs[generation], self._listener, self._limits, row
+            self._ctx, index, generation, self._configs[generation], self._listeners, self._limits, row
         )
         worker.replacing_at = replacing_at
         self._workers[worker.pid] = worker
@@ -283,6 +284,9 @@ class Monitor:
         )
         if asked:
             return
+        if worker.generation == self._pending:  # a reload that fails is no crash loop
+            self._abandon_reload(f"worker {worker.index} exited ({exit_status(code)}) before it was ready")
+            return
         now = time.monotonic()
         self._deaths.append(now)
         while self._deaths and self._deaths[0] < now - CRASH_LOOP_WINDOW_S:
@@ -290,9 +294,6 @@ class Monitor:
         if len(self._deaths) >= CRASH_LOOP_DEATHS:
             what = f"crash loop: {len(self._deaths)} worker exits within {CRASH_LOOP_WINDOW_S:.0f} s"
             self._owner.fail(what, None)
-            return
-        if worker.generation == self._pending:
-            self._abandon_reload(f"worker {worker.index} exited ({exit_status(code)}) before it was ready")
             return
         self._owner.counts.restarted(worker.index)
         self._spawn(worker.index, worker.generation, replacing_at=now)
@@ -304,9 +305,13 @@ class Monitor:
         self._stop_deadline = time.monotonic() + config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S
         for worker in self._workers.values():
             worker.drain()
-        if self._listener is not None:
-            self._listener.close()  # the workers' copies keep it open until they stop accepting
-            self._listener = None
+        self._close_listeners()  # the workers' copies keep them open until they stop accepting
+
+    def _close_listeners(self) -> None:
+        for sock in self._listeners or ():
+            if sock is not None:
+                sock.close()
+        self._listeners = None
 
     def _begin_reload(self, config: Config) -> None:
         if self._stopping:

@@ -50,10 +50,11 @@ from server.config import Config
 from server.core import FINAL_FLUSH_S
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
-from server.listener import format_address, open_listener
+from server.listener import ListenError, format_address, open_listener
 from server.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.shared_limits import SharedLimits
 from server.stats import Stats, StatsSnapshot
+from server.tls import TlsContext, TlsError
 from server.totals import WorkersSnapshot
 from server.worker_counts import WorkerCounts
 
@@ -83,6 +84,7 @@ class Supervisor:
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self.server_address: tuple[Any, ...] = ("", 0)
+        self.tls_address: tuple[Any, ...] | None = None
         self.admin: AdminServer | None = None
         self.failure: BaseException | None = None
         self._ctx = multiprocessing.get_context("spawn")
@@ -134,15 +136,25 @@ class Supervisor:
             config = self.config
             listener = open_listener(config.host, config.port, config.backlog)
             self.server_address = listener.getsockname()
+            tls_listener = None
+            if config.tls_port is not None:
+                try:
+                    tls_listener = open_listener(config.host, config.tls_port, config.backlog)
+                except ListenError as error:
+                    listener.close()
+                    raise ListenError(error.errno, error.strerror, "the TLS port") from None
+                self.tls_address = tls_listener.getsockname()
             # Rows for a generation, the one draining behind it, and spares for replacements.
             limits = SharedLimits(rows=3 * max(config.workers, 4), context=self._ctx)
             if config.admin_port is not None:
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
                 except OSError:
-                    listener.close()
+                    for sock in (listener, tls_listener):
+                        if sock is not None:
+                            sock.close()
                     raise
-            self._monitor = Monitor(self, self._ctx, listener, limits)
+            self._monitor = Monitor(self, self._ctx, (listener, tls_listener), limits)
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
             self._started = True
             self.publish(
@@ -152,6 +164,8 @@ class Supervisor:
             if self.admin is not None:
                 addresses["admin_address"] = format_address(self.admin.address)
                 self.admin.start()
+            if self.tls_address is not None:
+                addresses["tls_address"] = format_address(self.tls_address)
             self.publish(event("listening", **addresses))
             self._monitor_thread.start()
 
@@ -163,6 +177,16 @@ class Supervisor:
         if changed:
             log.warning("reload: %s cannot change without a restart; keeping the running values", ", ".join(changed))
             config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in changed})
+        if config.tls_port is not None:
+            try:
+                TlsContext.load(config)  # a file's problem is said here, and the workers keep running
+            except TlsError as error:
+                log.error(
+                    "reload: --%s: %s; keeping the running configuration",
+                    error.setting.replace("_", "-"),
+                    error.problem,
+                )
+                return
         if self._monitor is not None:
             self._monitor.post("reload", config)
 

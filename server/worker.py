@@ -6,7 +6,7 @@ ever forked. ``WorkerSpec`` travels pickled; multiprocessing passes the listenin
 socket, the two pipes and the shared limits down as file descriptors while it starts
 the process. The worker then runs ``main(spec)``:
 
-- an EchoServer on the inherited listener, admin off, its own periodic ``stats`` events
+- an EchoServer on the inherited listener (and TLS listener), admin off, its own periodic ``stats`` events
   off (the supervisor publishes the totals), admitting through ``GlobalStats`` so that
   max_connections and max_connections_per_ip hold for the whole server (shared_limits.py);
 - an ``Uplink`` actor: subscribed to the worker's events Exchange and its ``echo``
@@ -58,6 +58,7 @@ class WorkerSpec:
     generation: int
     config: Config
     listener: socket.socket
+    tls_listener: socket.socket | None  # with --tls-port
     limits: SharedLimits
     row: int
     uplink: Pipe  # write end: worker -> supervisor
@@ -178,7 +179,9 @@ def main(spec: WorkerSpec) -> None:
     uplink.start()
     exchange.attach(uplink)
     spec.listener.setblocking(False)
-    server = EchoServer(config, stats=stats, exchange=exchange, listener=spec.listener)
+    if spec.tls_listener is not None:
+        spec.tls_listener.setblocking(False)
+    server = EchoServer(config, stats=stats, exchange=exchange, listener=spec.listener, tls_listener=spec.tls_listener)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread

@@ -1,7 +1,7 @@
 """WorkerProcess: the supervisor's handle on one worker process and its two pipes.
 
 ``spawn`` starts ``worker.main`` in a fresh interpreter (multiprocessing's spawn
-context), handing it the listening socket, the shared limits and the child's ends of
+context), handing it the listening sockets (echo, and TLS if on), the shared limits and the child's ends of
 two one-way pipes; the parent then closes its copies of the child's ends, so that the
 up pipe reaches its end when the worker exits and the down pipe's end tells the worker
 that the supervisor is gone.
@@ -57,13 +57,13 @@ class WorkerProcess:
         index: int,
         generation: int,
         config: Config,
-        listener: socket.socket,
+        listeners: tuple[socket.socket, socket.socket | None],
         limits: SharedLimits,
         row: int,
     ) -> WorkerProcess:
         up_r, up_w = ctx.Pipe(duplex=False)
         down_r, down_w = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(index, generation, config, listener, limits, row, up_w, down_r)
+        spec = WorkerSpec(index, generation, config, *listeners, limits, row, up_w, down_r)
         process = ctx.Process(target=worker_main, args=(spec,), name=f"echo-worker-{index}", daemon=True)
         try:
             process.start()
