@@ -13,7 +13,6 @@ never sleeps. Without Debian's ``chromium`` the browser tests skip with the reas
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import select
@@ -32,27 +31,15 @@ from server.core import EchoServer
 from server.events import event
 from tests.conftest import ServerFactory
 from tests.helpers import ROOT, ServerProcess, address_of
+from tests.test_admin import admin_of, get
 
 ARTIFACTS = ROOT / "results"
 CHROMIUM = shutil.which("chromium")
 
 
 def admin_url(server: EchoServer, path: str) -> str:
-    assert server.admin is not None
-    host, port = server.admin.address[:2]
+    host, port = admin_of(server)
     return f"http://{host}:{port}{path}"
-
-
-def get(server: EchoServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    assert server.admin is not None
-    host, port = server.admin.address[:2]
-    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
-    try:
-        connection.request(method, path)
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
 
 
 def feed(server: EchoServer, since: int = 0) -> dict[str, Any]:
