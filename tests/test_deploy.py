@@ -1,15 +1,24 @@
 """What deployments rely on: deploy/kubernetes.yaml agrees with the image and the server
-it deploys, and the container's health check finds the ports the server was given."""
+it deploys, and the container's health check finds the ports the server was given.
+
+The manifests also pass kubernetes-validate --strict and checkov (offline), meet the Pod
+Security "restricted" profile, and deploy/compose.yaml runs three PROXY-protocol replicas
+behind HAProxy with flags the server accepts (its behaviour: tests/test_balancers.py)."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server import healthcheck
+from server.cli import load_config
 from server.config import SETTINGS, Config, env_name
 from server.core import FINAL_FLUSH_S
 from tests.conftest import ServerFactory
@@ -123,3 +132,138 @@ def test_healthcheck_asks_the_admin_port_from_the_command_line(make_server: Serv
     assert healthcheck.main([], {}, cmdline) == 0
     cmdline.write_bytes(_cmdline("python", "-m", "server", "--admin-port", "off", "--port", "1"))
     assert healthcheck.main([], {}, cmdline) == 1  # nothing echoes on port 1
+
+
+# --- hardening, validated by the real validators ------------------------------------------
+
+
+def _tool(name: str, install: str) -> str:
+    """The validator's path, from this virtualenv or PATH; skip (saying how to install) if absent."""
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed ({install})")
+    return found
+
+
+def test_the_manifests_pass_kubernetes_validate_strict() -> None:
+    validate = _tool("kubernetes-validate", "pip install kubernetes-validate; it ships its schemas, no network")
+    result = subprocess.run(
+        [validate, "--strict", "--quiet", str(ROOT / "deploy" / "kubernetes.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
+    checkov = _tool("checkov", "pip install checkov; see the README's Kubernetes section")
+    result = subprocess.run(
+        [
+            checkov,
+            "-f",
+            "deploy/kubernetes.yaml",
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--compact",
+            "-o",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert summary["failed"] == 0 and result.returncode == 0, failed
+    assert summary["passed"] > 50  # it really checked
+    for doc in _manifests().values():
+        for key, value in doc["metadata"].get("annotations", {}).items():
+            if key.startswith("checkov.io/skip"):
+                check, _, reason = value.partition("=")
+                assert re.fullmatch(r"CKV2?_K8S_\d+", check) and len(reason.split()) >= 3, value
+
+
+def test_the_pod_meets_the_restricted_profile_and_the_image_is_a_placeholder() -> None:
+    manifests = _manifests()
+    assert manifests["Namespace"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert ".invalid/" in container["image"] and "@sha256:" in container["image"]
+    assert ":latest" not in container["image"]
+    budget = manifests["PodDisruptionBudget"]["spec"]
+    assert budget["selector"] == manifests["Deployment"]["spec"]["selector"]
+    assert budget["maxUnavailable"] < manifests["Deployment"]["spec"]["replicas"]
+
+
+def test_the_commented_proxy_example_names_real_settings() -> None:
+    text = (ROOT / "deploy" / "kubernetes.yaml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    assert "aws-load-balancer-proxy-protocol" in comments
+    named = set(re.findall(r"name: (ECHO_\w+)", comments))
+    assert {"ECHO_PROXY_PROTOCOL", "ECHO_PROXY_PROTOCOL_FROM"} <= named
+    assert named <= {env_name(spec.name) for spec in SETTINGS}
+    for value in re.findall(r"name: ECHO_\w+, value: \"?([^\"}]+)", comments):
+        assert value.strip()
+
+
+# --- compose: three replicas behind HAProxy -------------------------------------------------
+
+
+def test_compose_runs_three_proxied_replicas_behind_haproxy_with_real_flags() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    haproxy = services.pop("haproxy")
+    assert sorted(services) == ["echo-1", "echo-2", "echo-3"]
+    balancer_ip = haproxy["networks"]["echo"]["ipv4_address"]
+    assert "./haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
+    config_text = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    for name, service in services.items():
+        assert f"server {name} {name}:{Config().port}" in config_text
+        config = load_config(service["command"], {})
+        assert config.proxy_protocol in ("v2", "any")
+        assert config.proxy_protocol_from == f"{balancer_ip}/32"
+        assert not service.get("ports"), "only HAProxy's port is published"
+    assert f"check port {Config().admin_port}" in config_text
+
+
+def test_compose_file_is_valid_for_a_compose_implementation() -> None:
+    compose = _tool("podman-compose", "pip install podman-compose; it needs podman on PATH")
+    if shutil.which("podman") is None:
+        pytest.skip("podman-compose needs podman, which is not installed")
+    result = subprocess.run(
+        [compose, "-f", "compose.yaml", "config"],
+        cwd=ROOT / "deploy",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = pytest.importorskip("yaml").safe_load(result.stdout)["services"]
+    assert sorted(resolved) == ["echo-1", "echo-2", "echo-3", "haproxy"]
+    assert all("--proxy-protocol=v2" in resolved[f"echo-{n}"]["command"] for n in (1, 2, 3))
+
+
+def test_the_haproxy_config_is_valid() -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
