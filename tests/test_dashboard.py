@@ -17,6 +17,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from client import EchoClient
+from server import admin as admin_module
 from server import dashboard
 from server.core import EchoServer
 from server.events import event
@@ -107,6 +109,33 @@ def test_feed_is_bounded_and_says_what_a_late_viewer_skipped(make_server: Server
     assert late["events"][-1]["accepted"] == dashboard.RING_SIZE + 39
     assert late["skipped"] == dashboard.RING_SIZE + 40 - dashboard.FEED_EVENTS
     assert len(feed(server, 10**17)["events"]) == dashboard.FEED_EVENTS  # a seq from another server: start over
+
+
+def test_a_viewer_that_stops_reading_is_dropped(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admin_module, "RESPONSE_TIMEOUT_S", 0.5)
+    server, _ = make_server(admin_port=0)
+    feed(server)
+    for _ in range(dashboard.FEED_EVENTS):
+        server.exchange.send(event("log", message="x" * 1000))
+    requests = 200  # 50 KB answers: 10 MB, more than the socket buffers hold (up to 4 MB)
+    with socket.socket() as viewer:
+        viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        viewer.settimeout(10)
+        viewer.connect(admin_of(server))
+        viewer.sendall(b"GET /dashboard.json?since=0 HTTP/1.1\r\nHost: x\r\n\r\n" * requests)
+        started = time.monotonic()
+        assert get(server, "/healthz")[0] == 200  # others are served meanwhile
+        hangup = select.poll()
+        hangup.register(viewer, select.POLLRDHUP | select.POLLERR | select.POLLHUP)  # not POLLIN: answers wait unread
+        assert hangup.poll(10_000), "the viewer was not dropped within 10 s"
+        assert time.monotonic() - started >= 0.4
+        taken = bytearray()
+        try:
+            while chunk := viewer.recv(65536):
+                taken += chunk
+        except ConnectionResetError:
+            pass
+    assert 0 < taken.count(b"HTTP/1.1 200 OK") < requests
 
 
 def test_event_ring_keeps_the_latest() -> None:
