@@ -153,18 +153,21 @@ class Stats:
         """
         with self._lock:
             if self._active + self._pending >= max_total:
-                reason = REJECT_MAX_CONNECTIONS
-            elif self._per_ip[ip] >= max_per_ip:
-                reason = REJECT_PER_IP
-            else:
-                self._accepted += 1
-                self._active += 1
-                self._per_ip[ip] += 1
-                if self._active > self._peak_active:
-                    self._peak_active = self._active
-                return None
-            self._rejected[reason] += 1
-            return reason
+                self._rejected[REJECT_MAX_CONNECTIONS] += 1
+                return REJECT_MAX_CONNECTIONS
+            return self._admit_per_ip(ip, max_per_ip)
+
+    def _admit_per_ip(self, ip: str, max_per_ip: int) -> str | None:
+        """Under the lock: the per-address check, then count the admitted connection."""
+        if self._per_ip[ip] >= max_per_ip:
+            self._rejected[REJECT_PER_IP] += 1
+            return REJECT_PER_IP
+        self._accepted += 1
+        self._active += 1
+        self._per_ip[ip] += 1
+        if self._active > self._peak_active:
+            self._peak_active = self._active
+        return None
 
     def reserve(self, max_total: int) -> str | None:
         """Hold a place for a connection whose PROXY header is still to come (None), or
@@ -180,15 +183,7 @@ class Stats:
         """The header named client ``ip``: admit (None) or reject (the reason, counted)."""
         with self._lock:
             self._pending -= 1
-            if self._per_ip[ip] >= max_per_ip:
-                self._rejected[REJECT_PER_IP] += 1
-                return REJECT_PER_IP
-            self._accepted += 1
-            self._active += 1
-            self._per_ip[ip] += 1
-            if self._active > self._peak_active:
-                self._peak_active = self._active
-            return None
+            return self._admit_per_ip(ip, max_per_ip)
 
     def reject_reserved(self, reason: str) -> None:
         """A reserved connection closed without being admitted."""

@@ -325,6 +325,10 @@ class Bench:
                     self.served_by[replica] = self.served_by.get(replica, 0) + 1
                 self._lock.notify_all()
 
+    def served(self, replica: str) -> int:
+        with self._lock:
+            return self.served_by.get(replica, 0)
+
     def failed_since(self, moment: float) -> list[str]:
         with self._lock:
             return [problem for began, problem in self.failures if began >= moment]
@@ -401,11 +405,9 @@ def test_sigterm_drains_one_replica_without_failing_a_new_connection(
         assert victim.readyz() == 503
         if balancer.kind.marks_down:
             balancer.wait_for("echo-2 is DOWN", 10)
-        with bench._lock:
-            served_before = bench.served_by.get(victim.local, 0)
+        served_before = bench.served(victim.local)
         bench.wait_for_more(100)
-        with bench._lock:
-            assert bench.served_by.get(victim.local, 0) <= served_before + bench.threads  # in flight at the signal
+        assert bench.served(victim.local) <= served_before + bench.threads  # at most those in flight at the signal
 
         # Open connections to the draining replica are still echoed, and close cleanly.
         for sock, _ in held:

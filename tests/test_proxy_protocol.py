@@ -28,6 +28,7 @@ from server.proxy_protocol import (
     parse_networks,
     trusted,
 )
+from server.stats import REJECT_PROXY_PROTOCOL, Stats
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly, read_until_eof, wait_readable
 
@@ -435,3 +436,48 @@ def test_connections_the_kernel_completed_before_the_stop_are_served_not_reset(m
             assert read_until_eof(sock) == b"abc"
     stopper.join(15)
     assert len(events.named("closed")) == 3
+
+
+def test_two_step_admission_keeps_stats_consistent_over_random_schedules() -> None:
+    """The rule in stats.py's docstring, against a plain model: every connection is either
+    rejected once or admitted and closed once; places and per-address counts add up."""
+    for seed in range(200):
+        rng = random.Random(seed)
+        stats = Stats()
+        max_total, max_per_ip = rng.randint(1, 6), rng.randint(1, 3)
+        reserved: list[None] = []
+        admitted: list[str] = []
+        rejected = 0
+        for _ in range(60):
+            step = rng.random()
+            if step < 0.35:
+                if stats.reserve(max_total) is None:
+                    reserved.append(None)
+                else:
+                    rejected += 1
+            elif step < 0.55 and reserved:
+                reserved.pop()
+                ip = rng.choice(["192.0.2.1", "192.0.2.2"])
+                if stats.admit_reserved(ip, max_per_ip) is None:
+                    admitted.append(ip)
+                else:
+                    rejected += 1
+            elif step < 0.65 and reserved:
+                reserved.pop()
+                stats.reject_reserved(REJECT_PROXY_PROTOCOL)
+                rejected += 1
+            elif step < 0.8:
+                ip = rng.choice(["192.0.2.1", "192.0.2.3"])
+                if stats.admit(ip, max_total, max_per_ip) is None:
+                    admitted.append(ip)
+                else:
+                    rejected += 1
+            elif admitted:
+                stats.connection_closed(admitted.pop(rng.randrange(len(admitted))), "eof", 0, 0, 0, 0.0)
+            snap = stats.snapshot()
+            assert stats.pending() == len(reserved)
+            assert snap.active == len(admitted) == snap.accepted - snap.closed
+            assert snap.active + stats.pending() <= max_total
+            assert snap.rejected_total == rejected
+            for ip in set(admitted):
+                assert admitted.count(ip) <= max_per_ip
