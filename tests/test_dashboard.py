@@ -396,3 +396,36 @@ def test_dashboard_shows_each_worker(browser: Browser) -> None:
         assert server.finish() == 0
     finally:
         server.stop()
+
+
+BOUNDS_JS = """(async () => {
+  const doc = await (await fetch("/dashboard.json?since=0")).json();
+  for (let i = 1; i <= %d; i++) {
+    doc.stats.uptime_s += 1000; doc.stats.accepted += i; doc.stats.bytes_received += 1000 * i;
+    doc.seq += 3;
+    doc.events = [0, 1, 2].map((k) => ({seq: doc.seq + k, ts: "2026-01-01T00:00:00.000Z", level: "info",
+      event: "closed", conn: 3 * i + k, reason: "eof"}));
+    render(structuredClone(doc));  // each answer is a new object, as from fetch
+  }
+  const h = window.dashboard.history;
+  return {points: Object.values(h).map((series) => series.length), rows: document.querySelectorAll("#events li").length,
+    newest: document.querySelector("#events li").textContent};
+})()"""
+
+
+def test_a_page_left_open_keeps_bounded_state(make_server: ServerFactory, browser: Browser) -> None:
+    """A thousand updates (17 minutes' worth, fed to the page's own render function)
+    leave at most HISTORY_POINTS points per chart and EVENT_ROWS event rows."""
+    server, _ = make_server(admin_port=0)
+    session = browser.open(admin_url(server, "/dashboard"))
+    wait_page(browser, session, "(v) => v.updates >= 1")
+    updates = 1000
+    expression = BOUNDS_JS % updates
+    result = browser.call(
+        "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, session
+    )
+    assert "exceptionDetails" not in result, result
+    state = result["result"]["value"]
+    assert state["points"] == [dashboard.HISTORY_POINTS] * 6
+    assert state["rows"] == dashboard.EVENT_ROWS
+    assert f"#{3 * updates + 2}" in state["newest"]
