@@ -25,9 +25,15 @@ the lock would leave it held: ``owner`` (written right after acquiring) lets
 between acquiring and writing ``owner`` escapes this; then admission waits LOCK_TIMEOUT_S
 and rejects (fail closed, counted as max_connections, and logged) instead of hanging.
 
-Processes and threads: ``admit`` and ``release`` from any thread of the worker owning
-``row`` (the acceptor admits, schedulers release); ``reclaim``, ``free_row`` and
-``take_row`` in the supervisor only, on its monitor thread. Nothing here starts a thread.
+With PROXY protocol the client's address comes with the header, after accept:
+``reserve`` holds a place under the total first, then ``admit_reserved`` (the
+per-address check, by the header's address) or ``unreserve`` settles it, as Stats does
+for one process.
+
+Processes and threads: ``admit``, ``reserve``, ``admit_reserved``, ``unreserve`` and
+``release`` from any thread of the worker owning ``row`` (the acceptor admits,
+schedulers settle and release); ``reclaim``, ``free_rows`` and ``take_row`` in the
+supervisor only, on its monitor thread. Nothing here starts a thread.
 """
 
 from __future__ import annotations
@@ -130,6 +136,51 @@ class SharedLimits:
             table[base] += 1
             table[base + slot] += 1
             return None
+        finally:
+            self._owner.value = _NO_OWNER
+            self._lock.release()
+
+    def reserve(self, max_total: int) -> str | None:
+        """PROXY protocol, at accept: hold a place under max_total for a connection whose
+        client address is still to come (None), or the rejection reason. Settle it with
+        ``admit_reserved`` or ``unreserve``."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            return REJECT_MAX_CONNECTIONS
+        try:
+            self._owner.value = self.row
+            if sum(self._table[0 :: self._stride]) >= max_total:
+                return REJECT_MAX_CONNECTIONS
+            self._table[self.row * self._stride] += 1
+            return None
+        finally:
+            self._owner.value = _NO_OWNER
+            self._lock.release()
+
+    def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
+        """The header named client ``ip``: count it (None; release it at close like an
+        admitted one), or give the place back and return the rejection reason."""
+        slot = 1 + ip_slot(ip)
+        base = self.row * self._stride
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            return REJECT_PER_IP  # the place stays held until this worker exits (see above)
+        try:
+            self._owner.value = self.row
+            if sum(self._table[slot :: self._stride]) >= max_per_ip:
+                self._table[base] -= 1
+                return REJECT_PER_IP
+            self._table[base + slot] += 1
+            return None
+        finally:
+            self._owner.value = _NO_OWNER
+            self._lock.release()
+
+    def unreserve(self) -> None:
+        """A reserved connection closed without being admitted (its header failed)."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            return
+        try:
+            self._owner.value = self.row
+            self._table[self.row * self._stride] -= 1
         finally:
             self._owner.value = _NO_OWNER
             self._lock.release()

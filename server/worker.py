@@ -43,7 +43,7 @@ from server.events import Event
 from server.exchange import Exchange
 from server.logger import LEVELS, SkipRestatedEvents
 from server.shared_limits import SharedLimits
-from server.stats import REJECT_PER_IP, Stats
+from server.stats import Stats
 from server.totals import pack
 
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
@@ -72,8 +72,9 @@ def worker_config(config: Config) -> Config:
 
 
 class GlobalStats(Stats):
-    """Stats whose admission also asks the shared limits (one check for all workers).
-    A connection the shared limits refuse is counted here under the same reason."""
+    """Stats whose admission asks the shared limits (one check for all workers), then
+    counts here what they decided, under the same reason. The same for the two steps
+    of PROXY protocol admission (see stats.py)."""
 
     def __init__(self, limits: SharedLimits) -> None:
         super().__init__()
@@ -83,12 +84,26 @@ class GlobalStats(Stats):
         reason = self._limits.admit(ip, max_total, max_per_ip)
         if reason is None:
             return super().admit(ip, _UNLIMITED, _UNLIMITED)  # counts it here
-        # Count the rejection here under its reason: a limit of 0 makes Stats refuse for it.
-        if reason == REJECT_PER_IP:
-            super().admit(ip, _UNLIMITED, 0)
-        else:
-            super().admit(ip, 0, max_per_ip)
+        super().reject(reason)
         return reason
+
+    def reserve(self, max_total: int) -> str | None:
+        reason = self._limits.reserve(max_total)
+        if reason is None:
+            return super().reserve(_UNLIMITED)
+        super().reject(reason)
+        return reason
+
+    def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
+        reason = self._limits.admit_reserved(ip, max_per_ip)
+        if reason is None:
+            return super().admit_reserved(ip, _UNLIMITED)
+        super().reject_reserved(reason)
+        return reason
+
+    def reject_reserved(self, reason: str) -> None:
+        self._limits.unreserve()
+        super().reject_reserved(reason)
 
     def connection_closed(self, ip: str, *args: Any, **kwargs: Any) -> None:
         super().connection_closed(ip, *args, **kwargs)

@@ -97,3 +97,18 @@ def test_a_workers_snapshot_lists_its_rows() -> None:
     document = WorkersSnapshot.of(StatsSnapshot(accepted=10), rows, restarts=1).as_dict()
     assert document["accepted"] == 10 and document["restarts"] == 1
     assert [w["pid"] for w in document["workers"]] == [11, 12]
+
+
+def test_proxy_admission_reserves_then_settles() -> None:
+    limits = SharedLimits(rows=2)
+    a, b = bound(limits, 0), bound(limits, 1)
+    assert a.reserve(2) is None and b.reserve(2) is None
+    assert a.reserve(2) == REJECT_MAX_CONNECTIONS  # places held for headers count
+    assert a.admit_reserved("192.0.2.1", 1) is None
+    assert b.admit_reserved("192.0.2.1", 1) == REJECT_PER_IP  # gives its place back
+    assert limits.total() == 1
+    assert b.reserve(2) is None
+    b.unreserve()  # its header failed
+    assert limits.total() == 1
+    a.release("192.0.2.1")
+    assert limits.total() == 0

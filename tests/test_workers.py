@@ -388,3 +388,37 @@ def _alive(pid: int, timeout: float) -> bool:
         return not select.select([fd], [], [], timeout)[0]
     finally:
         os.close(fd)
+
+
+def test_limits_hold_across_workers_by_the_proxy_headers_address(cleanup: list[ServerProcess]) -> None:
+    server = start("--proxy-protocol", "v1", "--max-connections", "4", "--max-connections-per-ip", "2")
+    cleanup.append(server)
+    worker_pids(server, 2)
+
+    def through_balancer(client: str) -> socket.socket | None:
+        """A connection that says it carries ``client``: echoing (admitted) or None."""
+        sock = socket.create_connection(server.address, timeout=5)
+        sock.sendall(f"PROXY TCP4 {client} 127.0.0.1 40000 7007\r\nhi".encode())
+        try:
+            if sock.recv(2) == b"hi":
+                return sock
+        except ConnectionResetError:
+            pass
+        sock.close()
+        return None
+
+    held = [through_balancer("192.0.2.1"), through_balancer("192.0.2.1")]
+    try:
+        assert all(held)
+        assert through_balancer("192.0.2.1") is None  # per client address, whichever worker
+        held += [through_balancer("192.0.2.2"), through_balancer("192.0.2.2")]
+        assert all(held)
+        assert through_balancer("192.0.2.3") is None  # the 5th in all
+    finally:
+        for sock in held:
+            if sock is not None:
+                sock.close()
+    assert stop(server) == 0
+    last = server.seen[-1]
+    assert last["accepted"] == 4
+    assert last["rejected"] == {"max_connections_per_ip": 1, "max_connections": 1}
