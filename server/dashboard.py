@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any
 
 from server import __version__
+from server.admin import ServerView
 from server.events import Event
 from server.exchange import Exchange
 from server.listener import format_address
@@ -110,7 +111,7 @@ def _with_every(counts: dict[str, int], names: tuple[str, ...] | list[str]) -> d
     return {name: counts.get(name, 0) for name in names} | counts
 
 
-def feed(view: Any, admin_address: Any, since: int) -> str:
+def feed(view: ServerView, admin_address: Any, since: int) -> str:
     """The feed document (JSON text) for one poll; ``view`` is the admin's ServerView
     (an EchoServer, or a supervisor whose snapshot adds ``workers`` rows)."""
     snapshot = view.snapshot().as_dict()
