@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import select
 import signal
 import socket
@@ -422,3 +423,25 @@ def test_limits_hold_across_workers_by_the_proxy_headers_address(cleanup: list[S
     last = server.seen[-1]
     assert last["accepted"] == 4
     assert last["rejected"] == {"max_connections_per_ip": 1, "max_connections": 1}
+
+
+def test_events_streams_every_workers_events_in_one(cleanup: list[ServerProcess]) -> None:
+    server = start()
+    cleanup.append(server)
+    worker_pids(server, 2)
+    host, port = address_of(server.wait_for("listening"), "admin_address")
+    with socket.create_connection((host, port), timeout=10) as stream:
+        stream.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        seen = b""
+        while b"\r\n\r\n" not in seen:
+            seen += stream.recv(4096)
+        for _ in range(40):
+            round_trip(server.address)
+        workers: set[int] = set()
+        while len(workers) < 2:
+            chunk = stream.recv(65536)
+            assert chunk, f"the stream ended; saw workers {workers}"
+            seen += chunk
+            workers = {int(w) for w in re.findall(rb'"event":"opened"[^\n]*"worker":(\d+)', seen)}
+    assert workers == {0, 1}
+    assert stop(server) == 0
