@@ -116,7 +116,10 @@ class EchoServer:
         return self.failure is None
 
     def add_failure_callback(self, callback: Callable[[BaseException], None]) -> None:
-        """``callback(error)`` runs once, on the failing thread, if the server fails."""
+        """``callback(error)`` runs once if the server fails: on the failing thread, the
+        pool's, or (for a failure before this call) the caller's. It must only record
+        and wake someone, never block or call shutdown(): it may run while shutdown()
+        or start() holds the server's lock."""
         with self._failure_lock:
             failure = self.failure
             if failure is None:
@@ -328,7 +331,7 @@ class EchoServer:
 
     def _on_ready(self) -> None:  # acceptor thread
         with self._ready_lock:
-            if self._draining:  # shutdown() won the race: never ready after "stopping"
+            if self._draining or self.failure is not None:  # never ready after "stopping" or "failed"
                 return
             self.ready.set()
             self.publish(event("ready", address=format_address(self.server_address)))
@@ -343,15 +346,18 @@ class EchoServer:
         self._fail(what, error)
 
     def _fail(self, what: str, error: BaseException | None) -> None:
-        """Record the first failure; log it once; tell /healthz and the callbacks."""
+        """Log each failure once, with its traceback; the first one also turns
+        /healthz 503, clears ready and goes to the callbacks."""
         failure = error or RuntimeError(what)
         with self._failure_lock:
-            if self.failure is not None:
-                return
-            self.failure = failure
-            callbacks = list(self._failure_callbacks)
+            first = self.failure is None
+            if first:
+                self.failure = failure
+            callbacks = list(self._failure_callbacks) if first else []
         log.error("fatal: %s", what, exc_info=failure if error is not None else None)
         self.publish(event("failed", level="error", reason=what))
+        if not first:
+            return
         with self._ready_lock:
             self.ready.clear()
         for callback in callbacks:

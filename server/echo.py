@@ -15,8 +15,12 @@ A write stall means *no progress* for write_stall_timeout, not "could not flush
 everything within it": a slow but steady reader keeps its connection. The kernel only
 reports writable once a third of the send buffer is free, which for a slow reader can
 take far longer than the timeout; so when the write wait times out, the task asks the
-kernel how much it still holds (SIOCOUTQ, Linux) and keeps waiting if the peer took
-any of it since the last look. Where the kernel cannot say, a timeout is a stall.
+kernel how much it still holds unacknowledged (SIOCOUTQ, Linux) and keeps waiting if
+the peer took any of it since the last look. Progress is seen at the peer's window
+updates (on loopback, about one per 64 KiB it reads), so a reader slower than one
+window update per timeout is a stall; and since each look compares with the one
+before, a stall is closed between one and two timeouts after the peer last took
+anything. Where the kernel cannot say, a timeout is a stall.
 
 Before the loop, two optional steps (DESIGN: "a preamble step of the connection's
 task"): ``proxied_echo`` first reads the PROXY protocol header (``read_proxy_header``:

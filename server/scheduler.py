@@ -14,7 +14,8 @@ it: unregistering a closed socket is a linear search in ``selectors``).
 Deadlines are lazy but exact (see timers.py): the hot path reads no clock and touches
 no timer structure; a wait records when it began (``now``, read once per loop turn),
 and every deadline fires in the first loop turn at or after it is due. A task that
-ends drops its socket and state at once; its heap entry goes at the next compaction.
+ends drops its socket and state at once; its heap entry goes at its own time or the
+next compaction, whichever comes first.
 
 Threads: ``run``/``run_once``, ``spawn`` and ``tasks`` belong to the scheduler's own
 thread (tasks run there). ``call_soon_threadsafe`` and ``request_stop`` may be called
@@ -82,6 +83,7 @@ TaskGen = Generator["Wait | Sleep", None, None]
 class Task:
     __slots__ = (
         "armed",
+        "armed_seq",
         "critical",
         "daemon",
         "done",
@@ -105,6 +107,7 @@ class Task:
         self.timeout: float | None = None  # its length; None = no deadline
         self.sleeping = False  # the current wait is a Sleep (resume, not WaitTimeout)
         self.armed: float | None = None  # ``when`` of the task's live heap entry
+        self.armed_seq = 0  # and its sequence number (see timers.py)
         self.done = False
 
     def due(self) -> float | None:
@@ -168,6 +171,7 @@ class Scheduler:
         self._deadlines: Deadlines[Task] = Deadlines()
         self._stop: _StopRequest | None = None
         self._shutdown_thrown = False
+        self._closing = False  # run() is ending (stopped, or a fault escaped a turn)
 
     # --- any thread ---------------------------------------------------------------
 
@@ -320,7 +324,8 @@ class Scheduler:
             sock.close()
         # A stale heap entry may still point at the task: let it hold nothing else.
         task.sock = task.state = None
-        if task.critical and self._stop is None and self._on_critical_exit is not None:
+        # When run() itself is ending, whoever runs it hears why (its Future): not this.
+        if task.critical and self._stop is None and not self._closing and self._on_critical_exit is not None:
             self._on_critical_exit(f"task {_name(task)} on {self.name} ended", failure)
 
     def _drain_inbox(self) -> None:
@@ -378,6 +383,7 @@ class Scheduler:
         return bool(self._tasks)
 
     def _close(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             self._end(task, close_gen=True, reset=True)
         self._selector.close()

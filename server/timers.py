@@ -13,8 +13,10 @@ live entry whose task was active since is re-pushed at the true deadline (exact,
 late); a due one is handed back to fire. An entry is stale once its task ended or was
 re-armed earlier; stale entries are counted, skipped when popped, and the heap is
 rebuilt without them when they are more than COMPACT_MIN and outnumber the live ones.
-So a closed task's entry outlives it by at most one compaction, and the heap never
-holds more than about twice the live entries.
+An entry is told from a stale one by its sequence number, not its time (a task can be
+armed again at the very time of an entry it left). So a closed task's entry outlives
+it until its own time or the next compaction, whichever comes first, and the heap
+never holds more than about twice the live entries (plus COMPACT_MIN).
 
 Used by one Scheduler, on its thread only.
 """
@@ -33,6 +35,7 @@ class Timed(Protocol):
     """What a heap entry needs of its task (the scheduler's Task)."""
 
     armed: float | None  # ``when`` of the task's live entry; None = no live entry
+    armed_seq: int  # that entry's sequence number: what tells it from a stale one
 
     def due(self) -> float | None: ...
 
@@ -59,8 +62,10 @@ class Deadlines(Generic[T]):
         is earlier than ``task.armed`` (or it has none)."""
         if task.armed is not None:
             self.stale += 1  # the later entry stays in the heap, stale
+        seq = next(self._order)
         task.armed = when
-        heapq.heappush(self._heap, (when, next(self._order), task))
+        task.armed_seq = seq
+        heapq.heappush(self._heap, (when, seq, task))
 
     def cancel(self, task: T) -> None:
         """The task ended: its entry, if any, is stale from now on."""
@@ -73,8 +78,8 @@ class Deadlines(Generic[T]):
         an entry <= now stood for. The caller may arm and cancel while iterating."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, task = heapq.heappop(heap)
-            if task.armed != when:
+            _, seq, task = heapq.heappop(heap)
+            if task.armed is None or task.armed_seq != seq:
                 self.stale -= 1
                 continue
             task.armed = None
@@ -88,6 +93,6 @@ class Deadlines(Generic[T]):
 
     def compact_if_worth_it(self) -> None:
         if self.stale > COMPACT_MIN and self.stale * 2 > len(self._heap):
-            self._heap = [entry for entry in self._heap if entry[2].armed == entry[0]]
+            self._heap = [e for e in self._heap if e[2].armed is not None and e[2].armed_seq == e[1]]
             heapq.heapify(self._heap)
             self.stale = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -154,3 +155,41 @@ def test_ready_is_never_published_after_stopping_in_rapid_start_stop_cycles() ->
         if server.ready.is_set() or ("ready" in names and names.index("ready") > names.index("stopping")):
             late += 1
     assert late == 0
+
+
+def test_an_acceptor_scheduler_that_dies_is_logged_with_its_own_exception(error_log: ErrorLog) -> None:
+    server, _, failed, failures = start_server()
+    try:
+        loop = server._acceptor_loop
+        assert loop is not None
+
+        def broken_turn(block: bool = True) -> bool:
+            raise RuntimeError("acceptor turn fault")
+
+        loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+        assert failed.wait(5)
+        assert [str(f) for f in failures] == ["acceptor turn fault"]
+        tracebacks = [r for r in error_log.records if r.exc_info]
+        assert len(tracebacks) == 1 and "acceptor turn fault" in str(tracebacks[0].exc_info)
+    finally:
+        server.shutdown()
+
+
+def test_a_second_failure_is_logged_too_but_called_back_once(error_log: ErrorLog) -> None:
+    server, _, failed, failures = start_server(loops=2)
+    try:
+        for index, loop in enumerate(server._loops):
+
+            def broken_turn(block: bool = True, index: int = index) -> bool:
+                raise RuntimeError(f"fault {index}")
+
+            loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+        assert failed.wait(5)
+        deadline = time.monotonic() + 5
+        while len([r for r in error_log.records if r.exc_info]) < 2 and time.monotonic() < deadline:
+            failed.wait(0.01)  # the second scheduler dies on its own thread, a moment later
+        logged = sorted(str(r.exc_info[1]) for r in error_log.records if r.exc_info)
+        assert logged == ["fault 0", "fault 1"]
+        assert len(failures) == 1
+    finally:
+        server.shutdown()

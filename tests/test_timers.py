@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 
 from server.scheduler import READ, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout
-from server.timers import COMPACT_MIN
+from server.timers import COMPACT_MIN, Deadlines
 
 # What a byte sent to a task means: its next wait's timeout (None: no deadline), or end.
 TIMEOUTS: dict[bytes, float | None] = {b"a": 10.0, b"b": 3.0, b"c": 0.5, b"n": None}
@@ -167,3 +167,29 @@ def test_closed_tasks_leave_at_most_a_compaction_s_worth_of_entries() -> None:
         scheduler.request_stop(clock.now, clock.now)
         scheduler.run()
         keep_peer.close()
+
+
+class Entry:
+    """A bare Timed for the Deadlines heap alone."""
+
+    def __init__(self, due: float | None) -> None:
+        self.armed: float | None = None
+        self.armed_seq = 0
+        self.deadline = due
+
+    def due(self) -> float | None:
+        return self.deadline
+
+
+def test_an_entry_left_behind_stays_stale_even_if_re_armed_at_its_time() -> None:
+    deadlines: Deadlines[Entry] = Deadlines()
+    task = Entry(10.0)
+    deadlines.arm(task, 10.0)
+    task.deadline = 5.0
+    deadlines.arm(task, 5.0)  # an earlier wait: the 10.0 entry is stale now
+    assert deadlines.stale == 1
+    assert list(deadlines.pop_due(5.0)) == [task]  # fires, and leaves no live entry
+    task.deadline = 10.0
+    deadlines.arm(task, 10.0)  # armed again, at the very time of the stale entry
+    assert list(deadlines.pop_due(10.0)) == [task]  # fires once, not twice
+    assert deadlines.stale == 0 and len(deadlines) == 0
