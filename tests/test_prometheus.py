@@ -319,11 +319,11 @@ def test_a_real_prometheus_scrapes_exact_totals_and_evaluates_the_rules(
         seen: dict[str, float | None] = {}
         for _ in range(15):
             scrapes.wait(1)
-            seen = {query: prometheus.value(query) for query in expected}
+            seen = {query: prometheus.value(f"sum({query})") for query in expected}  # sum: whatever labels come
             if seen == expected:
                 break
         assert seen == expected, f"Prometheus shows {seen}"
-        rate = prometheus.value("rate(echo_connections_accepted_total[1m])")
+        rate = prometheus.value("sum(rate(echo_connections_accepted_total[1m]))")
         assert rate is not None and rate > 0
 
         recorded: dict[str, float | None] = {}
