@@ -96,6 +96,20 @@ def test_feed_counts_traffic_and_lists_listeners(make_server: ServerFactory) -> 
     assert get(server, "/dashboard.json?since=%C2%B2")[0] == 400
 
 
+def test_feed_names_every_listener_and_counts_each(make_server: ServerFactory) -> None:
+    server, _ = make_server(admin_port=0, udp_port=0)
+    assert server.udp_address is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(10)
+        udp.sendto(b"ping", server.udp_address[:2])
+        assert udp.recvfrom(100)[0] == b"ping"
+    echo_some(server, 1, 300)
+    document = feed(server)
+    assert [item["name"] for item in document["listeners"]] == ["TCP", "UDP", "admin"]
+    assert document["listeners"][1]["address"].endswith(f":{server.udp_address[1]}")
+    assert document["stats"]["listeners"]["tcp"]["bytes_received"] == 300  # (UDP's counts fold in once a second)
+
+
 def test_feed_is_bounded_and_says_what_a_late_viewer_skipped(make_server: ServerFactory) -> None:
     server, _ = make_server(admin_port=0)
     feed(server)  # the first viewer attaches the event ring
