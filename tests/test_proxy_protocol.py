@@ -30,7 +30,7 @@ from server.proxy_protocol import (
 )
 from server.stats import REJECT_PROXY_PROTOCOL, Stats
 from tests.conftest import ServerFactory
-from tests.helpers import read_exactly, read_until_eof, wait_readable
+from tests.helpers import read_exactly, read_until_eof, run_cli, wait_readable
 
 
 def v2(command: int = 1, family: int = 1, protocol: int = 1, block: bytes | None = None, tlvs: bytes = b"") -> bytes:
@@ -481,3 +481,20 @@ def test_two_step_admission_keeps_stats_consistent_over_random_schedules() -> No
             assert snap.rejected_total == rejected
             for ip in set(admitted):
                 assert admitted.count(ip) <= max_per_ip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--proxy-protocol", "v3"], "--proxy-protocol: must be one of off, v1, v2, any; got 'v3'"),
+        (
+            ["--proxy-protocol-from", "10.0.0.0/8,nope"],
+            "--proxy-protocol-from: expected 'any' or CIDR[,CIDR...], got 'nope'",
+        ),
+        (["--proxy-protocol-timeout", "0"], "--proxy-protocol-timeout: must be between 0.001 and 3600, got 0"),
+    ],
+)
+def test_bad_proxy_settings_are_one_line_errors_naming_the_flag(args: list[str], message: str) -> None:
+    result = run_cli([*args, "--port", "0", "--admin-port", "off"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"echo-server: error: {message}"]
