@@ -11,10 +11,12 @@ import socket
 import struct
 import threading
 import time
+from typing import cast
 
 import pytest
 
 from server.core import EchoServer
+from server.echo import ProxyRejected, read_proxy_header
 from server.events import Event
 from server.proxy_protocol import (
     V1_MAX_LENGTH,
@@ -28,6 +30,7 @@ from server.proxy_protocol import (
     parse_networks,
     trusted,
 )
+from server.scheduler import Shutdown, Wait, WaitTimeout
 from server.stats import REJECT_PROXY_PROTOCOL, Stats
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly, read_until_eof, run_cli, wait_readable
@@ -498,3 +501,87 @@ def test_bad_proxy_settings_are_one_line_errors_naming_the_flag(args: list[str],
     result = run_cli([*args, "--port", "0", "--admin-port", "off"])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"echo-server: error: {message}"]
+
+
+# --- the preamble step without a kernel: a scripted socket ---------------------------------
+
+
+class ScriptedSocket:
+    """What has "arrived" so far, and errors to raise from the next recv calls."""
+
+    def __init__(self) -> None:
+        self.inbox = bytearray()
+        self.errors: list[OSError] = []
+        self.peeks = 0
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if self.errors:
+            raise self.errors.pop(0)
+        data = bytes(self.inbox[:size])
+        if flags & socket.MSG_PEEK:
+            self.peeks += 1
+        else:
+            del self.inbox[:size]
+        return data
+
+
+def _drive(sock: ScriptedSocket, pieces: list[bytes], accept: Accept = "any") -> ProxyHeader:
+    """Run read_proxy_header as the scheduler does: each piece arrives, and the reader is
+    woken while anything is unread (a level-triggered selector)."""
+    reader = read_proxy_header(cast(socket.socket, sock), accept, 5.0, clock=lambda: 0.0)
+    wait = next(reader)
+    try:
+        for piece in pieces:
+            sock.inbox += piece
+            wakes = 0
+            while wakes == 0 or (sock.inbox and wakes < 4):
+                assert isinstance(wait, Wait) and wait.timeout == 5.0
+                wait = reader.send(None)
+                wakes += 1
+    except StopIteration as done:
+        return cast(ProxyHeader, done.value)
+    raise AssertionError("the reader wanted more than the script had")
+
+
+def test_the_step_takes_the_header_byte_by_byte_and_leaves_the_payload() -> None:
+    sock = ScriptedSocket()
+    line = b"PROXY TCP4 192.0.2.1 10.0.0.1 4000 7007\r\n"
+    pieces = [bytes([b]) for b in line[:-1]] + [line[-1:] + b"payload"]
+    header = _drive(sock, pieces)
+    assert header.source == ("192.0.2.1", 4000)
+    assert bytes(sock.inbox) == b"payload"
+    sock = ScriptedSocket()
+    assert _drive(sock, [v2()[:7], v2()[7:] + V2_SIGNATURE], "v2").source == ("203.0.113.7", 40000)
+    assert bytes(sock.inbox) == V2_SIGNATURE
+
+
+def test_the_step_waits_again_on_eagain_and_rejects_on_reset_eof_and_time() -> None:
+    sock = ScriptedSocket()
+    sock.errors.append(BlockingIOError())
+    assert _drive(sock, [b"", b"PROXY UNKNOWN\r\n"]).local
+
+    sock = ScriptedSocket()
+    sock.errors.append(ConnectionResetError(104, "Connection reset by peer"))
+    with pytest.raises(ProxyRejected, match="reset") as rejected:
+        _drive(sock, [b"PRO"])
+    assert rejected.value.kind == "truncated"
+
+    with pytest.raises(ProxyRejected) as rejected:
+        _drive(ScriptedSocket(), [b"PROXY TCP4", b""])  # EOF
+    assert rejected.value.kind == "truncated"
+
+    for thrown in (WaitTimeout(5.0), Shutdown()):
+        reader = read_proxy_header(cast(socket.socket, ScriptedSocket()), "v1", 5.0, clock=lambda: 0.0)
+        next(reader)
+        with pytest.raises(ProxyRejected) as rejected:
+            reader.throw(thrown)
+        assert rejected.value.kind == "late"
+
+    now = [0.0]
+    trickle = ScriptedSocket()
+    reader = read_proxy_header(cast(socket.socket, trickle), "v1", 5.0, clock=lambda: now[0])
+    next(reader)
+    trickle.inbox += b"P"
+    now[0] = 5.0  # a trickle: each wake-up brings too little, and the one deadline passes
+    with pytest.raises(ProxyRejected, match="within 5 s"):
+        reader.send(None)
