@@ -15,12 +15,20 @@ import resource
 from collections.abc import Iterable
 
 from server import __version__
-from server.stats import LISTENERS, REJECT_MAX_CONNECTIONS, REJECT_PER_IP, TIMEOUT_REASONS, Histogram, StatsSnapshot
+from server.stats import (
+    LISTENERS,
+    REJECT_MAX_CONNECTIONS,
+    REJECT_PER_IP,
+    REJECT_PROXY_PROTOCOL,
+    TIMEOUT_REASONS,
+    Histogram,
+    StatsSnapshot,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CLOSE_REASONS = ("eof", "idle_timeout", "write_stall", "reset", "shutdown", "error", "tls_handshake")
 UDP_DROP_REASONS = ("source_rate", "global_rate", "source_table_full", "send_failed")
-REJECT_REASONS = (REJECT_MAX_CONNECTIONS, REJECT_PER_IP)
+REJECT_REASONS = (REJECT_MAX_CONNECTIONS, REJECT_PER_IP, REJECT_PROXY_PROTOCOL)
 
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:

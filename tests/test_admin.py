@@ -209,3 +209,20 @@ def test_admin_connections_are_capped(make_server: ServerFactory, monkeypatch: p
     for stream in streams:
         stream.close()
     server.shutdown()  # ends the streams; the capped endpoint stopped cleanly
+
+
+def test_a_proxy_protocol_rejection_is_counted_in_the_metrics(make_server: ServerFactory) -> None:
+    server, recorder = make_server(admin_port=0, proxy_protocol="v1")
+    status, _, body = get(server, "/metrics")
+    assert status == 200
+    assert metric(body.decode(), 'echo_connections_rejected_total{reason="proxy_protocol"}') == 0
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"HELLO, not a PROXY header\r\n")
+        sock.settimeout(10)
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    recorder.wait_for(lambda e: e.name == "rejected" and e.data.get("reason") == "proxy_protocol")
+    _, _, body = get(server, "/metrics")
+    assert metric(body.decode(), 'echo_connections_rejected_total{reason="proxy_protocol"}') == 1
