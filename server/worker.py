@@ -214,7 +214,7 @@ def main(spec: WorkerSpec) -> None:
         server.shutdown()
         code = 1 if failed else 0
     finally:
-        uplink.send(("f", pack(stats.snapshot())))
+        uplink.send_wait(("f", pack(stats.snapshot())), 2.0)  # the totals need this one
         exchange.detach(uplink)
         echo_logger.removeHandler(uplink.handler)
         uplink.close(2.0)
