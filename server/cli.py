@@ -193,9 +193,6 @@ def serve(
             for warning in warnings:
                 log.warning("%s", warning)
             server: EchoServer | Supervisor
-            if config.workers > 1 and config.udp_port is not None:
-                print(f"{PROG}: error: --workers > 1 does not support --udp-port yet", file=sys.stderr)
-                return EXIT_USAGE
             if config.workers > 1:
                 server = Supervisor(config, stats=stats, exchange=exchange)
             else:

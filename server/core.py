@@ -77,13 +77,15 @@ class EchoServer:
         exchange: Exchange | None = None,
         listener: socket.socket | None = None,
         tls_listener: socket.socket | None = None,
+        udp_socket: socket.socket | None = None,
     ) -> None:
-        """``listener`` (and ``tls_listener``, with tls_port set): already-listening sockets
-        to serve (a worker's, inherited from the supervisor) instead of opening them on
-        config.host:port (tls_port); closed at shutdown."""
+        """``listener`` (and ``tls_listener``, ``udp_socket`` with tls_port, udp_port set):
+        already-open sockets to serve (a worker's, inherited from the supervisor) instead of
+        opening them on config.host:port (tls_port, udp_port); closed at shutdown."""
         self.config = config
         self._given_listener = listener
         self._given_tls_listener = tls_listener
+        self._given_udp_socket = udp_socket
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
         self.ready = threading.Event()
@@ -233,7 +235,7 @@ class EchoServer:
                 opened.append(tls_listener)
                 self.tls_address = tls_listener.getsockname()
             if config.udp_port is not None:
-                udp_sock = open_udp(config.host, config.udp_port)
+                udp_sock = self._given_udp_socket or open_udp(config.host, config.udp_port)
                 self.udp_address = udp_sock.getsockname()
             return tls_listener, udp_sock
         except OSError:

@@ -42,7 +42,7 @@ from server.shared_limits import SharedLimits
 from server.stats import StatsSnapshot
 from server.totals import WorkersSnapshot, unpack
 from server.worker_counts import WorkerCounts
-from server.worker_process import WorkerProcess, exit_status
+from server.worker_process import Listeners, WorkerProcess, exit_status
 
 log = logging.getLogger("echo.supervisor")
 
@@ -75,13 +75,11 @@ class Owner(Protocol):
 
 
 class Monitor:
-    def __init__(
-        self, owner: Owner, ctx: Any, listeners: tuple[socket.socket, socket.socket | None], limits: SharedLimits
-    ) -> None:
+    def __init__(self, owner: Owner, ctx: Any, listeners: Listeners, limits: SharedLimits) -> None:
         self._owner = owner
         self.config = owner.config
         self._ctx = ctx
-        self._listeners: tuple[socket.socket, socket.socket | None] | None = listeners  # echo, TLS
+        self._listeners: Listeners | None = listeners
         self._limits = limits
         self._commands: queue.SimpleQueue[tuple[str, Config | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()

@@ -56,6 +56,7 @@ from server.shared_limits import SharedLimits
 from server.stats import Stats, StatsSnapshot
 from server.tls import TlsContext, TlsError
 from server.totals import WorkersSnapshot
+from server.udp import open_udp
 from server.worker_counts import WorkerCounts
 
 log = logging.getLogger("echo.supervisor")
@@ -85,6 +86,7 @@ class Supervisor:
         self.stopped = threading.Event()
         self.server_address: tuple[Any, ...] = ("", 0)
         self.tls_address: tuple[Any, ...] | None = None
+        self.udp_address: tuple[Any, ...] | None = None
         self.admin: AdminServer | None = None
         self.failure: BaseException | None = None
         self._ctx = multiprocessing.get_context("spawn")
@@ -144,17 +146,27 @@ class Supervisor:
                     listener.close()
                     raise ListenError(error.errno, error.strerror, "the TLS port") from None
                 self.tls_address = tls_listener.getsockname()
+            udp_socket = None
+            if config.udp_port is not None:
+                try:
+                    udp_socket = open_udp(config.host, config.udp_port)
+                except ListenError:
+                    for sock in (listener, tls_listener):
+                        if sock is not None:
+                            sock.close()
+                    raise
+                self.udp_address = udp_socket.getsockname()
             # Rows for a generation, the one draining behind it, and spares for replacements.
             limits = SharedLimits(rows=3 * max(config.workers, 4), context=self._ctx)
             if config.admin_port is not None:
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
                 except OSError:
-                    for sock in (listener, tls_listener):
+                    for sock in (listener, tls_listener, udp_socket):
                         if sock is not None:
                             sock.close()
                     raise
-            self._monitor = Monitor(self, self._ctx, (listener, tls_listener), limits)
+            self._monitor = Monitor(self, self._ctx, (listener, tls_listener, udp_socket), limits)
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
             self._started = True
             self.publish(
@@ -164,8 +176,9 @@ class Supervisor:
             if self.admin is not None:
                 addresses["admin_address"] = format_address(self.admin.address)
                 self.admin.start()
-            if self.tls_address is not None:
-                addresses["tls_address"] = format_address(self.tls_address)
+            for name, address in (("tls_address", self.tls_address), ("udp_address", self.udp_address)):
+                if address is not None:
+                    addresses[name] = format_address(address)
             self.publish(event("listening", **addresses))
             self._monitor_thread.start()
 

@@ -6,7 +6,7 @@ ever forked. ``WorkerSpec`` travels pickled; multiprocessing passes the listenin
 socket, the two pipes and the shared limits down as file descriptors while it starts
 the process. The worker then runs ``main(spec)``:
 
-- an EchoServer on the inherited listener (and TLS listener), admin off, its own periodic ``stats`` events
+- an EchoServer on the inherited listener (and TLS listener, UDP socket), admin off, its own periodic ``stats`` events
   off (the supervisor publishes the totals), admitting through ``GlobalStats`` so that
   max_connections and max_connections_per_ip hold for the whole server (shared_limits.py);
 - an ``Uplink`` actor: subscribed to the worker's events Exchange and its ``echo``
@@ -46,6 +46,7 @@ from server.shared_limits import SharedLimits
 from server.stats import Stats
 from server.totals import pack
 
+MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
 DRAIN = "drain"  # the supervisor's one command
@@ -59,6 +60,7 @@ class WorkerSpec:
     config: Config
     listener: socket.socket
     tls_listener: socket.socket | None  # with --tls-port
+    udp_socket: socket.socket | None  # with --udp-port
     limits: SharedLimits
     row: int
     uplink: Pipe  # write end: worker -> supervisor
@@ -67,8 +69,18 @@ class WorkerSpec:
 
 def worker_config(config: Config) -> Config:
     """What a worker runs: the admin endpoint and the periodic stats events belong to
-    the supervisor."""
-    return dataclasses.replace(config, admin_port=None, stats_interval=0.0, workers=1)
+    the supervisor. Every worker reads the one UDP socket, so each gets 1/N of the UDP
+    rates: a source's datagrams spread over the workers, and one that a single worker
+    happens to read alone is held to 1/N of its rate (stricter, never looser)."""
+    n = config.workers
+    return dataclasses.replace(
+        config,
+        admin_port=None,
+        stats_interval=0.0,
+        workers=1,
+        udp_rate=max(config.udp_rate / n, MIN_UDP_RATE),
+        udp_global_rate=max(config.udp_global_rate / n, MIN_UDP_RATE),
+    )
 
 
 class GlobalStats(Stats):
@@ -193,10 +205,17 @@ def main(spec: WorkerSpec) -> None:
     echo_logger.addHandler(uplink.handler)
     uplink.start()
     exchange.attach(uplink)
-    spec.listener.setblocking(False)
-    if spec.tls_listener is not None:
-        spec.tls_listener.setblocking(False)
-    server = EchoServer(config, stats=stats, exchange=exchange, listener=spec.listener, tls_listener=spec.tls_listener)
+    for sock in (spec.listener, spec.tls_listener, spec.udp_socket):
+        if sock is not None:
+            sock.setblocking(False)
+    server = EchoServer(
+        config,
+        stats=stats,
+        exchange=exchange,
+        listener=spec.listener,
+        tls_listener=spec.tls_listener,
+        udp_socket=spec.udp_socket,
+    )
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread

@@ -1,7 +1,7 @@
 """WorkerProcess: the supervisor's handle on one worker process and its two pipes.
 
 ``spawn`` starts ``worker.main`` in a fresh interpreter (multiprocessing's spawn
-context), handing it the listening sockets (echo, and TLS if on), the shared limits and the child's ends of
+context), handing it the listening sockets (echo, and TLS and UDP if on), the shared limits and the child's ends of
 two one-way pipes; the parent then closes its copies of the child's ends, so that the
 up pipe reaches its end when the worker exits and the down pipe's end tells the worker
 that the supervisor is gone.
@@ -21,6 +21,8 @@ from server.shared_limits import SharedLimits
 from server.worker import DRAIN, WorkerSpec
 from server.worker import main as worker_main
 
+# The echo listener, and the TLS listener and UDP socket when configured.
+Listeners = tuple[socket.socket, socket.socket | None, socket.socket | None]
 JOIN_S = 1.0  # waiting for an exited process's status (its sentinel said it is gone)
 
 
@@ -57,7 +59,7 @@ class WorkerProcess:
         index: int,
         generation: int,
         config: Config,
-        listeners: tuple[socket.socket, socket.socket | None],
+        listeners: Listeners,
         limits: SharedLimits,
         row: int,
     ) -> WorkerProcess:

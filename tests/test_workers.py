@@ -445,3 +445,29 @@ def test_events_streams_every_workers_events_in_one(cleanup: list[ServerProcess]
             workers = {int(w) for w in re.findall(rb'"event":"opened"[^\n]*"worker":(\d+)', seen)}
     assert workers == {0, 1}
     assert stop(server) == 0
+
+
+def test_udp_is_served_by_every_worker_within_the_whole_servers_rate(cleanup: list[ServerProcess]) -> None:
+    server = start("--udp-port", "0", "--udp-rate", "20", "--udp-global-rate", "1000")
+    cleanup.append(server)
+    worker_pids(server, 2)
+    udp_address = address_of(server.wait_for("listening"), "udp_address")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+        client.sendto(b"first", udp_address)
+        assert client.recvfrom(64)[0] == b"first"
+        for n in range(99):
+            client.sendto(b"%d" % n, udp_address)
+        assert stop(server) == 0
+        client.setblocking(False)
+        echoed = 1
+        try:
+            while client.recv(64):
+                echoed += 1
+        except BlockingIOError:
+            pass
+    udp = server.seen[-1]["udp"]
+    assert udp["datagrams_received"] == 100
+    assert udp["datagrams_sent"] == echoed
+    assert 1 < echoed <= 20 + 2, echoed  # each worker holds 1/2 of the rate: never more in all
+    assert sum(udp["dropped"].values()) == 100 - echoed
