@@ -8,6 +8,7 @@ answers and process exits, each with a bounded timeout.
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import re
 import select
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ServerProcess, address_of, read_exactly
+from tests.helpers import ServerProcess, address_of, read_exactly, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -471,3 +472,27 @@ def test_udp_is_served_by_every_worker_within_the_whole_servers_rate(cleanup: li
     assert udp["datagrams_sent"] == echoed
     assert 1 < echoed <= 20 + 2, echoed  # each worker holds 1/2 of the rate: never more in all
     assert sum(udp["dropped"].values()) == 100 - echoed
+
+
+def test_workers_setting_auto_and_bad_values() -> None:
+    from server.cli import load_config
+
+    assert load_config(["--workers", "auto"], {}).workers == len(os.sched_getaffinity(0))
+    assert load_config([], {"ECHO_WORKERS": "3"}).workers == 3
+    assert load_config([], {}).workers == 1
+    for bad in ("0", "two", "-1"):
+        result = run_cli(["--workers", bad])
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "--workers" in result.stderr
+
+
+def test_a_reload_keeps_the_settings_only_a_restart_can_change(caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    from server.config import Config
+    from server.supervisor import Supervisor
+
+    supervisor = Supervisor(Config(port=0, workers=2))
+    with caplog.at_level(logging.WARNING, logger="echo.supervisor"):
+        supervisor.reload(dataclasses.replace(supervisor.config, port=1234, max_connections=5))
+    assert "port cannot change without a restart" in caplog.text
