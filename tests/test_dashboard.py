@@ -81,7 +81,7 @@ def test_feed_counts_traffic_and_lists_listeners(make_server: ServerFactory) -> 
     server, recorder = make_server(admin_port=0)
     before = feed(server)
     assert before["stats"]["accepted"] == 0 and before["ready"] is True and before["events"] == []
-    assert before["stats"]["rejected"] == {"max_connections": 0, "max_connections_per_ip": 0}
+    assert before["stats"]["rejected"] == {"max_connections": 0, "max_connections_per_ip": 0, "proxy_protocol": 0}
     assert set(before["stats"]["timed_out"]) == {"idle_timeout", "write_stall"}
     assert [item["name"] for item in before["listeners"]] == ["TCP", "admin"]
     assert before["listeners"][0]["address"].endswith(f":{server.server_address[1]}")
