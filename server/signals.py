@@ -4,7 +4,8 @@
     SIGTERM   STOP: stop accepting, drain, exit 0 (a second stop signal: exit 1 at once)
     SIGINT    STOP
     SIGQUIT   STOP (graceful, as nginx and gunicorn read it; no core dump)
-    SIGHUP    RELOAD: today only logged and ignored (see cli.py)
+    SIGHUP    RELOAD: new workers (with --workers), the TLS certificate (with --tls-port);
+              otherwise logged and ignored (see cli.py)
     SIGUSR1   REOPEN_LOG: reopen the log file (logrotate's convention)
     others    their defaults (SIGUSR2: ends the process at once; nothing needs it yet)
 
