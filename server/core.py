@@ -37,7 +37,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -50,6 +49,7 @@ from server.config import Config
 from server.echo import Connection, EchoWaits, echo, proxied_echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
+from server.failure import FailureCallback, FailureRecord
 from server.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
 from server.scheduler import Scheduler, every
 from server.stats import Stats, StatsSnapshot
@@ -108,26 +108,24 @@ class EchoServer:
         self.udp_address: tuple[Any, ...] | None = None
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
-        self._failure_lock = threading.Lock()
-        self._failure_callbacks: list[Callable[[BaseException], None]] = []
-        self.failure: BaseException | None = None
+        self._failures = FailureRecord(log, self.publish, self._unready)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The first fatal failure, or None (see the module docstring)."""
+        return self._failures.failure
 
     @property
     def healthy(self) -> bool:
         """False once a scheduler or the acceptor died (see the module docstring)."""
-        return self.failure is None
+        return self._failures.healthy
 
-    def add_failure_callback(self, callback: Callable[[BaseException], None]) -> None:
+    def add_failure_callback(self, callback: FailureCallback) -> None:
         """``callback(error)`` runs once if the server fails: on the failing thread, the
         pool's, or (for a failure before this call) the caller's. It must only record
         and wake someone, never block or call shutdown(): it may run while shutdown()
-        or start() holds the server's lock."""
-        with self._failure_lock:
-            failure = self.failure
-            if failure is None:
-                self._failure_callbacks.append(callback)
-        if failure is not None:
-            callback(failure)
+        or start() holds the server's lock (see failure.py)."""
+        self._failures.add_callback(callback)
 
     @property
     def draining(self) -> bool:
@@ -187,7 +185,7 @@ class EchoServer:
             log.info("echo listening on %s", said)
 
             self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
-            self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._critical_exit)
+            self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
             self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
@@ -342,31 +340,11 @@ class EchoServer:
         error = future.exception()
         if error is None and self._draining:
             return  # a scheduler returning after the stop request: as planned
-        self._fail(f"scheduler {name} {'failed' if error else 'returned before the stop'}", error)
+        self._failures.fail(f"scheduler {name} {'failed' if error else 'returned before the stop'}", error)
 
-    def _critical_exit(self, what: str, error: BaseException | None) -> None:  # acceptor thread
-        self._fail(what, error)
-
-    def _fail(self, what: str, error: BaseException | None) -> None:
-        """Log each failure once, with its traceback; the first one also turns
-        /healthz 503, clears ready and goes to the callbacks."""
-        failure = error or RuntimeError(what)
-        with self._failure_lock:
-            first = self.failure is None
-            if first:
-                self.failure = failure
-            callbacks = list(self._failure_callbacks) if first else []
-        log.error("fatal: %s", what, exc_info=failure if error is not None else None)
-        self.publish(event("failed", level="error", reason=what))
-        if not first:
-            return
+    def _unready(self) -> None:  # the first failure's thread
         with self._ready_lock:
             self.ready.clear()
-        for callback in callbacks:
-            try:
-                callback(failure)
-            except Exception:
-                log.exception("failure callback %r failed", callback)
 
     @staticmethod
     def _fd_headroom(config: Config) -> int:

@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from server.admin import AdminServer
@@ -50,6 +49,7 @@ from server.config import Config
 from server.core import FINAL_FLUSH_S
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
+from server.failure import FailureCallback, FailureRecord
 from server.listener import ListenError, format_address, open_listener
 from server.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.shared_limits import SharedLimits
@@ -88,13 +88,11 @@ class Supervisor:
         self.tls_address: tuple[Any, ...] | None = None
         self.udp_address: tuple[Any, ...] | None = None
         self.admin: AdminServer | None = None
-        self.failure: BaseException | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # lifecycle
         self._started = False
         self._draining = False
-        self._failure_lock = threading.Lock()
-        self._failure_callbacks: list[Callable[[BaseException], None]] = []
+        self._failures = FailureRecord(log, self.publish, self.ready.clear)
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
         self._monitor: Monitor | None = None
         self._monitor_thread: threading.Thread | None = None
@@ -109,8 +107,12 @@ class Supervisor:
         return self.ready.is_set() and not self._draining
 
     @property
+    def failure(self) -> BaseException | None:
+        return self._failures.failure
+
+    @property
     def healthy(self) -> bool:
-        return self.failure is None
+        return self._failures.healthy
 
     def snapshot(self) -> WorkersSnapshot:
         """Totals across every worker, past and present, plus one row per live worker."""
@@ -119,14 +121,10 @@ class Supervisor:
     def publish(self, record: Event) -> None:
         self.exchange.send(record)
 
-    def add_failure_callback(self, callback: Callable[[BaseException], None]) -> None:
-        """``callback(error)`` runs once, on the monitor thread, if the supervisor fails."""
-        with self._failure_lock:
-            failure = self.failure
-            if failure is None:
-                self._failure_callbacks.append(callback)
-        if failure is not None:
-            callback(failure)
+    def add_failure_callback(self, callback: FailureCallback) -> None:
+        """``callback(error)`` runs once, on the monitor thread, if the supervisor fails
+        (or on the caller's if it already has); record and wake only (failure.py)."""
+        self._failures.add_callback(callback)
 
     # --- lifecycle (the CLI's threads) ------------------------------------------------
 
@@ -237,19 +235,7 @@ class Supervisor:
                 pass
 
     def fail(self, what: str, error: BaseException | None) -> None:
-        """Record the first failure (any thread): log it, publish ``failed``, clear
-        ready and call the failure callbacks (the CLI then stops with exit 1)."""
-        failure = error or RuntimeError(what)
-        with self._failure_lock:
-            if self.failure is not None:
-                return
-            self.failure = failure
-            callbacks = list(self._failure_callbacks)
-        log.error("fatal: %s", what)
-        self.publish(event("failed", level="error", reason=what))
-        self.ready.clear()
-        for callback in callbacks:
-            try:
-                callback(failure)
-            except Exception:
-                log.exception("failure callback %r failed", callback)
+        """A fatal failure (any thread): logged and published as ``failed``; the first
+        also clears ready and goes to the failure callbacks (the CLI then stops with
+        exit 1). See failure.py."""
+        self._failures.fail(what, error)
