@@ -248,7 +248,7 @@ class EchoServer:
         start = functools.partial(
             self._start_tls_connection,
             tls=tls,
-            waits=TlsWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout, config.tls_handshake_timeout),
+            waits=TlsWaits.for_tls(config.idle_timeout, config.write_stall_timeout, config.tls_handshake_timeout),
             on_close=self._on_close,
             failures=HandshakeFailures(),
         )

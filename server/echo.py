@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import fcntl
 import socket
+import ssl
 import struct
 import termios
 import time
@@ -108,10 +109,11 @@ class EchoWaits:
 
     read: Wait
     write: Wait
+    write_wants_read: Wait  # TLS only: a write that needs the peer's bytes first is still a write stall
 
     @classmethod
     def from_timeouts(cls, idle_timeout: float, write_stall_timeout: float) -> EchoWaits:
-        return cls(Wait(READ, idle_timeout), Wait(WRITE, write_stall_timeout))
+        return EchoWaits(Wait(READ, idle_timeout), Wait(WRITE, write_stall_timeout), Wait(READ, write_stall_timeout))
 
 
 def echo(
@@ -158,7 +160,7 @@ def echo(
             if sent != received:
                 # The buffer belongs to the scheduler: keep a copy of what is owed.
                 owed = bytes(buffer[sent:received])
-                if not (yield from _flush(sock, owed, waits, conn)):
+                if not (yield from flush(sock, owed, waits, conn)):
                     # Closing with RST makes the kernel drop the echo it still holds.
                     reset_on_close(sock)
                     return
@@ -173,7 +175,7 @@ def echo(
         except OSError:
             return
         if conn.reason == "shutdown":
-            yield from _discard_until_eof(sock, buffer)
+            yield from discard_until_eof(sock, buffer)
     except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
         conn.reason = "reset"
     except OSError:
@@ -187,19 +189,22 @@ def echo(
         on_close(conn)
 
 
-def _flush(sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection) -> Generator[Wait, None, bool]:
+def flush(sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection) -> Generator[Wait, None, bool]:
     """Send ``owed`` in full, waiting writable; False once the peer took nothing for
-    write_stall_timeout (see the module docstring).
+    write_stall_timeout (see the module docstring). tls_echo's task flushes with it too.
 
     A Shutdown arriving here changes nothing: what was read is still owed. (The
-    scheduler's abort deadline bounds this.)
+    scheduler's abort deadline bounds this.) Over TLS (an ssl.SSLSocket) a send that
+    wants the socket is retried with the same bytes, as OpenSSL requires; one that
+    wants the peer's bytes first waits readable, as a write stall all the same.
     """
     send = sock.send
+    wait = waits.write
     view = memoryview(owed)
     held = unsent_bytes(sock)
     while view:
         try:
-            yield waits.write
+            yield wait
         except WaitTimeout:
             now_held = unsent_bytes(sock)
             if now_held is not None and held is not None and now_held < held:
@@ -212,14 +217,19 @@ def _flush(sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection)
             continue
         try:
             sent = send(view)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            wait = waits.write
+            continue
+        except ssl.SSLWantReadError:
+            wait = waits.write_wants_read
             continue
         view = view[sent:]
+        wait = waits.write
         held = unsent_bytes(sock)
     return True
 
 
-def _discard_until_eof(sock: socket.socket, buffer: memoryview) -> TaskGen:
+def discard_until_eof(sock: socket.socket, buffer: memoryview) -> TaskGen:
     while True:
         try:
             yield _LINGER_WAIT
@@ -243,7 +253,7 @@ def _greet(sock: socket.socket, greeting: bytes, waits: EchoWaits, conn: Connect
         sent = 0
     if sent == len(greeting):
         return True
-    return (yield from _flush(sock, greeting[sent:], waits, conn))
+    return (yield from flush(sock, greeting[sent:], waits, conn))
 
 
 # --- the PROXY protocol preamble ------------------------------------------------------------

@@ -36,7 +36,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from server.echo import Connection, _discard_until_eof, unsent_bytes
+from server.echo import Connection, EchoWaits, discard_until_eof, flush
 from server.scheduler import READ, WRITE, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.throttle import Throttle
 from server.tls import TlsContext
@@ -58,22 +58,15 @@ class TlsConnection(Connection):
 
 
 @dataclass(frozen=True, slots=True)
-class TlsWaits:
-    """The Wait objects a TLS echo task yields, made once per server."""
+class TlsWaits(EchoWaits):
+    """The Wait objects a TLS echo task yields (echo.py's), and the handshake's time."""
 
-    read: Wait
-    write: Wait
-    write_wants_read: Wait  # a write that needs the peer's bytes first: still a write stall
     handshake_timeout: float
 
     @classmethod
-    def from_timeouts(cls, idle_timeout: float, write_stall_timeout: float, handshake_timeout: float) -> TlsWaits:
-        return cls(
-            Wait(READ, idle_timeout),
-            Wait(WRITE, write_stall_timeout),
-            Wait(READ, write_stall_timeout),
-            handshake_timeout,
-        )
+    def for_tls(cls, idle_timeout: float, write_stall_timeout: float, handshake_timeout: float) -> TlsWaits:
+        plain = EchoWaits.from_timeouts(idle_timeout, write_stall_timeout)
+        return cls(plain.read, plain.write, plain.write_wants_read, handshake_timeout)
 
 
 class HandshakeFailures:
@@ -230,7 +223,7 @@ def _echo(sock: ssl.SSLSocket, conn: TlsConnection, buffer: memoryview, waits: T
             sent = 0
         if sent != received:
             owed = bytes(buffer[sent:received])  # the buffer belongs to the scheduler
-            if not (yield from _flush(sock, owed, waits, conn)):
+            if not (yield from flush(sock, owed, waits, conn)):  # echo.py's, SSL_write's retries included
                 reset_on_close(sock)
                 return
             conn.bytes_out += received
@@ -245,40 +238,7 @@ def _echo(sock: ssl.SSLSocket, conn: TlsConnection, buffer: memoryview, waits: T
     except OSError:
         return
     if conn.reason == "shutdown":
-        yield from _discard_until_eof(sock, buffer)  # echo.py's: the TLS layer is gone, reads are raw
-
-
-def _flush(sock: ssl.SSLSocket, owed: bytes, waits: TlsWaits, conn: TlsConnection) -> Generator[Wait, None, bool]:
-    """Send ``owed`` in full; False once the peer took nothing for write_stall_timeout.
-    A Shutdown changes nothing: what was read is still owed."""
-    wait = waits.write
-    view = memoryview(owed)
-    held = unsent_bytes(sock)
-    while view:
-        try:
-            yield wait
-        except WaitTimeout:
-            now_held = unsent_bytes(sock)
-            if now_held is not None and held is not None and now_held < held:
-                held = now_held  # slow, not stalled: the peer took some
-                continue
-            conn.reason = "write_stall"
-            return False
-        except Shutdown:
-            conn.reason = "shutdown"
-            continue
-        try:
-            sent = sock.send(view)  # the same bytes again, as OpenSSL requires
-        except ssl.SSLWantWriteError:
-            wait = waits.write
-            continue
-        except ssl.SSLWantReadError:
-            wait = waits.write_wants_read
-            continue
-        view = view[sent:]
-        wait = waits.write
-        held = unsent_bytes(sock)
-    return True
+        yield from discard_until_eof(sock, buffer)  # echo.py's: the TLS layer is gone, reads are raw
 
 
 def _close_notify(sock: ssl.SSLSocket, waits: TlsWaits) -> Generator[Wait, None, None]:
