@@ -317,12 +317,12 @@ scheduler.Scheduler._drain_inbox = wedged
 }
 
 
-@pytest.mark.parametrize("dies", ["acceptor", "scheduler"])
-def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
-    code = _INJECT[dies] + "import sys\nfrom server import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
-    args = ["--port", "0", "--admin-port", "off", "--log-format", "json", "--shutdown-timeout", "1"]
+def _cli_with_bug(bug: str, shutdown_timeout: str) -> subprocess.Popen[str]:
+    """The CLI (JSON log on stdout, no admin) in a subprocess with ``_INJECT[bug]`` applied."""
+    code = _INJECT[bug] + "import sys\nfrom server import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    args = ["--port", "0", "--admin-port", "off", "--log-format", "json", "--shutdown-timeout", shutdown_timeout]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         cwd=ROOT,
         env=env,
@@ -330,6 +330,11 @@ def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.parametrize("dies", ["acceptor", "scheduler"])
+def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
+    process = _cli_with_bug(dies, shutdown_timeout="1")
     with _reaped(process):
         assert process.stdout is not None and process.stderr is not None
         log = JsonLines(process.stdout)
@@ -353,17 +358,7 @@ def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
 @pytest.mark.slow
 def test_a_scheduler_stuck_in_a_bug_does_not_hang_the_exit() -> None:
     """shutdown() gives up on it after its margin; exiting must not then join it forever."""
-    code = _INJECT["wedged"] + "import sys\nfrom server import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
-    args = ["--port", "0", "--admin-port", "off", "--log-format", "json", "--shutdown-timeout", "0.5"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _cli_with_bug("wedged", shutdown_timeout="0.5")
     with _reaped(process):
         assert process.stdout is not None and process.stderr is not None
         log = JsonLines(process.stdout)

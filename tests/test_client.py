@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tty
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,29 +141,24 @@ def test_ping_reports_round_trip_times(make_server: ServerFactory) -> None:
     assert lines[-1].startswith("--- 5 round trips: min") and "p99" in lines[-1]
 
 
-def test_bench_json_has_the_figures_and_no_errors(make_server: ServerFactory) -> None:
-    server, _ = make_server()
-    host, port = server.server_address[:2]
+def bench_json(address: tuple[Any, ...], *, conns: int, size: int, pipeline: int, idle: int) -> dict[str, Any]:
+    """``echo-client bench --json`` against ``address`` for 1 s on 2 processes: its report (exit 0 asserted)."""
+    host, port = address[:2]
     result = client_cli(
         "bench",
         host,
         str(port),
-        "--conns",
-        "8",
-        "--size",
-        "512",
-        "--duration",
-        "1",
-        "--processes",
-        "2",
-        "--pipeline",
-        "2",
-        "--idle",
-        "20",
-        "--json",
+        *("--conns", str(conns), "--size", str(size), "--pipeline", str(pipeline), "--idle", str(idle)),
+        *("--duration", "1", "--processes", "2", "--json"),
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_bench_json_has_the_figures_and_no_errors(make_server: ServerFactory) -> None:
+    server, _ = make_server()
+    report = bench_json(server.server_address, conns=8, size=512, pipeline=2, idle=20)
     assert report["errors"] == {} and report["mismatches"] == 0
     assert report["messages"] > 100 and report["msgs_per_s"] > 100 and report["mb_per_s"] > 0
     assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
@@ -339,28 +335,8 @@ def test_ping_json(make_server: ServerFactory) -> None:
 
 def test_a_clean_bench_ends_every_connection_with_eof(make_server: ServerFactory) -> None:
     server, recorder = make_server()
-    host, port = server.server_address[:2]
     # Deep pipelines of large messages: at the end, echo is always in flight.
-    result = client_cli(
-        "bench",
-        host,
-        str(port),
-        "--conns",
-        "6",
-        "--size",
-        "16384",
-        "--pipeline",
-        "8",
-        "--duration",
-        "1",
-        "--processes",
-        "2",
-        "--idle",
-        "2",
-        "--json",
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["errors"] == {}
+    assert bench_json(server.server_address, conns=6, size=16384, pipeline=8, idle=2)["errors"] == {}
     total = 1 + 6 + 2  # the reachability probe, the busy connections, the idle ones
     recorder.wait_for(lambda _: len(recorder.named("closed")) >= total)
     reasons = [e.data["reason"] for e in recorder.named("closed")]
