@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -107,16 +108,31 @@ def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
     return data
 
 
-def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
-    """`python3 -m server | head -1`: the pipe closes; echo goes on, one line on stderr."""
+@contextmanager
+def _server(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m server --port 0 *args`` with unbuffered stdout and stderr pipes; at the
+    end it is killed if still running, and its pipes are closed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--admin-port", "off", "--log-format", "json"],
+        [sys.executable, "-m", "server", "--port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe:
+                pipe.close()
+
+
+def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
+    """`python3 -m server | head -1`: the pipe closes; echo goes on, one line on stderr."""
+    with _server("--admin-port", "off", "--log-format", "json") as process:
         assert process.stdout is not None and process.stderr is not None
         text = _read_until(process.stdout.fileno(), b'"event":"ready"', timeout=15)
         ready = next(json.loads(line) for line in text.splitlines() if b'"ready"' in line)
@@ -129,12 +145,6 @@ def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
         errors = process.stderr.read().decode().splitlines()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
     # One line when it happens, one with the total at exit (the 20 connections' lines).
     assert len(errors) == 2, errors
     assert errors[0].startswith("echo-server: cannot write the log (Broken pipe)")
@@ -145,22 +155,11 @@ def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
 
 def test_text_log_shows_each_lifecycle_step_once() -> None:
     """A logging line used to restate started/listening/stopping/stopped beside the event."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--admin-port", "0", "--log-format", "text"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    )
-    try:
+    with _server("--admin-port", "0", "--log-format", "text") as process:
         assert process.stdout is not None
         head = _read_until(process.stdout.fileno(), b" ready ", timeout=15)
         process.send_signal(signal.SIGTERM)
         rest, errors = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, errors
     lines = (head + rest).decode().splitlines()
     for step in ("started", "listening", "ready", "stopping", "stopped"):
