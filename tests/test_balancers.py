@@ -29,6 +29,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,6 +359,23 @@ def pick_victim(replicas: list[Replica], held: list[tuple[socket.socket, str]]) 
     return number, victim
 
 
+@contextmanager
+def bench_with_victim(
+    balancer: Balancer, replicas: list[Replica]
+) -> Iterator[tuple[Bench, list[tuple[socket.socket, str]], int, Replica]]:
+    """The bench running through the balancer (50 more connections attempted), 6 connections
+    held open (closed at the end) and a replica holding one of them, with its number."""
+    with Bench(balancer.port) as bench:
+        held = open_held(balancer.port, 6)
+        try:
+            number, victim = pick_victim(replicas, held)
+            bench.wait_for_more(50)
+            yield bench, held, number, victim
+        finally:
+            for sock, _ in held:
+                sock.close()
+
+
 def report(record: Callable[[str, object], None], what: str, balancer: Balancer, bench: Bench) -> None:
     print(f"\n{what} via {balancer.kind.name}: {bench.attempted} attempted, {bench.failed} failed, {bench.served_by}")
     record(f"{what}_{balancer.kind.name}_attempted", bench.attempted)
@@ -401,11 +419,7 @@ def test_echo_through_the_balancer_shows_the_client_and_limits_it_by_its_address
 def test_sigterm_drains_one_replica_without_failing_a_new_connection(
     balancer: Balancer, replicas: list[Replica], record_property: Callable[[str, object], None]
 ) -> None:
-    with Bench(balancer.port) as bench:
-        held = open_held(balancer.port, 6)
-        number, victim = pick_victim(replicas, held)
-        bench.wait_for_more(50)
-
+    with bench_with_victim(balancer, replicas) as (bench, held, number, victim):
         victim.process.signal(signal.SIGTERM)
         victim.process.wait_for("stopping")
         assert victim.readyz() == 503
@@ -430,10 +444,7 @@ def test_sigterm_drains_one_replica_without_failing_a_new_connection(
 def test_kill_9_fails_only_that_replicas_connections(
     balancer: Balancer, replicas: list[Replica], record_property: Callable[[str, object], None]
 ) -> None:
-    with Bench(balancer.port) as bench:
-        held = open_held(balancer.port, 6)
-        number, victim = pick_victim(replicas, held)
-        bench.wait_for_more(50)
+    with bench_with_victim(balancer, replicas) as (bench, held, number, victim):
         killed_at = time.monotonic()
         victim.process.proc.kill()
         victim.process.proc.wait(10)
