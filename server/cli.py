@@ -37,7 +37,7 @@ from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, f
 from server.core import FINAL_FLUSH_S, STOP_MARGIN_S, EchoServer
 from server.exchange import Exchange, get_exchange
 from server.listener import ListenError
-from server.logger import LEVELS, LogActor, SkipRestatedEvents
+from server.logger import LEVELS, LogActor
 from server.rotation import LogFileError
 from server.signals import Action, Signals, Wakeup
 from server.stats import Stats
@@ -182,7 +182,6 @@ def serve(
     echo_logger.propagate = False
     with Signals() as signals:  # first: from here on no handled signal kills the process
         echo_logger.addHandler(actor.handler)
-        actor.handler.addFilter(SkipRestatedEvents())  # the events say it; once is enough
         actor.start()
         exchange.attach(actor)
 

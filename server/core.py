@@ -182,7 +182,9 @@ class EchoServer:
                     addresses[name] = format_address(address)
                     said += f"; {name[:3].upper()} echo on {addresses[name]}"
             self.publish(event("listening", **addresses))
-            log.info("echo listening on %s", said)
+            # This and the "stopping"/"stopped" lines below restate their events: DEBUG, so that
+            # at the default level each lifecycle step is one line (the event's).
+            log.debug("echo listening on %s", said)
 
             self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
             self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
@@ -291,7 +293,7 @@ class EchoServer:
             config = self.config
             assert self._acceptor_loop is not None and self._pool is not None
             self.publish(event("stopping", shutdown_timeout_s=config.shutdown_timeout))
-            log.info("stopping: no new connections; draining for up to %.1f s", config.shutdown_timeout)
+            log.debug("stopping: no new connections; draining for up to %.1f s", config.shutdown_timeout)
 
             now = time.monotonic()
             self._acceptor_loop.request_stop(now, now)
@@ -305,7 +307,7 @@ class EchoServer:
                 log.error("%d scheduler thread(s) did not stop in time", len(stuck))
             self._pool.shutdown(wait=not stuck)
             final = self.stats.snapshot()
-            log.info(
+            log.debug(
                 "stopped: %d accepted, %d rejected, %d bytes echoed, %d errors",
                 final.accepted,
                 final.rejected_total,

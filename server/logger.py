@@ -41,25 +41,6 @@ LIFECYCLE = frozenset({"started", "listening", "ready", "stopping", "stopped"})
 LIFECYCLE_WAIT_S = 1.0
 _REOPEN = object()  # wakes the actor to look at its reopen request
 
-# Logging records that restate a lifecycle event in words, for library users who read
-# only ``logging`` (core.py logs them beside the event). A LogActor that writes the
-# events skips them: each step of a run is one line. Keyed on the exact template, so
-# that any other record of that logger is still written.
-RESTATED_EVENTS = frozenset(
-    {
-        ("echo.server", "echo listening on %s"),
-        ("echo.server", "stopping: no new connections; draining for up to %.1f s"),
-        ("echo.server", "stopped: %d accepted, %d rejected, %d bytes echoed, %d errors"),
-    }
-)
-
-
-class SkipRestatedEvents(logging.Filter):
-    """Add to ``LogActor.handler`` when the actor also writes the events exchange."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return (record.name, record.msg) not in RESTATED_EVENTS
-
 
 class LogActor(Actor):
     def __init__(

@@ -41,7 +41,7 @@ from server.actor import Actor
 from server.config import Config
 from server.events import Event
 from server.exchange import Exchange
-from server.logger import LEVELS, SkipRestatedEvents
+from server.logger import LEVELS
 from server.shared_limits import SharedLimits
 from server.stats import Stats
 from server.totals import pack
@@ -201,7 +201,6 @@ def main(spec: WorkerSpec) -> None:
     echo_logger = logging.getLogger("echo")
     echo_logger.setLevel(LEVELS[config.log_level])
     echo_logger.propagate = False
-    uplink.handler.addFilter(SkipRestatedEvents())  # the events say it
     echo_logger.addHandler(uplink.handler)
     uplink.start()
     exchange.attach(uplink)
