@@ -27,7 +27,9 @@ then it waits STOP_MARGIN_S more for it, logs an error and returns anyway.
 Failure: a scheduler thread that dies, or the acceptor task ending, outside a stop is
 fatal. It is logged once with its traceback, published as a ``failed`` event, /healthz
 turns 503 (``healthy`` is False), and the callbacks given to ``add_failure_callback``
-are called (the CLI stops the process with exit 1, so an orchestrator restarts it).
+are called (the CLI stops the process with exit 1, so an orchestrator restarts it):
+once, on the failing thread (the acceptor's or the pool's), so they only record and
+wake (failure.py keeps these rules for EchoServer and Supervisor alike).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from server.config import Config
 from server.echo import Connection, EchoWaits, echo, proxied_echo
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
-from server.failure import FailureCallback, FailureRecord
+from server.failure import FailureAttributes, FailureRecord
 from server.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
 from server.scheduler import Scheduler, every
 from server.stats import Stats, StatsSnapshot
@@ -68,7 +70,7 @@ FD_BASE = 16
 FD_PER_SCHEDULER = 3
 
 
-class EchoServer:
+class EchoServer(FailureAttributes):
     def __init__(
         self,
         config: Config,
@@ -109,23 +111,6 @@ class EchoServer:
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
         self._failures = FailureRecord(log, self.publish, self._unready)
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The first fatal failure, or None (see the module docstring)."""
-        return self._failures.failure
-
-    @property
-    def healthy(self) -> bool:
-        """False once a scheduler or the acceptor died (see the module docstring)."""
-        return self._failures.healthy
-
-    def add_failure_callback(self, callback: FailureCallback) -> None:
-        """``callback(error)`` runs once if the server fails: on the failing thread, the
-        pool's, or (for a failure before this call) the caller's. It must only record
-        and wake someone, never block or call shutdown(): it may run while shutdown()
-        or start() holds the server's lock (see failure.py)."""
-        self._failures.add_callback(callback)
 
     @property
     def draining(self) -> bool:

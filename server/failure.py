@@ -1,8 +1,8 @@
 """FailureRecord: the first fatal failure of a server, and who is told of it.
 
-One instance each in EchoServer (core.py) and Supervisor (supervisor.py); they expose
-``failure``, ``healthy`` and ``add_failure_callback`` from it (admin's ServerView and the
-CLI read those).
+One instance each in EchoServer (core.py) and Supervisor (supervisor.py), as their
+``_failures``; the FailureAttributes base gives both ``failure``, ``healthy`` and
+``add_failure_callback`` from it (admin's ServerView and the CLI read those).
 
 Rules:
 - ``fail(what, error)`` logs every failure once, with its traceback when there is an
@@ -73,3 +73,26 @@ class FailureRecord:
                 callback(failure)
             except Exception:
                 self._log.exception("failure callback %r failed", callback)
+
+
+class FailureAttributes:
+    """The public face of an owner's ``_failures`` record (a base class of the owner)."""
+
+    _failures: FailureRecord
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The first fatal failure, or None."""
+        return self._failures.failure
+
+    @property
+    def healthy(self) -> bool:
+        """False for good once the owner failed: /healthz says 503."""
+        return self._failures.healthy
+
+    def add_failure_callback(self, callback: FailureCallback) -> None:
+        """``callback(error)`` runs once if the owner fails: on the failing thread, or on
+        this caller's if it already has. It must only record and wake someone, never block
+        or call the owner's shutdown(): it may run while that thread holds the owner's
+        lifecycle lock."""
+        self._failures.add_callback(callback)

@@ -31,7 +31,9 @@ that others read (snapshots, rows, pids) is in ``counts`` (worker_counts.py).
 ``start``, ``reload``, ``shutdown`` and ``kill_workers`` are for the threads that own
 the lifecycle (the CLI's main and stopper threads); they reach the monitor through
 ``Monitor.post``. The ServerView methods (``snapshot``, ``is_ready``, ``draining``),
-``fail`` and ``kill_workers`` may be called from any thread.
+``fail`` and ``kill_workers`` may be called from any thread. ``failure``, ``healthy`` and
+``add_failure_callback`` come from failure.py; the callbacks run on the thread that
+failed (the monitor's).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from server.config import Config
 from server.core import FINAL_FLUSH_S
 from server.events import Event, event
 from server.exchange import Exchange, get_exchange
-from server.failure import FailureCallback, FailureRecord
+from server.failure import FailureAttributes, FailureRecord
 from server.listener import ListenError, format_address, open_listener
 from server.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.shared_limits import SharedLimits
@@ -77,7 +79,7 @@ RESTART_ONLY = (
 )
 
 
-class Supervisor:
+class Supervisor(FailureAttributes):
     def __init__(self, config: Config, *, stats: Stats | None = None, exchange: Exchange | None = None) -> None:
         self.config = config
         self.stats = stats or Stats()  # the supervisor's own: the log's drops, its uptime
@@ -106,25 +108,12 @@ class Supervisor:
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._draining
 
-    @property
-    def failure(self) -> BaseException | None:
-        return self._failures.failure
-
-    @property
-    def healthy(self) -> bool:
-        return self._failures.healthy
-
     def snapshot(self) -> WorkersSnapshot:
         """Totals across every worker, past and present, plus one row per live worker."""
         return self.counts.snapshot(self.stats.snapshot())
 
     def publish(self, record: Event) -> None:
         self.exchange.send(record)
-
-    def add_failure_callback(self, callback: FailureCallback) -> None:
-        """``callback(error)`` runs once, on the monitor thread, if the supervisor fails
-        (or on the caller's if it already has); record and wake only (failure.py)."""
-        self._failures.add_callback(callback)
 
     # --- lifecycle (the CLI's threads) ------------------------------------------------
 
