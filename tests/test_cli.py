@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import AnyStr
 
 import pytest
 
@@ -37,7 +38,7 @@ def server_process() -> Iterator[StartServer]:
 
 
 @contextmanager
-def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+def reaped(process: subprocess.Popen[AnyStr]) -> Iterator[subprocess.Popen[AnyStr]]:
     """Kill the process if the test left it running; close its pipes."""
     try:
         yield process
@@ -223,7 +224,7 @@ def test_max_connections_above_the_fd_limit_is_clamped_once() -> None:
         text=True,
         preexec_fn=low_limit,
     )
-    with _reaped(process):
+    with reaped(process):
         assert process.stdout is not None
         log = JsonLines(process.stdout)  # bounded waits, not a blocking readline()
         log.wait_for("ready")
@@ -335,7 +336,7 @@ def _cli_with_bug(bug: str, shutdown_timeout: str) -> subprocess.Popen[str]:
 @pytest.mark.parametrize("dies", ["acceptor", "scheduler"])
 def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
     process = _cli_with_bug(dies, shutdown_timeout="1")
-    with _reaped(process):
+    with reaped(process):
         assert process.stdout is not None and process.stderr is not None
         log = JsonLines(process.stdout)
         address = address_of(log.wait_for("ready"))
@@ -359,7 +360,7 @@ def test_a_dead_server_thread_stops_gracefully_with_exit_1(dies: str) -> None:
 def test_a_scheduler_stuck_in_a_bug_does_not_hang_the_exit() -> None:
     """shutdown() gives up on it after its margin; exiting must not then join it forever."""
     process = _cli_with_bug("wedged", shutdown_timeout="0.5")
-    with _reaped(process):
+    with reaped(process):
         assert process.stdout is not None and process.stderr is not None
         log = JsonLines(process.stdout)
         address = address_of(log.wait_for("ready"))

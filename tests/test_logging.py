@@ -11,13 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from server.logger import LogActor
 from tests.conftest import ServerFactory
 from tests.helpers import ROOT, ServerProcess, address_of, read_exactly
+from tests.test_cli import reaped
 from tests.test_events import StuckStream
 
 CANARY = b"CANARY-4e1f7c-payload-must-never-be-logged"
@@ -108,31 +108,20 @@ def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
     return data
 
 
-@contextmanager
-def _server(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m server --port 0 *args`` with unbuffered stdout and stderr pipes; at the
-    end it is killed if still running, and its pipes are closed."""
-    process = subprocess.Popen(
+def _server(*args: str) -> subprocess.Popen[bytes]:
+    """``python -m server --port 0 *args`` with unbuffered stdout and stderr pipes."""
+    return subprocess.Popen(
         [sys.executable, "-m", "server", "--port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
     )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pipe in (process.stdout, process.stderr):
-            if pipe:
-                pipe.close()
 
 
 def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
     """`python3 -m server | head -1`: the pipe closes; echo goes on, one line on stderr."""
-    with _server("--admin-port", "off", "--log-format", "json") as process:
+    with reaped(_server("--admin-port", "off", "--log-format", "json")) as process:
         assert process.stdout is not None and process.stderr is not None
         text = _read_until(process.stdout.fileno(), b'"event":"ready"', timeout=15)
         ready = next(json.loads(line) for line in text.splitlines() if b'"ready"' in line)
@@ -155,7 +144,7 @@ def test_a_closed_stdout_costs_log_lines_not_the_server() -> None:
 
 def test_text_log_shows_each_lifecycle_step_once() -> None:
     """A logging line used to restate started/listening/stopping/stopped beside the event."""
-    with _server("--admin-port", "0", "--log-format", "text") as process:
+    with reaped(_server("--admin-port", "0", "--log-format", "text")) as process:
         assert process.stdout is not None
         head = _read_until(process.stdout.fileno(), b" ready ", timeout=15)
         process.send_signal(signal.SIGTERM)
