@@ -118,8 +118,7 @@ class Monitor:
                         self._heard(key.data, key.fileobj)
                 self._tick(time.monotonic())
         except Exception as error:
-            log.exception("the supervisor's monitor thread failed")
-            self._owner.fail("supervisor monitor failed", error)
+            self._owner.fail("supervisor monitor failed", error)  # logs it, with the traceback
             self._owner.kill_workers()
         finally:
             self._selector.close()
