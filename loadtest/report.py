@@ -21,7 +21,7 @@ COLORS = ["#1b7837", "#2166ac", "#67a9cf", "#ef8a62", "#b2182b", "#999999"]
 # The targets, as ratios to servers measured in the same run (see the README).
 THROUGHPUT_VS_REFERENCE_MIN = 0.9  # at parity with asyncio Protocol: not more than 10% slower
 CPU_VS_REFERENCE_MAX = 1.1  # at parity with asyncio Protocol: not more than 10% more CPU per message
-CPU_VS_CEILING_MAX = 4.0  # an interpreter per message, against C's bare read + write
+CPU_VS_CEILING_MAX = 2.0  # on this VM the kernel's loopback TCP is most of a message's CPU, in C or Python
 IDLE_BYTES_MAX = 2048
 # (server, ratio, limit, wording): throughput must reach the limit, CPU per message stay under it.
 RATIO_TARGETS = (
