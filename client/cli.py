@@ -239,11 +239,12 @@ def _interactive(args: argparse.Namespace) -> int:
             try:
                 while chunk := os.read(sys.stdin.fileno(), 65536):  # returns what a pipe or tty has
                     client.send(chunk)
+                # Before the half-close: the server's EOF, which the reader waits for, can
+                # only follow it, so the reader never sees EOF before this is set.
+                finished_sending.set()
                 client.close_write()
             except EchoError:
                 pass  # the reader reports how the connection ended
-            finally:
-                finished_sending.set()
 
         threading.Thread(target=pump, name="stdin", daemon=True).start()
         out = sys.stdout.buffer

@@ -28,7 +28,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from server.histogram import bucket, percentile
+from server.observe.histogram import bucket, percentile
 
 SETUP_S_PER_CONNECTION = 0.0005
 STARVED_S = 1.0  # a message in flight longer than this at the end counts as an error

@@ -35,14 +35,14 @@ from typing import Any, NoReturn
 from server import __version__
 from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
 from server.core import FINAL_FLUSH_S, STOP_MARGIN_S, EchoServer
-from server.exchange import Exchange, get_exchange
-from server.listener import ListenError
-from server.logger import LEVELS, LogActor
-from server.rotation import LogFileError
+from server.engine.listener import ListenError
+from server.engine.tls import TlsContext, TlsError
+from server.observe.exchange import Exchange, get_exchange
+from server.observe.logger import LEVELS, LogActor
+from server.observe.sinks import LogFileError
+from server.observe.stats import Stats
 from server.signals import Action, Signals, Wakeup
-from server.stats import Stats
-from server.supervisor import Supervisor
-from server.tls import TlsContext, TlsError
+from server.workers.supervisor import Supervisor
 
 PROG = "echo-server"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -131,11 +131,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
     if argv[:1] == ["healthcheck"]:
-        from server.healthcheck import main as healthcheck
+        from server.tools.healthcheck import main as healthcheck
 
         return healthcheck(argv[1:], environ)
     if argv[:1] == ["analyze"]:
-        from server.analyze import main as analyze
+        from server.tools.analyze import main as analyze
 
         return analyze(argv[1:])
     sources: dict[str, str] = {}

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.banner import check_template, parse_template
-from server.proxy_protocol import ACCEPT_CHOICES, check_networks
+from server.engine.banner import check_template, parse_template
+from server.engine.proxy_protocol import ACCEPT_CHOICES, check_networks
 
 ENV_PREFIX = "ECHO_"
 
@@ -290,7 +290,7 @@ class Config:
         unit="s",
         metavar="SECONDS",
     )
-    # Behind a load balancer (see server/proxy_protocol.py and server/banner.py). The
+    # Behind a load balancer (see server/engine/proxy_protocol.py and server/engine/banner.py). The
     # timeout is generous for a header that arrives in one segment with the connection.
     proxy_protocol: str = setting(
         "off",

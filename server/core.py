@@ -43,21 +43,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from server import admin as admin_module
-from server.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
-from server.admin import AdminServer
-from server.banner import Banner, local_address
 from server.config import Config
-from server.echo import Connection, EchoWaits, echo, proxied_echo
-from server.events import Event, event
-from server.exchange import Exchange, get_exchange
+from server.engine.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
+from server.engine.banner import Banner, local_address
+from server.engine.echo import Connection, EchoWaits, echo, proxied_echo
+from server.engine.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
+from server.engine.scheduler import Scheduler, every
+from server.engine.tls import TlsContext
+from server.engine.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
+from server.engine.udp import UdpEcho, open_udp
 from server.failure import FailureAttributes, FailureRecord
-from server.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
-from server.scheduler import Scheduler, every
-from server.stats import Stats, StatsSnapshot
-from server.tls import TlsContext
-from server.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
-from server.udp import UdpEcho, open_udp
+from server.observe import admin as admin_module
+from server.observe.admin import AdminServer
+from server.observe.events import Event, event
+from server.observe.exchange import Exchange, get_exchange
+from server.observe.stats import Stats, StatsSnapshot
 
 log = logging.getLogger("echo.server")
 

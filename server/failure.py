@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from server.events import Event, event
+from server.observe.events import Event, event
 
 FailureCallback = Callable[[BaseException], None]
 

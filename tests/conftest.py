@@ -13,7 +13,7 @@ import pytest
 
 from server.config import Config
 from server.core import EchoServer
-from server.exchange import Exchange
+from server.observe.exchange import Exchange
 from tests.helpers import EventRecorder
 
 

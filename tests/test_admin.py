@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from server import admin as admin_module
 from server.core import EchoServer
+from server.observe import admin as admin_module
 from tests.conftest import ServerFactory
 from tests.helpers import echo_round_trip, read_exactly, read_until_eof, run_cli
 

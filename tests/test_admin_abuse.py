@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from server import admin as admin_module
 from server.core import EchoServer
-from server.events import event
+from server.observe import admin as admin_module
+from server.observe.events import event
 from tests.conftest import ServerFactory
 from tests.helpers import ServerProcess, address_of, read_until_eof
 from tests.test_admin import admin_of

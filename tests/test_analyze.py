@@ -6,8 +6,8 @@ import json
 import socket
 from pathlib import Path
 
-from server.logger import LogActor
-from server.stats import REJECT_PER_IP
+from server.observe.logger import LogActor
+from server.observe.stats import REJECT_PER_IP
 from tests.conftest import ServerFactory
 from tests.helpers import echo_round_trip, read_exactly, run_cli
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import server
-from server.banner import Banner, check_template, parse_template
+from server.engine.banner import Banner, check_template, parse_template
 from tests.conftest import ServerFactory
 from tests.helpers import read_until_eof, run_cli
 

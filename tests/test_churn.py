@@ -11,8 +11,8 @@ import tracemalloc
 import pytest
 
 from server.config import Config
-from server.echo import Connection
-from server.timers import COMPACT_MIN
+from server.engine.echo import Connection
+from server.engine.timers import COMPACT_MIN
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly
 

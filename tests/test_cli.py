@@ -290,14 +290,14 @@ def test_a_misspelt_environment_variable_is_named_with_a_suggestion(server_proce
 # handed to it.
 _INJECT = {
     "acceptor": """
-from server import acceptor
+from server.engine import acceptor
 def broken(self, accept):
     raise RuntimeError("injected bug")
     yield
 acceptor.Acceptor._accept_batch = broken
 """,
     "scheduler": """
-from server import scheduler
+from server.engine import scheduler
 drain = scheduler.Scheduler._drain_inbox
 def broken(self):
     if self.name == "loop-0":
@@ -307,7 +307,7 @@ scheduler.Scheduler._drain_inbox = broken
 """,
     "wedged": """
 import threading
-from server import scheduler
+from server.engine import scheduler
 drain = scheduler.Scheduler._drain_inbox
 def wedged(self):
     if self.name == "loop-0":

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 from client import EchoClient
-from server import admin as admin_module
-from server import dashboard
 from server.core import EchoServer
-from server.events import event
+from server.observe import admin as admin_module
+from server.observe import dashboard
+from server.observe.events import event
 from tests.conftest import ServerFactory
 from tests.helpers import ROOT, ServerProcess, address_of
 from tests.test_admin import admin_of, get

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from server import healthcheck
 from server.cli import load_config
 from server.config import SETTINGS, Config, env_name
 from server.core import FINAL_FLUSH_S
+from server.tools import healthcheck
 from tests.conftest import ServerFactory
 from tests.helpers import ROOT
 

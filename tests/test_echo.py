@@ -15,7 +15,7 @@ import pytest
 
 from server.config import Config
 from server.core import EchoServer
-from server.exchange import Exchange
+from server.observe.exchange import Exchange
 from tests.conftest import ServerFactory
 from tests.helpers import echo_round_trip, read_exactly, read_until_eof, wait_readable
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
-from server import echo as echo_module
-from server.echo import Connection, EchoWaits, echo
-from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout
+from server.engine import echo as echo_module
+from server.engine.echo import Connection, EchoWaits, echo
+from server.engine.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout
 
 Step = bytes | int | BaseException  # recv: data (b"" = EOF) or an error; send: bytes taken or an error
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from server.actor import Actor
-from server.events import event
-from server.exchange import Exchange, get_exchange
-from server.logger import LogActor
-from server.stats import Stats
+from server.observe.actor import Actor
+from server.observe.events import event
+from server.observe.exchange import Exchange, get_exchange
+from server.observe.logger import LogActor
+from server.observe.stats import Stats
 
 
 class Collector:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.acceptor import Acceptor
 from server.config import Config
 from server.core import EchoServer
-from server.exchange import Exchange
+from server.engine.acceptor import Acceptor
+from server.observe.exchange import Exchange
 from tests.helpers import EventRecorder, read_exactly
 
 

@@ -7,8 +7,8 @@ import threading
 import time
 
 from server.core import FINAL_FLUSH_S
-from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
-from server.throttle import Throttle
+from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
+from server.observe.throttle import Throttle
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly, read_until_eof
 

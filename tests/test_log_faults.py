@@ -21,10 +21,10 @@ from typing import IO, Any
 
 import pytest
 
-from server.events import event
-from server.logger import LogActor
-from server.rotation import RotatingGzipFile
-from server.stats import Stats
+from server.observe.events import event
+from server.observe.logger import LogActor
+from server.observe.sinks import RotatingGzipFile
+from server.observe.stats import Stats
 from tests.helpers import ROOT, JsonLines, ServerProcess, address_of, read_exactly, read_until_eof, run_cli
 
 SHUTDOWN_S = 1.0
@@ -282,7 +282,7 @@ def test_rotation_keeps_a_file_it_cannot_compress(tmp_path: Path, monkeypatch: p
     def no_space(*args: object, **kwargs: object) -> object:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("server.rotation.gzip.open", no_space)
+    monkeypatch.setattr("server.observe.sinks.gzip.open", no_space)
     for index in range(60):  # three rotations: the third drops the oldest
         sink.write(f"line {index:04d} {'.' * 40}\n")
     sink.close()
@@ -363,7 +363,7 @@ def test_a_line_torn_by_a_failed_write_is_not_glued_to_the_next(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
 
-    monkeypatch.setattr("server.rotation.os.write", filling)
+    monkeypatch.setattr("server.observe.sinks.os.write", filling)
     sink.write("first line\nsecond line\n")
     sink.flush()  # writes 5 bytes, then fails: two lines lost, one of them torn
     sink.write("third line\n")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.logger import LogActor
+from server.observe.logger import LogActor
 from tests.conftest import ServerFactory
 from tests.helpers import ROOT, ServerProcess, address_of, read_exactly
 from tests.test_cli import reaped

@@ -16,9 +16,8 @@ from typing import cast
 import pytest
 
 from server.core import EchoServer
-from server.echo import ProxyRejected, read_proxy_header
-from server.events import Event
-from server.proxy_protocol import (
+from server.engine.echo import ProxyRejected, read_proxy_header
+from server.engine.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_MAX_LENGTH,
     V2_SIGNATURE,
@@ -30,8 +29,9 @@ from server.proxy_protocol import (
     parse_networks,
     trusted,
 )
-from server.scheduler import Shutdown, Wait, WaitTimeout
-from server.stats import REJECT_PROXY_PROTOCOL, Stats
+from server.engine.scheduler import Shutdown, Wait, WaitTimeout
+from server.observe.events import Event
+from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly, read_until_eof, run_cli, wait_readable
 

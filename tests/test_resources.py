@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.listener import backlog_capped
+from server.engine.listener import backlog_capped
 from tests.helpers import ServerProcess, address_of, wait_readable
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.scheduler import READ, Scheduler, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
+from server.engine.scheduler import READ, Scheduler, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
 
 
 class FakeClock:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any
 
-from server.shared_limits import IP_SLOTS, SharedLimits, ip_slot
-from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, Stats, StatsSnapshot
-from server.totals import WorkerRow, WorkersSnapshot, add, pack, total, unpack
+from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, Stats, StatsSnapshot
+from server.observe.totals import WorkerRow, WorkersSnapshot, add, pack, total, unpack
+from server.workers.shared_limits import IP_SLOTS, SharedLimits, ip_slot
 
 
 def bound(limits: SharedLimits, row: int) -> SharedLimits:

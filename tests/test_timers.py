@@ -13,8 +13,8 @@ import random
 import socket
 from dataclasses import dataclass
 
-from server.scheduler import READ, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout
-from server.timers import COMPACT_MIN, Deadlines
+from server.engine.scheduler import READ, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout
+from server.engine.timers import COMPACT_MIN, Deadlines
 
 # What a byte sent to a task means: its next wait's timeout (None: no deadline), or end.
 TIMEOUTS: dict[bytes, float | None] = {b"a": 10.0, b"b": 3.0, b"c": 0.5, b"n": None}

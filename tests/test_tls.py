@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from server.tls import TlsContext, TlsError, build_context
+from server.engine.tls import TlsContext, TlsError, build_context
 from tests.conftest import ServerFactory
 from tests.helpers import ServerProcess, address_of, read_exactly, run_cli
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from server.metrics import render
-from server.stats import Stats
-from server.udp import TokenBucket, UdpEcho
+from server.engine.udp import TokenBucket, UdpEcho
+from server.observe.metrics import render
+from server.observe.stats import Stats
 from tests.conftest import ServerFactory
 from tests.helpers import run_cli
 

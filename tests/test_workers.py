@@ -490,7 +490,7 @@ def test_a_reload_keeps_the_settings_only_a_restart_can_change(caplog: pytest.Lo
     import dataclasses
 
     from server.config import Config
-    from server.supervisor import Supervisor
+    from server.workers.supervisor import Supervisor
 
     supervisor = Supervisor(Config(port=0, workers=2))
     with caplog.at_level(logging.WARNING, logger="echo.supervisor"):

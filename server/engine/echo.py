@@ -52,8 +52,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.proxy_protocol import Accept, ProxyHeader, ProxyProtocolError, examine, parse
-from server.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
+from server.engine.proxy_protocol import Accept, ProxyHeader, ProxyProtocolError, examine, parse
+from server.engine.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
 
 # After a shutdown FIN, read and drop what the client still sends until it closes, so
 # that closing does not turn into an RST that could destroy echo the client has not yet

@@ -15,7 +15,7 @@ import resource
 from collections.abc import Iterable
 
 from server import __version__
-from server.stats import (
+from server.observe.stats import (
     LISTENERS,
     REJECT_MAX_CONNECTIONS,
     REJECT_PER_IP,

@@ -36,13 +36,13 @@ from typing import Any, Protocol
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S
-from server.events import Event, event
-from server.listener import format_address
-from server.shared_limits import SharedLimits
-from server.stats import StatsSnapshot
-from server.totals import WorkersSnapshot, unpack
-from server.worker_counts import WorkerCounts
-from server.worker_process import Listeners, WorkerProcess, exit_status
+from server.engine.listener import format_address
+from server.observe.events import Event, event
+from server.observe.stats import StatsSnapshot
+from server.observe.totals import WorkersSnapshot, unpack
+from server.workers.shared_limits import SharedLimits
+from server.workers.worker_counts import WorkerCounts
+from server.workers.worker_process import Listeners, WorkerProcess, exit_status
 
 log = logging.getLogger("echo.supervisor")
 

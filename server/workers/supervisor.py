@@ -46,20 +46,20 @@ import signal
 import threading
 from typing import Any
 
-from server.admin import AdminServer
 from server.config import Config
 from server.core import FINAL_FLUSH_S
-from server.events import Event, event
-from server.exchange import Exchange, get_exchange
+from server.engine.listener import ListenError, format_address, open_listener
+from server.engine.tls import TlsContext, TlsError
+from server.engine.udp import open_udp
 from server.failure import FailureAttributes, FailureRecord
-from server.listener import ListenError, format_address, open_listener
-from server.monitor import KILL_MARGIN_S, REAP_S, Monitor
-from server.shared_limits import SharedLimits
-from server.stats import Stats, StatsSnapshot
-from server.tls import TlsContext, TlsError
-from server.totals import WorkersSnapshot
-from server.udp import open_udp
-from server.worker_counts import WorkerCounts
+from server.observe.admin import AdminServer
+from server.observe.events import Event, event
+from server.observe.exchange import Exchange, get_exchange
+from server.observe.stats import Stats, StatsSnapshot
+from server.observe.totals import WorkersSnapshot
+from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
+from server.workers.shared_limits import SharedLimits
+from server.workers.worker_counts import WorkerCounts
 
 log = logging.getLogger("echo.supervisor")
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from server.throttle import Throttle
+from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.exchange")
 

@@ -18,8 +18,8 @@ import dataclasses
 import threading
 from collections import Counter
 
-from server.stats import StatsSnapshot
-from server.totals import WorkerRow, WorkersSnapshot, total
+from server.observe.stats import StatsSnapshot
+from server.observe.totals import WorkerRow, WorkersSnapshot, total
 
 
 class WorkerCounts:

@@ -30,12 +30,12 @@ from collections import deque
 from typing import Any
 
 from server import __version__
-from server.admin import ServerView
-from server.events import Event
-from server.exchange import Exchange
-from server.listener import format_address
-from server.metrics import CLOSE_REASONS, REJECT_REASONS
-from server.stats import TIMEOUT_REASONS
+from server.engine.listener import format_address
+from server.observe.admin import ServerView
+from server.observe.events import Event
+from server.observe.exchange import Exchange
+from server.observe.metrics import CLOSE_REASONS, REJECT_REASONS
+from server.observe.stats import TIMEOUT_REASONS
 
 RING_SIZE = 256  # events kept for all viewers together
 FEED_EVENTS = 50  # events in one feed answer at most (a viewer that fell behind skips the rest)

@@ -37,14 +37,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
-from server.actor import Actor
 from server.config import Config
-from server.events import Event
-from server.exchange import Exchange
-from server.logger import LEVELS
-from server.shared_limits import SharedLimits
-from server.stats import Stats
-from server.totals import pack
+from server.observe.actor import Actor
+from server.observe.events import Event
+from server.observe.exchange import Exchange
+from server.observe.logger import LEVELS
+from server.observe.stats import Stats
+from server.observe.totals import pack
+from server.workers.shared_limits import SharedLimits
 
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor

@@ -83,7 +83,7 @@ class Banner:
 
 def local_address(sock: socket.socket) -> str:
     """The socket's own address as text, or "" if the socket is gone."""
-    from server.listener import format_address  # here: listener imports config, which imports us
+    from server.engine.listener import format_address  # here: listener imports config, which imports us
 
     try:
         return format_address(sock.getsockname())

@@ -3,7 +3,7 @@
 Server threads never format or write a log line: they publish an Event (or call a
 ``logging`` logger, whose handler posts the record), and this actor's thread turns it
 into one line of text or JSON on stdout, a rotating gzip-compressing file, a pipe or a
-device (see rotation.py).
+device (see sinks.py).
 
 Never blocking a server thread: the mailbox is bounded (``log_queue``). When it is
 full, an event is dropped and counted in Stats; when the actor catches up it writes
@@ -30,11 +30,11 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
-from server.actor import Actor
-from server.events import Event, event, iso_utc
-from server.rotation import FdSink, LogSink, TextSink, open_sink
-from server.stats import Stats
-from server.throttle import Throttle
+from server.observe.actor import Actor
+from server.observe.events import Event, event, iso_utc
+from server.observe.sinks import FdSink, LogSink, TextSink, open_sink
+from server.observe.stats import Stats
+from server.observe.throttle import Throttle
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 LIFECYCLE = frozenset({"started", "listening", "ready", "stopping", "stopped"})

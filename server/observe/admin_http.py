@@ -21,10 +21,10 @@ import socket
 import time
 from typing import Any
 
-from server import admin as limits
-from server import dashboard, metrics
-from server.admin import AdminServer
-from server.admin_conn import Conn
+from server.observe import admin as limits
+from server.observe import dashboard, metrics
+from server.observe.admin import AdminServer
+from server.observe.admin_conn import Conn
 
 MAX_REQUEST_LINE = 8192
 ALLOWED = "GET, HEAD"

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Literal
 
-from server.events import Event
+from server.observe.events import Event
 
 Phase = Literal["waiting", "busy", "stream"]
 END = object()  # in a Watcher's queue: the stream is over

@@ -42,7 +42,7 @@ import multiprocessing
 import zlib
 from typing import Any
 
-from server.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
+from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
 
 IP_SLOTS = 4096  # per-address slots per row: 16 KiB of shared memory per row
 LOCK_TIMEOUT_S = 1.0  # admission gives up (rejects) if the lock stays held this long

@@ -33,10 +33,10 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
-from server.listener import ListenError, format_address
-from server.scheduler import READ, Shutdown, TaskGen, Wait
-from server.stats import Stats
-from server.throttle import Throttle
+from server.engine.listener import ListenError, format_address
+from server.engine.scheduler import READ, Shutdown, TaskGen, Wait
+from server.observe.stats import Stats
+from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.udp")
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from server.timers import Deadlines
+from server.engine.timers import Deadlines
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE

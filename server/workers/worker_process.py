@@ -17,9 +17,9 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from server.config import Config
-from server.shared_limits import SharedLimits
-from server.worker import DRAIN, WorkerSpec
-from server.worker import main as worker_main
+from server.workers.shared_limits import SharedLimits
+from server.workers.worker import DRAIN, WorkerSpec
+from server.workers.worker import main as worker_main
 
 # The echo listener, and the TLS listener and UDP socket when configured.
 Listeners = tuple[socket.socket, socket.socket | None, socket.socket | None]

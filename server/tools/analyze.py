@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from server.histogram import bucket, percentile
+from server.observe.histogram import bucket, percentile
 
 
 @dataclass

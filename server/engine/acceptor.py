@@ -40,13 +40,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.echo import Connection
-from server.events import Event, event
-from server.listener import format_address
-from server.proxy_protocol import Accept, Network, ProxyHeader, parse_networks, trusted
-from server.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
-from server.stats import REJECT_PROXY_PROTOCOL, Stats
-from server.throttle import Throttle
+from server.engine.echo import Connection
+from server.engine.listener import format_address
+from server.engine.proxy_protocol import Accept, Network, ProxyHeader, parse_networks, trusted
+from server.engine.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
+from server.observe.events import Event, event
+from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
+from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.acceptor")
 

@@ -62,11 +62,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from server.admin_conn import Conn, Watcher
-from server.exchange import Exchange
-from server.listener import format_address, open_listener
-from server.stats import StatsSnapshot
-from server.throttle import Throttle
+from server.engine.listener import format_address, open_listener
+from server.observe.admin_conn import Conn, Watcher
+from server.observe.exchange import Exchange
+from server.observe.stats import StatsSnapshot
+from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.admin")
 
@@ -137,7 +137,7 @@ class AdminServer:
         return self._view
 
     def start(self) -> None:
-        from server.admin_http import serve_connection  # it imports this module for its limits
+        from server.observe.admin_http import serve_connection  # it imports this module for its limits
 
         self._serve_connection = serve_connection
         self._thread.start()

@@ -36,10 +36,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from server.echo import Connection, EchoWaits, discard_until_eof, flush
-from server.scheduler import READ, WRITE, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
-from server.throttle import Throttle
-from server.tls import TlsContext
+from server.engine.echo import Connection, EchoWaits, discard_until_eof, flush
+from server.engine.scheduler import READ, WRITE, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
+from server.engine.tls import TlsContext
+from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.tls")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from server.stats import Histogram, StatsSnapshot
+from server.observe.stats import Histogram, StatsSnapshot
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(StatsSnapshot))
 
