@@ -188,6 +188,7 @@ class EchoServer(FailureAttributes):
                 proxy=ProxyPolicy.from_settings(
                     config.proxy_protocol, config.proxy_protocol_timeout, config.proxy_protocol_from
                 ),
+                sole_owner=self._given_listener is None,  # a worker's is shared with the next generation
             )
             self._proxy_admission = acceptor.proxy_admission
             if tls_listener is not None and tls is not None:
@@ -248,6 +249,7 @@ class EchoServer(FailureAttributes):
             max_connections=config.max_connections,
             max_connections_per_ip=config.max_connections_per_ip,
             on_ready=lambda: None,
+            sole_owner=self._given_tls_listener is None,
         )
         tls_acceptor._ids = acceptor._ids  # one numbering of connections for both listeners
         self._acceptor_loop.spawn_threadsafe(tls_acceptor.run(), tls_listener, daemon=True, critical=True)

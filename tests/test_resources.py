@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.listener import backlog_capped
+from server.engine.listener import backlog_capped, open_listener, refuse_new_connections
 from tests.helpers import ServerProcess, address_of, wait_readable
 
 
@@ -74,3 +74,25 @@ def test_the_server_warns_once_when_the_kernel_caps_its_backlog() -> None:
         assert len(warnings) == 1 and warnings[0]["level"] == "warning"
     finally:
         server.stop()
+
+
+def test_a_refusing_listener_keeps_its_backlog_and_completes_no_new_handshake() -> None:
+    """The stop's first step (listener.refuse_new_connections): without it, a connection
+    completed between the last accept() and close() is reset, which a balancer cannot
+    retry (seen as 1 failed connection in 8 drain runs behind HAProxy)."""
+    listener = open_listener("127.0.0.1", 0, 16)
+    address = listener.getsockname()[:2]
+    with listener, socket.create_connection(address, timeout=5) as before:
+        assert refuse_new_connections(listener)
+        late = socket.socket()
+        late.settimeout(0.5)
+        with late, pytest.raises(TimeoutError):
+            late.connect(address)  # its SYN is dropped: no handshake completes
+        listener.settimeout(5)
+        accepted, _ = listener.accept()  # the one queued before is still there
+        with accepted:
+            assert accepted.getpeername() == before.getsockname()
+            accepted.sendall(b"x")
+            assert before.recv(1) == b"x"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5).close()  # closed: the retried SYN is refused

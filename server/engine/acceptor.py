@@ -18,7 +18,9 @@ calls ``ProxyAdmission.admit`` (the per-address check by the header's address, t
 
 Stopping: the task is closed at the stop; before the listener closes, it admits the
 connections the kernel has already completed (the backlog), so that a client that
-connected before the stop is served in the drain instead of being reset.
+connected before the stop is served in the drain instead of being reset. Where this
+process alone owns the listener, the kernel is first told to complete no more
+handshakes on it, so none can arrive between the last accept and the close.
 
 accept() failing for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) pauses
 accepting for ACCEPT_PAUSE_S: no spinning, a warning at most once a second, and
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine.echo import Connection
-from server.engine.listener import format_address
+from server.engine.listener import format_address, refuse_new_connections
 from server.engine.proxy_protocol import Accept, Network, ProxyHeader, parse_networks, trusted
 from server.engine.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
 from server.observe.events import Event, event
@@ -96,8 +98,12 @@ class Acceptor:
         max_connections_per_ip: int,
         on_ready: Callable[[], None],
         proxy: ProxyPolicy | None = None,
+        sole_owner: bool = False,
     ) -> None:
+        """``sole_owner``: no other process accepts on ``listener``, so the stop may make
+        the kernel refuse new handshakes on it before taking the backlog (listener.py)."""
         self._listener = listener
+        self._sole_owner = sole_owner
         self._schedulers = schedulers
         self._start_connection = start_connection
         self._stats = stats
@@ -127,6 +133,8 @@ class Acceptor:
                 yield readable
                 yield from self._accept_batch(accept)
         except GeneratorExit:  # the stop: the listener closes right after this
+            if self._sole_owner:
+                refuse_new_connections(self._listener)
             self._take_backlog(accept)
             raise
         finally:

@@ -7,14 +7,19 @@ thread of the server exists.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import resource
 import socket
+import struct
 
 from server.config import Config
 
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux; Python names it only on some builds
+# One classic-BPF instruction, "ret #0": keep no byte of any packet, i.e. drop it.
+_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
 
 
 class ListenError(OSError):
@@ -36,6 +41,25 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
         raise ListenError(error.errno, f"cannot listen on {host}:{port}: {reason}") from None
     sock.setblocking(False)
     return sock
+
+
+def refuse_new_connections(listener: socket.socket) -> bool:
+    """Make the kernel complete no more handshakes on ``listener`` (Linux): a socket
+    filter that drops every packet, so a new SYN goes unanswered (the client retries it,
+    and by then finds the port closed: refused, which a balancer retries elsewhere).
+
+    Closing a listener resets the connections the kernel completed since the last
+    accept(); with this first, the backlog can be emptied and then closed with nothing
+    arriving in between. Only for a listener no other process still accepts on: the
+    filter belongs to the socket, not to this process's descriptor. Returns False where
+    the OS refuses (then the short race stays)."""
+    program = ctypes.create_string_buffer(_DROP_ALL)
+    fprog = struct.pack("HL", 1, ctypes.addressof(program))  # struct sock_fprog
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
 
 
 def format_address(address: tuple[object, ...]) -> str:

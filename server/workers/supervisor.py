@@ -43,12 +43,13 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from typing import Any
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S
-from server.engine.listener import ListenError, format_address, open_listener
+from server.engine.listener import ListenError, format_address, open_listener, refuse_new_connections
 from server.engine.tls import TlsContext, TlsError
 from server.engine.udp import open_udp
 from server.failure import FailureAttributes, FailureRecord
@@ -98,6 +99,7 @@ class Supervisor(FailureAttributes):
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
         self._monitor: Monitor | None = None
         self._monitor_thread: threading.Thread | None = None
+        self._stream_listeners: tuple[socket.socket, ...] = ()
 
     # --- ServerView (any thread) ------------------------------------------------------
 
@@ -153,6 +155,7 @@ class Supervisor(FailureAttributes):
                         if sock is not None:
                             sock.close()
                     raise
+            self._stream_listeners = tuple(sock for sock in (listener, tls_listener) if sock is not None)
             self._monitor = Monitor(self, self._ctx, (listener, tls_listener, udp_socket), limits)
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
             self._started = True
@@ -202,6 +205,10 @@ class Supervisor(FailureAttributes):
             self.ready.clear()
             config = self.config
             self.publish(event("stopping", shutdown_timeout_s=config.shutdown_timeout))
+            # No generation follows: let the kernel complete no more handshakes, so the
+            # workers' last accepts empty the backlog and nothing queued is reset at the close.
+            for sock in self._stream_listeners:
+                refuse_new_connections(sock)
             assert self._monitor is not None and self._monitor_thread is not None
             self._monitor.post("stop")
             self._monitor_thread.join(config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S + REAP_S + 1.0)
