@@ -28,9 +28,17 @@ import server
 
 FIELDS = ("hostname", "peer", "local", "conn", "version")
 MAX_TEMPLATE_CHARS = 512
+MAX_LINE_CHARS = 1024  # a field's width ({conn:>5000000}) must not make each line megabytes
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
 _ESCAPE = re.compile(r"\\([nrt\\])")
-_SAMPLE = {"hostname": "h" * 64, "peer": "[ffff::1]:65535", "local": "[ffff::1]:65535", "conn": 1, "version": "0"}
+_LONGEST_ADDRESS = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+_SAMPLE = {  # the longest each field can be (a host name is at most 64 bytes on Linux)
+    "hostname": "h" * 64,
+    "peer": _LONGEST_ADDRESS,
+    "local": _LONGEST_ADDRESS,
+    "conn": 10**12,
+    "version": server.__version__,
+}
 
 
 def parse_template(text: str) -> str | None:
@@ -49,12 +57,19 @@ def check_template(value: object) -> str | None:
     if len(value) > MAX_TEMPLATE_CHARS:
         return f"at most {MAX_TEMPLATE_CHARS} characters, got {len(value)}"
     try:
-        for _, name, _, _ in string.Formatter().parse(value):
-            if name is not None and name not in FIELDS:
+        for _, name, spec, _ in string.Formatter().parse(value):
+            if name is None:
+                continue
+            if name not in FIELDS:
                 return f"unknown field {{{name}}}; the fields are {', '.join('{' + f + '}' for f in FIELDS)}"
-        value.format_map(_SAMPLE)
+            if spec and "{" in spec:
+                return f"the format of {{{name}}} may not hold another field"
+        # The longest values a field can take: what this renders to bounds every line.
+        longest = len(value.format_map(_SAMPLE))
     except (ValueError, TypeError) as error:  # "{" alone, a bad format spec
         return f"not a valid template: {error}"
+    if longest > MAX_LINE_CHARS:
+        return f"renders to up to {longest} characters; at most {MAX_LINE_CHARS}"
     return None
 
 
