@@ -19,7 +19,7 @@ from client.cli import BINARY_REFUSED, SUBCOMMANDS, build_parser
 from client.library import ConnectFailed, ConnectionReset, EchoClient, EchoMismatch, EchoTimeout, ShortEcho
 from tests.conftest import ServerFactory
 from tests.faulty import FaultyServer
-from tests.helpers import ROOT
+from tests.helpers import ROOT, closed_port
 
 
 def client_cli(*args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -46,10 +46,7 @@ def test_echo_round_trips_large_payloads(make_server: ServerFactory) -> None:
 
 
 def test_refused_is_a_clear_error() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    with pytest.raises(ConnectFailed, match="refused"):
+    with closed_port() as port, pytest.raises(ConnectFailed, match="refused"):
         EchoClient("127.0.0.1", port).connect()
 
 
@@ -105,13 +102,12 @@ def test_send_exits_2_on_a_mismatch_and_1_when_unreachable() -> None:
     with FaultyServer("corrupt") as faulty:
         mismatch = client_cli("send", "0123456789", *map(str, faulty.address))
     assert mismatch.returncode == 2 and b"differs" in mismatch.stderr
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = str(unused.getsockname()[1])
-    refused = client_cli("send", "x", "127.0.0.1", port)
+    with closed_port() as port:
+        refused = client_cli("send", "x", "127.0.0.1", str(port))
     assert refused.returncode == 1
     assert refused.stderr.decode().strip().count("\n") == 0 and b"refused" in refused.stderr
-    unknown = client_cli("send", "x", "no-such-host.invalid")
+    # A name the resolver refuses without asking a name server: no DNS query leaves loopback.
+    unknown = client_cli("send", "x", "no such host")
     assert unknown.returncode == 1 and b"cannot resolve" in unknown.stderr
 
 
