@@ -327,7 +327,10 @@ def test_a_bad_header_is_rejected_with_its_reason(
     server, events = make_server(proxy_protocol=mode)
     with _connect(server) as sock:
         sock.sendall(sent)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.shutdown(socket.SHUT_WR)  # "truncated": nothing more is coming
+        except OSError:
+            pass  # ENOTCONN: the server already reset it (a bad first byte needs no more)
         assert _closed_without_echo(sock)
     rejected = events.wait_for(lambda e: e.name == "rejected")
     assert rejected.data["reason"] == "proxy_protocol" and rejected.data["detail"] == detail
