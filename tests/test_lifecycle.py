@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -17,7 +18,7 @@ from server.config import Config
 from server.core import EchoServer
 from server.engine.acceptor import Acceptor
 from server.observe.exchange import Exchange
-from tests.helpers import EventRecorder, read_exactly
+from tests.helpers import EventRecorder, read_exactly, read_until_eof
 
 
 class ErrorLog(logging.Handler):
@@ -96,6 +97,30 @@ def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLo
     finally:
         server.shutdown()
     assert len(failures) == 1  # the stop is not a second failure
+
+
+def test_a_task_that_dies_of_a_bug_is_counted_as_an_error_and_the_server_goes_on(error_log: ErrorLog) -> None:
+    server, recorder, _, failures = start_server()
+    try:
+        good_waits = server._waits
+        # The bug: the task yields something that is no Wait, so the scheduler throws a
+        # TypeError into it, where the task's own code was running.
+        server._waits = dataclasses.replace(good_waits, read="not a Wait")  # type: ignore[arg-type]
+        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+            assert read_until_eof(sock) == b""  # closed, neither echoed nor left hanging
+        closed = recorder.wait_for(lambda e: e.name == "closed")
+        assert closed.data["reason"] == "error" and closed.level == "warning"
+        stats = server.stats.snapshot()
+        assert stats.errors == 1 and stats.closed_by_reason == {"error": 1} and stats.active == 0
+        tracebacks = [r for r in error_log.records if r.exc_info]
+        assert len(tracebacks) == 1 and "not a Wait" in tracebacks[0].getMessage() + str(tracebacks[0].exc_info)
+        server._waits = good_waits
+        with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+            sock.sendall(b"after")
+            assert read_exactly(sock, 5) == b"after"  # one task's bug is that task's end only
+        assert server.healthy and not failures
+    finally:
+        server.shutdown()
 
 
 def test_an_acceptor_that_dies_is_reported_with_its_traceback(
