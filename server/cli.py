@@ -284,13 +284,14 @@ class _Run:
         self._begin_stop()
 
     def reload(self, wakeup: Wakeup) -> None:
-        """SIGHUP. Re-reads the TLS certificate and key, if TLS is on (a bad file keeps the
-        old ones and logs one error). The hook for a future reload of the settings and
-        workers; until then nothing else changes, and it says so.
-        With workers: re-read the settings (the same flags, the environment as it is now)
-        and hand them to the supervisor, which starts a new generation of workers and
-        drains the old one (new workers load the TLS files afresh). Bad settings keep the
-        running ones."""
+        """SIGHUP. One worker (no supervisor): re-read the TLS certificate and key, if TLS
+        is on (a bad file keeps the old ones and logs one error); nothing else changes,
+        and the log says so.
+        With workers: re-read the settings (the same flags and this process's environment,
+        so they change only where they name files: TLS) and hand them to the supervisor,
+        which starts a new generation of workers, fresh interpreters that also load the
+        code as it now is on disk, and drains the old one. Bad settings keep the running
+        ones."""
         server = self._server
         if isinstance(server, Supervisor) and self._reload_config is not None:
             try:

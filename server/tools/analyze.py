@@ -5,7 +5,9 @@
 Parsing and aggregating is CPU-bound, so each file is read by a worker process
 (``summarize_file``) into a small partial Summary (counters and a log-bucketed
 histogram); the parent merges them as their futures complete. Only logs written with
-``--log-format json`` can be read; other lines are counted as unparsed, never fatal.
+``--log-format json`` can be read: a bad line or field is counted, skipped and summed
+up in one line, and the report is still made; a log with no JSON event at all (the
+text format) is said in one line, exit 2.
 
 The report: the time span, connections opened and closed, close reasons, rejections
 by reason, bytes in and out, connection duration percentiles, and the busiest client
