@@ -20,9 +20,10 @@ Stopping: stop accepting (the listeners close, the UDP task ends) -> connections
 close or shutdown_timeout passes -> then they stop reading, flush what is owed, send
 FIN and close, for at most FINAL_FLUSH_S, after which what is left is reset -> the
 schedulers return and the pool shuts down -> ``stopped`` event -> the admin endpoint
-closes (at most admin.CLOSE_TIMEOUT_S). So shutdown() takes at most shutdown_timeout
-+ FINAL_FLUSH_S + admin.CLOSE_TIMEOUT_S, unless a scheduler thread is stuck in a bug:
-then it waits STOP_MARGIN_S more for it, logs an error and returns anyway.
+closes in what is left of one overall deadline, shutdown_timeout + STOP_BUDGET_S from the
+stop (at least ADMIN_CLOSE_MIN_S). So shutdown() takes at most shutdown_timeout +
+STOP_BUDGET_S, unless a scheduler thread is stuck in a bug: then it waits STOP_MARGIN_S
+more for it, logs an error and returns anyway.
 
 Failure: a scheduler thread that dies, or the acceptor task ending, outside a stop is
 fatal. It is logged once with its traceback, published as a ``failed`` event, /healthz
@@ -62,12 +63,21 @@ from server.observe.stats import Stats, StatsSnapshot
 log = logging.getLogger("echo.server")
 
 FINAL_FLUSH_S = 1.0  # after the drain: time to flush what is owed before resetting
+ADMIN_CLOSE_MIN_S = 0.2  # the admin's close after the drain (stuck handlers are cut before it ends)
+# The whole stop, past shutdown_timeout: the final flush, then the admin's close. The
+# CLI promises an exit within shutdown_timeout + 1.5 s; the rest is the log's last lines.
+STOP_BUDGET_S = FINAL_FLUSH_S + ADMIN_CLOSE_MIN_S
 FOLD_INTERVAL_S = 1.0  # how often long connections' bytes reach Stats
 STOP_MARGIN_S = 5.0  # past every deadline, how long shutdown() waits for a thread
 # Descriptors besides connections: stdio, the echo listener, the log file, the signal
 # wake-up pair and a few spare; each scheduler holds an epoll fd and a wake-up pair.
 FD_BASE = 16
 FD_PER_SCHEDULER = 3
+
+
+def admin_close_budget(deadline: float) -> float:
+    """What is left of a stop's overall deadline for the admin's close, within bounds."""
+    return min(admin_module.CLOSE_TIMEOUT_S, max(ADMIN_CLOSE_MIN_S, deadline - time.monotonic()))
 
 
 class EchoServer(FailureAttributes):
@@ -283,6 +293,7 @@ class EchoServer(FailureAttributes):
             log.debug("stopping: no new connections; draining for up to %.1f s", config.shutdown_timeout)
 
             now = time.monotonic()
+            deadline = now + config.shutdown_timeout + STOP_BUDGET_S
             self._acceptor_loop.request_stop(now, now)
             wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
             grace = now + config.shutdown_timeout
@@ -303,7 +314,7 @@ class EchoServer(FailureAttributes):
             )
             self.publish(event("stopped", **final.as_dict()))
             if self.admin is not None:  # last: probes and /events watchers see the drain
-                self.admin.close()
+                self.admin.close(admin_close_budget(deadline))
             self.stopped.set()
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.core import EchoServer
+from server.core import STOP_BUDGET_S, EchoServer
 from server.observe import admin as admin_module
 from server.observe.events import event
 from tests.conftest import ServerFactory
@@ -232,6 +232,29 @@ def wait_for_pause_warning(server: ServerProcess, timeout: float = 10.0) -> floa
             return time.monotonic()
 
 
+def _owe_an_echo_that_is_never_read(address: tuple[str, int]) -> socket.socket:
+    """A client that sends until both directions' buffers are full and reads nothing:
+    the server can neither finish its echo nor read more, so the drain lasts until the
+    final flush gives up on it."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.setblocking(False)
+    chunk = bytes(65536)
+    try:
+        for _ in range(4096):  # bounded: the kernel's buffers fill long before 256 MiB
+            sock.send(chunk)
+            if not wait_writable(sock, 0.5):
+                break
+    except BlockingIOError:
+        pass
+    return sock
+
+
+def wait_writable(sock: socket.socket, timeout: float) -> bool:
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        return bool(selector.select(timeout))
+
+
 def test_stop_is_bounded_with_the_worst_admin_company() -> None:
     shutdown_timeout = 0.2
     server = ServerProcess(
@@ -310,19 +333,41 @@ def test_the_stop_closes_idle_keep_alive_connections_at_once(make_server: Server
             connection.close()
 
 
+def _stall_a_stream(server: EchoServer) -> tuple[socket.socket, threading.Thread]:
+    """An /events reader that never reads, its handler blocked in a send (buffers full)."""
+    reader, handler = attach_reader_that_never_reads(server)
+    for index in range(admin_module.WATCHER_QUEUE * 4 // 5):  # the buffers fill, the queue does not
+        server.publish(event("opened", conn_id=index, peer="203.0.113.9:1"))
+    wchan = Path(f"/proc/self/task/{handler.native_id}/wchan")
+    for _ in range(100):  # each probe gives the handler time to fill the buffers
+        assert healthz(admin_of(server)) == 200
+        if wchan.read_text().startswith(SENDING):
+            break
+    assert wchan.read_text().startswith(SENDING), "the handler never blocked in a send"
+    return reader, handler
+
+
 def test_the_stop_cuts_a_stalled_stream_at_its_deadline(make_server: ServerFactory) -> None:
     server, _ = make_server(admin_port=0)
-    reader, handler = attach_reader_that_never_reads(server)
+    reader, handler = _stall_a_stream(server)
     with reader:
-        for index in range(admin_module.WATCHER_QUEUE * 4 // 5):  # the buffers fill, the queue does not
-            server.publish(event("opened", conn_id=index, peer="203.0.113.9:1"))
-        wchan = Path(f"/proc/self/task/{handler.native_id}/wchan")
-        for _ in range(100):  # each probe gives the handler time to fill the buffers
-            assert healthz(admin_of(server)) == 200
-            if wchan.read_text().startswith(SENDING):
-                break
-        assert wchan.read_text().startswith(SENDING), "the handler never blocked in a send"
         started = time.monotonic()
         server.shutdown()
         assert time.monotonic() - started < admin_module.CLOSE_TIMEOUT_S + 0.5
+        assert not handler.is_alive()
+
+
+def test_one_deadline_bounds_the_stop_when_the_flush_and_a_stream_are_both_stuck(
+    make_server: ServerFactory,
+) -> None:
+    """The admin's close gets what is left of shutdown_timeout + STOP_BUDGET_S, not a
+    budget of its own after the final flush (that took 0.2 + 1.0 + 0.8 s here)."""
+    server, _ = make_server(admin_port=0, shutdown_timeout=0.2)
+    owed = _owe_an_echo_that_is_never_read(server.server_address[:2])
+    reader, handler = _stall_a_stream(server)
+    with owed, reader:
+        started = time.monotonic()
+        server.shutdown()
+        took = time.monotonic() - started
+        assert took < 0.2 + STOP_BUDGET_S + 0.3, f"the stop took {took:.2f} s"
         assert not handler.is_alive()

@@ -45,10 +45,11 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 from server.config import Config
-from server.core import FINAL_FLUSH_S
+from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
 from server.engine.listener import ListenError, format_address, open_listener, refuse_new_connections
 from server.engine.tls import TlsContext, TlsError
 from server.engine.udp import open_udp
@@ -194,9 +195,10 @@ class Supervisor(FailureAttributes):
             self._monitor.post("reload", config)
 
     def shutdown(self) -> None:
-        """Stop accepting, drain every worker, stop. Idempotent; returns once stopped
-        (within shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S + REAP_S, plus the
-        admin endpoint's close)."""
+        """Stop accepting, drain every worker, stop. Idempotent; returns once stopped:
+        the workers within shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S (+ REAP_S
+        for one that had to be killed), then the admin endpoint's close in what is left of
+        shutdown_timeout + STOP_BUDGET_S + KILL_MARGIN_S (core.admin_close_budget)."""
         with self._lock:
             if not self._started or self.stopped.is_set():
                 self.stopped.set()
@@ -205,6 +207,7 @@ class Supervisor(FailureAttributes):
             self.ready.clear()
             config = self.config
             self.publish(event("stopping", shutdown_timeout_s=config.shutdown_timeout))
+            deadline = time.monotonic() + config.shutdown_timeout + STOP_BUDGET_S + KILL_MARGIN_S
             # No generation follows: let the kernel complete no more handshakes, so the
             # workers' last accepts empty the backlog and nothing queued is reset at the close.
             for sock in self._stream_listeners:
@@ -216,7 +219,7 @@ class Supervisor(FailureAttributes):
             fields = StatsSnapshot.as_dict(final)
             self.publish(event("stopped", **fields, workers_restarted=final.restarts))
             if self.admin is not None:
-                self.admin.close()
+                self.admin.close(admin_close_budget(deadline))
             self.stopped.set()
 
     def close(self) -> None:
