@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import bench, report
+from loadtest import bench, report, servers
 from tests.helpers import ROOT, echo_round_trip, read_exactly
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -166,8 +166,8 @@ def test_echo_and_close_notices_a_server_that_does_not_echo() -> None:
 def c_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler (cc) on PATH: the bench skips the c-epoll row")
-    assert bench.build_c_server(tmp_path) is None
-    proc = subprocess.Popen(bench.SERVERS[bench.C_SERVER], stdout=subprocess.PIPE, text=True)
+    assert servers.build_c_server(tmp_path) is None
+    proc = subprocess.Popen(servers.SERVERS[servers.C_SERVER], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     _, host, port = proc.stdout.readline().split()
     yield host, int(port)
@@ -200,7 +200,7 @@ def test_c_server_holds_a_client_that_reads_late(c_server: tuple[str, int]) -> N
 
 def test_a_missing_compiler_skips_the_c_row_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert bench.build_c_server(tmp_path) == "no C compiler (cc) on PATH"
+    assert servers.build_c_server(tmp_path) == "no C compiler (cc) on PATH"
 
 
 # --- ratios and the chart -----------------------------------------------------------------
@@ -245,3 +245,13 @@ def test_chart_labels_its_axes_with_round_numbers() -> None:
     chart = ElementTree.fromstring(report.svg([entry]))
     labels = [t.text or "" for t in chart.iter(f"{SVG}text") if t.get("text-anchor") == "end"]
     assert labels == ["0", "20,000", "40,000", "60,000", "80,000", "100,000", "0", "10", "20", "30", "40"]
+
+
+def test_admin_port_gives_every_echo_service_row_the_admin_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "SERVERS", {name: list(command) for name, command in servers.SERVERS.items()})
+    servers.watch_admin(7108)
+    for name, command in servers.SERVERS.items():
+        if name.startswith("echo-service") and command:
+            assert command[command.index("--admin-port") + 1] == "7108", name
+        else:
+            assert "7108" not in command, name

@@ -346,13 +346,13 @@ class _ConnectLoop:
 
 
 def test_the_bench_counts_every_process_of_a_supervised_server() -> None:
-    from loadtest import bench
+    from loadtest import bench, servers
 
     workers_row = bench.SCENARIOS[6]
     assert workers_row.workers
-    assert [n for n in bench.SERVERS if bench.runs_in(n, workers_row)] == ["echo-service", bench.WORKERS_SERVER]
-    assert bench.WORKERS_SERVER not in [n for n in bench.SERVERS if bench.runs_in(n, bench.SCENARIOS[1])]
-    server = bench.ServerUnderTest(bench.WORKERS_SERVER, None)
+    assert [n for n in servers.SERVERS if bench.runs_in(n, workers_row)] == ["echo-service", servers.WORKERS_SERVER]
+    assert servers.WORKERS_SERVER not in [n for n in servers.SERVERS if bench.runs_in(n, bench.SCENARIOS[1])]
+    server = servers.ServerUnderTest(servers.WORKERS_SERVER, None)
     try:
         assert round_trip(server.address) == b"ping"
         assert len(server._process_tree()) >= 3  # the supervisor and its two workers
