@@ -260,6 +260,7 @@ class EchoServer(FailureAttributes):
             max_connections_per_ip=config.max_connections_per_ip,
             on_ready=lambda: None,
             sole_owner=self._given_tls_listener is None,
+            name="tls",
         )
         tls_acceptor._ids = acceptor._ids  # one numbering of connections for both listeners
         self._acceptor_loop.spawn_threadsafe(tls_acceptor.run(), tls_listener, daemon=True, critical=True)

@@ -437,5 +437,10 @@ def test_tls_connections_count_against_the_same_limits(make_server: ServerFactor
         assert read_exactly(tls, 4) == b"held"
         with socket.create_connection(server.server_address[:2], timeout=10) as plain:
             assert plain.recv(10) == b""  # the plain port is full too
-        events.wait_for(lambda e: e.name == "rejected")
-    assert server.stats.snapshot().rejected["max_connections"] == 1
+        rejected = events.wait_for(lambda e: e.name == "rejected")
+        assert "listener" not in rejected.data  # plain TCP, as in its closed events
+        with socket.create_connection(address, timeout=10) as second:
+            assert second.recv(10) == b""  # and so is the TLS port, for a second TLS client
+        on_tls = events.wait_for(lambda e: e.name == "rejected" and e is not rejected)
+        assert on_tls.data["listener"] == "tls" and on_tls.data["reason"] == "max_connections"
+    assert server.stats.snapshot().rejected["max_connections"] == 2

@@ -99,11 +99,14 @@ class Acceptor:
         on_ready: Callable[[], None],
         proxy: ProxyPolicy | None = None,
         sole_owner: bool = False,
+        name: str = "tcp",
     ) -> None:
         """``sole_owner``: no other process accepts on ``listener``, so the stop may make
-        the kernel refuse new handshakes on it before taking the backlog (listener.py)."""
+        the kernel refuse new handshakes on it before taking the backlog (listener.py).
+        ``name``: the listener, named in its ``rejected`` events unless it is plain TCP."""
         self._listener = listener
         self._sole_owner = sole_owner
+        self._named: dict[str, Any] = {} if name == "tcp" else {"listener": name}
         self._schedulers = schedulers
         self._start_connection = start_connection
         self._stats = stats
@@ -143,7 +146,9 @@ class Acceptor:
             with self._reject_lock:
                 for reason, throttle in self._reject_throttles.items():
                     if throttle.held_back:
-                        self._publish(event("rejected", level="warning", reason=reason, count=throttle.held_back))
+                        self._publish(
+                            event("rejected", level="warning", reason=reason, count=throttle.held_back, **self._named)
+                        )
                 self._reject_throttles.clear()  # said: later ones start afresh
 
     def _take_backlog(self, accept: Callable[[], tuple[socket.socket, Any]]) -> None:
@@ -212,7 +217,9 @@ class Acceptor:
             held_back = throttle.allow()
         if held_back is None:
             return
-        self._publish(event("rejected", level="warning", peer=peer, reason=reason, count=held_back + 1, **detail))
+        self._publish(
+            event("rejected", level="warning", peer=peer, reason=reason, count=held_back + 1, **self._named, **detail)
+        )
 
     def _note_pause(self, error: OSError) -> None:
         self._stats.accept_failed()
