@@ -90,9 +90,12 @@ def test_a_refusing_listener_keeps_its_backlog_and_completes_no_new_handshake() 
             late.connect(address)  # its SYN is dropped: no handshake completes
         listener.settimeout(5)
         accepted, _ = listener.accept()  # the one queued before is still there
-        with accepted:
+        with accepted:  # and it is a whole connection: the filter is not the child's
             assert accepted.getpeername() == before.getsockname()
-            accepted.sendall(b"x")
-            assert before.recv(1) == b"x"
+            before.sendall(b"ping")
+            accepted.settimeout(5)
+            assert accepted.recv(4) == b"ping"
+            accepted.sendall(b"pong")
+            assert before.recv(4) == b"pong"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=5).close()  # closed: the retried SYN is refused
