@@ -2,8 +2,12 @@
 
     echo-client [HOST] [PORT]                        interactive: stdin -> server, echo -> stdout
     echo-client send (TEXT | --file F) [HOST] [PORT] send, verify, print the echo
-    echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times
+    echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times, then a summary with loss
     echo-client bench [--conns C ...] [HOST] [PORT]  load + latency figures (client.loadgen)
+
+Every mode connects as client.dial_args says: --banner/--expect-banner for a server run
+with --banner, --tls (--ca, --cert/--key, --sni, --alpn, --insecure), --proxy-protocol
+v1|v2 (--proxy-source), and --udp for send and ping.
 
 Every mode takes the server as ``[HOST] [PORT]`` operands, like nc (127.0.0.1 7007 by
 default); ``--host``/``--port`` are accepted as aliases. Options and operands may be
@@ -11,8 +15,9 @@ mixed in any order. Bytes that are not printable text are never written to a ter
 unless ``--force`` says so (a file's bytes could be escape sequences).
 
 Exit codes: 0 fine; 1 the server could not be reached or the connection failed;
-2 bad arguments, a refusal to write binary to a terminal, or (``send``) an echo that
-differed from what was sent. Everything runs on the main thread, but interactive
+2 bad arguments, a refusal to write binary to a terminal, an echo that differed from
+what was sent, or a banner line missing or not matching --expect-banner; ``ping`` exits
+1 when any round trip got no echo. Everything runs on the main thread, but interactive
 mode's stdin pump.
 """
 
@@ -22,7 +27,6 @@ import argparse
 import codecs
 import json
 import os
-import re
 import statistics
 import sys
 import threading
@@ -31,15 +35,24 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from client import loadgen
-from client.library import EchoClient, EchoError, EchoMismatch
+from client.dial import CONTROL_CHARACTERS, shown
+from client.dial_args import add_dial_arguments, dial_options
+from client.library import (
+    BadOption,
+    BannerError,
+    EchoClient,
+    EchoError,
+    EchoMismatch,
+    EchoTimeout,
+    UnexpectedBanner,
+)
+from client.udp import MAX_DATAGRAM, UdpEchoClient
 from server import __version__
 
 PROG = "echo-client"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SUBCOMMANDS = ("send", "ping", "bench")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7007
-# What a terminal would act on rather than show: C0 and C1 controls but tab, newline, CR.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
 BINARY_REFUSED = "the echo is not printable text; not writing it to a terminal (use --force, or redirect stdout)"
 
 
@@ -104,7 +117,7 @@ def printable(data: bytes, decoder: codecs.IncrementalDecoder | None = None) -> 
         text = decoder.decode(data) if decoder else data.decode()
     except UnicodeDecodeError:
         return False
-    return _CONTROL.search(text) is None
+    return CONTROL_CHARACTERS.search(text) is None
 
 
 def _add_target(parser: argparse.ArgumentParser, operands: str) -> None:
@@ -131,6 +144,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         )
         _add_target(parser, "[HOST] [PORT]")
         parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
+        add_dial_arguments(parser, udp=False)
         return parser
     if command == "send":
         parser = _Parser(
@@ -142,6 +156,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         parser.add_argument("--file", help="send this file's bytes instead of TEXT")
         parser.add_argument("--quiet", "-q", action="store_true", help="print nothing; the exit code says it all")
         parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
+        add_dial_arguments(parser, udp=True)
     elif command == "ping":
         parser = _Parser(
             prog=f"{PROG} ping",
@@ -155,6 +170,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
             "-i", "--interval", type=_non_negative_float, default=0.0, help="seconds between round trips (0)"
         )
         parser.add_argument("--json", action="store_true", help="print the times and summary as JSON")
+        add_dial_arguments(parser, udp=True)
     else:
         parser = _Parser(
             prog=f"{PROG} bench",
@@ -174,6 +190,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         )
         parser.add_argument("--idle", type=_non_negative_int, default=0, help="silent connections held meanwhile (0)")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
+        add_dial_arguments(parser, udp=False)
     return parser
 
 
@@ -199,7 +216,8 @@ def _resolve_target(command: str | None, args: argparse.Namespace) -> None:
         args.host = DEFAULT_HOST
     try:
         args.port = DEFAULT_PORT if args.port is None else parse_port(str(args.port))
-    except UsageError as error:
+        args.dial = dial_options(args)
+    except (UsageError, ValueError) as error:
         raise UsageError(f"{prog}: {error}") from None
 
 
@@ -220,18 +238,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "bench":
             return _bench(args)
         return _interactive(args)
-    except EchoMismatch as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except EchoError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code(error)
     except KeyboardInterrupt:
         return 130
 
 
+def exit_code(error: EchoError) -> int:
+    """2 for a check that failed or an option that does not fit; 1 for the rest."""
+    return EXIT_USAGE if isinstance(error, EchoMismatch | BannerError | BadOption) else EXIT_FAILED
+
+
+def _connected(args: argparse.Namespace) -> EchoClient | UdpEchoClient:
+    """The command's client, connected (banner read and shown if asked)."""
+    if args.dial.udp:
+        return UdpEchoClient(args.host, args.port, timeout=args.timeout).connect()
+    client = EchoClient(args.host, args.port, timeout=args.timeout, options=args.dial).connect()
+    if args.show_banner and client.banner is not None:
+        print(f"{PROG}: banner: {shown(client.banner)}", file=sys.stderr)
+    return client
+
+
 def _interactive(args: argparse.Namespace) -> int:
-    with EchoClient(args.host, args.port, timeout=args.timeout) as client:
+    if args.dial.tls is not None:  # the stdin pump and the reader would share one TLS session across threads
+        print(f"{PROG}: --tls: not in interactive mode (use send or ping; or openssl s_client)", file=sys.stderr)
+        return EXIT_USAGE
+    client = _connected(args)
+    assert isinstance(client, EchoClient)
+    with client:
         client.sock.settimeout(None)  # a person may type slowly
         finished_sending = threading.Event()
 
@@ -278,7 +313,10 @@ def _send(args: argparse.Namespace) -> int:
     if terminal and not args.force and not printable(data):  # the echo, once verified, is these bytes
         print(f"{PROG} send: {BINARY_REFUSED}", file=sys.stderr)
         return EXIT_USAGE
-    with EchoClient(args.host, args.port, timeout=args.timeout) as client:
+    if args.dial.udp and len(data) > MAX_DATAGRAM:
+        print(f"{PROG} send: --udp: a datagram holds at most {MAX_DATAGRAM} bytes, got {len(data)}", file=sys.stderr)
+        return EXIT_USAGE
+    with _connected(args) as client:
         echoed = client.echo(data)
     if not args.quiet:
         sys.stdout.buffer.write(echoed)
@@ -289,40 +327,78 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _ping(args: argparse.Namespace) -> int:
-    payload = os.urandom(args.size)
+    """Round trips on one connection, each with fresh random bytes; a summary at the end
+    (also after an error or Ctrl-C), as ping prints. Over UDP a missing echo is a loss
+    and the next round trip goes on; over TCP the stream is broken, so it stops there."""
+    if args.dial.udp and args.size > MAX_DATAGRAM:
+        print(f"{PROG} ping: --udp: a datagram holds at most {MAX_DATAGRAM} bytes, got {args.size}", file=sys.stderr)
+        return EXIT_USAGE
     times_ms: list[float] = []
-    with EchoClient(args.host, args.port, timeout=args.timeout) as client:
-        for sequence in range(1, args.count + 1):
-            started = time.perf_counter()
-            client.echo(payload)
-            times_ms.append((time.perf_counter() - started) * 1000)
-            if not args.json:
-                print(f"{args.size} bytes from {client.target}: seq={sequence} time={times_ms[-1]:.3f} ms")
-            if args.interval > 0 and sequence < args.count:
-                time.sleep(args.interval)  # the pacing the user asked for
-        target = client.target
+    sent, code = 0, EXIT_OK
+    started_all = time.monotonic()
+    with _connected(args) as client:
+        try:
+            for sequence in range(1, args.count + 1):
+                payload = os.urandom(args.size)  # fresh bytes: a late UDP echo is never taken for this one
+                sent += 1
+                started = time.perf_counter()
+                try:
+                    client.echo(payload)
+                except EchoTimeout:
+                    if not args.dial.udp:
+                        raise
+                    if not args.json:
+                        print(f"no echo for seq={sequence} within {args.timeout:g} s")
+                    code = EXIT_FAILED
+                else:
+                    times_ms.append((time.perf_counter() - started) * 1000)
+                    if not args.json:
+                        print(f"{args.size} bytes from {client.target}: seq={sequence} time={times_ms[-1]:.3f} ms")
+                if args.interval > 0 and sequence < args.count:
+                    time.sleep(args.interval)  # the pacing the user asked for
+        except EchoError as error:
+            print(f"{PROG}: {error}", file=sys.stderr)
+            code = exit_code(error)
+        except KeyboardInterrupt:
+            code = 130
+        _ping_summary(args, client.target, sent, times_ms, (time.monotonic() - started_all) * 1000)
+    return code
+
+
+def _ping_summary(args: argparse.Namespace, target: str, sent: int, times_ms: list[float], elapsed_ms: float) -> None:
+    received = len(times_ms)
+    loss = 100.0 * (sent - received) / sent if sent else 0.0
     ordered = sorted(times_ms)
-    summary = {
-        "min": ordered[0],
-        "median": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        "max": ordered[-1],
-    }
+    summary = (
+        {
+            "min": ordered[0],
+            "avg": statistics.fmean(ordered),
+            "median": statistics.median(ordered),
+            "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            "max": ordered[-1],
+        }
+        if ordered
+        else {}
+    )
     if args.json:
         document = {
             "target": target,
+            "transport": "udp" if args.dial.udp else "tls" if args.dial.tls else "tcp",
             "size": args.size,
             "count": args.count,
+            "sent": sent,
+            "received": received,
+            "loss_percent": round(loss, 3),
             "times_ms": [round(t, 4) for t in times_ms],
             **{f"{name}_ms": round(value, 4) for name, value in summary.items()},
         }
         print(json.dumps(document, indent=2))
-        return EXIT_OK
-    print(
-        f"--- {args.count} round trips: min {summary['min']:.3f} / median {summary['median']:.3f} / "
-        f"p99 {summary['p99']:.3f} / max {summary['max']:.3f} ms"
-    )
-    return EXIT_OK
+        return
+    print(f"--- {target} echo statistics ---")
+    print(f"{sent} sent, {received} received, {loss:.3g}% loss, time {elapsed_ms:.0f} ms")
+    if summary:
+        figures = "/".join(f"{summary[name]:.3f}" for name in ("min", "avg", "max", "p99"))
+        print(f"rtt min/avg/max/p99 = {figures} ms")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -336,9 +412,15 @@ def _bench(args: argparse.Namespace) -> int:
         processes=args.processes,
         idle=args.idle,
         connect_timeout_s=args.timeout,
+        dial=args.dial,
     )
-    with EchoClient(args.host, args.port, timeout=args.timeout):
-        pass  # fail fast, with one line, if the server is not there
+    with _connected(args) as probe:  # fail fast, with one line, if the server is not there
+        try:
+            probe.echo(b"echo-client bench: probe\n")
+        except UnexpectedBanner:
+            raise  # every connection would fail the same way: say what to pass instead
+        except EchoError:
+            pass  # the run measures and counts what else goes wrong
     show_progress = sys.stderr.isatty() and not args.json
     stop_ticker = threading.Event()
 
