@@ -27,6 +27,7 @@ import argparse
 import codecs
 import json
 import os
+import ssl
 import statistics
 import sys
 import threading
@@ -337,6 +338,7 @@ def _ping(args: argparse.Namespace) -> int:
     sent, code = 0, EXIT_OK
     started_all = time.monotonic()
     with _connected(args) as client:
+        tls = _tls_facts(client)
         try:
             for sequence in range(1, args.count + 1):
                 payload = os.urandom(args.size)  # fresh bytes: a late UDP echo is never taken for this one
@@ -361,11 +363,30 @@ def _ping(args: argparse.Namespace) -> int:
             code = exit_code(error)
         except KeyboardInterrupt:
             code = 130
-        _ping_summary(args, client.target, sent, times_ms, (time.monotonic() - started_all) * 1000)
+        _ping_summary(args, client.target, tls, sent, times_ms, (time.monotonic() - started_all) * 1000)
     return code
 
 
-def _ping_summary(args: argparse.Namespace, target: str, sent: int, times_ms: list[float], elapsed_ms: float) -> None:
+def _tls_facts(client: EchoClient | UdpEchoClient) -> dict[str, str | None] | None:
+    """What the TLS handshake settled (for --json), or None without TLS."""
+    if not isinstance(client, EchoClient) or not isinstance(client.sock, ssl.SSLSocket):
+        return None
+    cipher = client.sock.cipher()
+    return {
+        "version": client.sock.version(),
+        "cipher": cipher[0] if cipher else None,
+        "alpn": client.sock.selected_alpn_protocol(),
+    }
+
+
+def _ping_summary(
+    args: argparse.Namespace,
+    target: str,
+    tls: dict[str, str | None] | None,
+    sent: int,
+    times_ms: list[float],
+    elapsed_ms: float,
+) -> None:
     received = len(times_ms)
     loss = 100.0 * (sent - received) / sent if sent else 0.0
     ordered = sorted(times_ms)
@@ -384,6 +405,7 @@ def _ping_summary(args: argparse.Namespace, target: str, sent: int, times_ms: li
         document = {
             "target": target,
             "transport": "udp" if args.dial.udp else "tls" if args.dial.tls else "tcp",
+            "tls": tls,
             "size": args.size,
             "count": args.count,
             "sent": sent,
