@@ -121,7 +121,7 @@ def tls_problem(error: ssl.SSLError) -> str:
     reason = str(error.reason or error)
     if reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE"):
         return f"{reason} (does the server want a client certificate? pass --cert and --key)"
-    if reason == "WRONG_VERSION_NUMBER":
+    if reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_MESSAGE"):  # plain text; a plain echo of our hello
         return f"{reason} (is it a TLS port?)"
     return reason
 

@@ -145,8 +145,15 @@ class EchoClient:
 
     def _reset(self, error: OSError, doing: str = "") -> ConnectionReset:
         if isinstance(error, ssl.SSLError):  # e.g. the alert of a server that wanted a client certificate
-            return ConnectionReset(f"TLS: {self.target} ended the session{doing}: {tls_problem(error)}")
-        return ConnectionReset(f"{self.target} reset the connection{doing}")
+            message = f"TLS: {self.target} ended the session{doing}: {tls_problem(error)}"
+        else:
+            message = f"{self.target} reset the connection{doing}"
+        tls = self.options.tls
+        if tls is not None and tls.cert is None and not self._echoed and "client certificate" not in message:
+            # TLS 1.3 ends the handshake before the server checks for a certificate: its alert
+            # races our first write, which may see only the close.
+            message += " (right after the handshake: does the server want a client certificate? pass --cert and --key)"
+        return ConnectionReset(message)
 
     # --- one verified round trip ------------------------------------------------------
 
