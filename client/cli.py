@@ -17,8 +17,8 @@ unless ``--force`` says so (a file's bytes could be escape sequences).
 Exit codes: 0 fine; 1 the server could not be reached or the connection failed;
 2 bad arguments, a refusal to write binary to a terminal, an echo that differed from
 what was sent, or a banner line missing or not matching --expect-banner; ``ping`` exits
-1 when any round trip got no echo. Everything runs on the main thread, but interactive
-mode's stdin pump.
+1 when any round trip got no echo. Everything runs on the main thread (bench's progress
+ticker aside; its load runs in worker processes).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from client import loadgen
+from client import interactive, loadgen
 from client.dial import CONTROL_CHARACTERS, shown
 from client.dial_args import add_dial_arguments, dial_options
 from client.library import (
@@ -262,41 +262,27 @@ def _connected(args: argparse.Namespace) -> EchoClient | UdpEchoClient:
 
 
 def _interactive(args: argparse.Namespace) -> int:
-    if args.dial.tls is not None:  # the stdin pump and the reader would share one TLS session across threads
-        print(f"{PROG}: --tls: not in interactive mode (use send or ping; or openssl s_client)", file=sys.stderr)
-        return EXIT_USAGE
     client = _connected(args)
-    assert isinstance(client, EchoClient)
+    assert isinstance(client, EchoClient)  # no --udp here
+    out = sys.stdout.buffer
+    # Typed input was shown by the terminal already; piped input could be anything.
+    decoder = None if args.force or not out.isatty() or sys.stdin.isatty() else codecs.getincrementaldecoder("utf-8")()
+
+    def show(chunk: bytes) -> bool:
+        if decoder is not None and not printable(chunk, decoder):
+            return False
+        out.write(chunk)
+        out.flush()
+        return True
+
     with client:
-        client.sock.settimeout(None)  # a person may type slowly
-        finished_sending = threading.Event()
-
-        def pump() -> None:
-            try:
-                while chunk := os.read(sys.stdin.fileno(), 65536):  # returns what a pipe or tty has
-                    client.send(chunk)
-                # Before the half-close: the server's EOF, which the reader waits for, can
-                # only follow it, so the reader never sees EOF before this is set.
-                finished_sending.set()
-                client.close_write()
-            except EchoError:
-                pass  # the reader reports how the connection ended
-
-        threading.Thread(target=pump, name="stdin", daemon=True).start()
-        out = sys.stdout.buffer
-        # Typed input was shown by the terminal already; piped input could be anything.
-        decoder = (
-            None if args.force or not out.isatty() or sys.stdin.isatty() else codecs.getincrementaldecoder("utf-8")()
-        )
-        while chunk := client.recv(65536):
-            if decoder is not None and not printable(chunk, decoder):
-                print(f"{PROG}: {BINARY_REFUSED}", file=sys.stderr)
-                return EXIT_USAGE
-            out.write(chunk)
-            out.flush()
-        if not finished_sending.is_set():
-            print(f"{PROG}: the server closed the connection", file=sys.stderr)
-            return EXIT_FAILED
+        ending = interactive.relay(client, sys.stdin.fileno(), show)
+    if ending == interactive.REFUSED:
+        print(f"{PROG}: {BINARY_REFUSED}", file=sys.stderr)
+        return EXIT_USAGE
+    if ending == interactive.SERVER_CLOSED:
+        print(f"{PROG}: the server closed the connection", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

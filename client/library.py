@@ -168,7 +168,7 @@ class EchoClient:
             with selectors.DefaultSelector() as selector:
                 selector.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if to_send else 0))
                 while len(received) < len(data):
-                    if self._pending():
+                    if self.pending():
                         mask = selectors.EVENT_READ  # already decrypted: the socket will not say so
                     else:
                         left = deadline - time.monotonic()
@@ -181,11 +181,11 @@ class EchoClient:
                         deadline = time.monotonic() + self.timeout  # progress restarts the clock
                         mask = ready[0][1]
                     if mask & selectors.EVENT_WRITE and to_send:
-                        to_send = to_send[self._send_some(to_send) :]
+                        to_send = to_send[self.send_some(to_send) :]
                         if not to_send:
                             selector.modify(sock, selectors.EVENT_READ)
                     if mask & selectors.EVENT_READ:
-                        chunk = self._recv_some(min(CHUNK, len(data) - len(received)))
+                        chunk = self.recv_some(min(CHUNK, len(data) - len(received)))
                         if chunk == b"":
                             raise ShortEcho(
                                 f"{self.target} closed the connection after {len(received)} of {len(data)} bytes"
@@ -202,7 +202,10 @@ class EchoClient:
         self._echoed = True
         return bytes(received)
 
-    def _pending(self) -> bool:
+    # --- non-blocking steps (the socket must be non-blocking), for echo and client.interactive
+
+    def pending(self) -> bool:
+        """TLS holds decrypted bytes: read them without waiting for the socket."""
         return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
 
     def _unexpected_banner(self, received: bytearray, offset: int) -> UnexpectedBanner | None:
@@ -217,10 +220,10 @@ class EchoClient:
             selector.register(self.sock, selectors.EVENT_READ)
             while b"\n" not in head and len(head) < BANNER_MAX_BYTES:
                 left = deadline - time.monotonic()
-                if not self._pending() and (left <= 0 or not selector.select(left)):
+                if not self.pending() and (left <= 0 or not selector.select(left)):
                     break
                 try:
-                    chunk = self._recv_some(BANNER_MAX_BYTES - len(head))
+                    chunk = self.recv_some(BANNER_MAX_BYTES - len(head))
                 except EchoError:
                     break
                 if chunk == b"":
@@ -238,7 +241,8 @@ class EchoClient:
             line,
         )
 
-    def _send_some(self, view: memoryview) -> int:
+    def send_some(self, view: memoryview) -> int:
+        """Bytes of ``view`` sent (0: not yet; over TLS, retry with the same bytes)."""
         try:
             return self.sock.send(view[:CHUNK])
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
@@ -246,7 +250,8 @@ class EchoClient:
         except (ConnectionResetError, BrokenPipeError, ssl.SSLError) as error:
             raise self._reset(error, " while we were sending") from None
 
-    def _recv_some(self, size: int) -> bytes | None:
+    def recv_some(self, size: int) -> bytes | None:
+        """Up to ``size`` bytes; None: nothing yet; b"": the server closed (or ended TLS)."""
         try:
             return self.sock.recv(size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):

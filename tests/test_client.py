@@ -344,3 +344,16 @@ def test_a_clean_bench_ends_every_connection_with_eof(make_server: ServerFactory
     recorder.wait_for(lambda _: len(recorder.named("closed")) >= total)
     reasons = [e.data["reason"] for e in recorder.named("closed")]
     assert reasons == ["eof"] * total
+
+
+def test_interactive_mode_reads_a_regular_file_on_stdin(make_server: ServerFactory, tmp_path: Path) -> None:
+    server, recorder = make_server()
+    source = _write(tmp_path / "lines.txt", b"one line of many\n" * 20000)  # no selector takes a file
+    with source.open("rb") as stdin:
+        result = subprocess.run(
+            [sys.executable, "-m", "client", *map(str, server.server_address[:2])],
+            cwd=ROOT, stdin=stdin, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, b"") and result.stdout == source.read_bytes()
+    closed = recorder.wait_for(lambda e: e.name == "closed")
+    assert closed.data["reason"] == "eof" and closed.data["bytes_in"] == len(result.stdout)

@@ -237,7 +237,6 @@ def test_a_closed_udp_port_is_named() -> None:
         (["send", "x", "--proxy-protocol", "v3"], "echo-client send: --proxy-protocol: invalid choice: 'v3'"),
         (["send", "x", "--expect-banner", "("], "echo-client send: --expect-banner: not a regular expression"),
         (["bench", "--udp"], "echo-client bench: unrecognized arguments: --udp"),
-        (["--tls", "--insecure"], "echo-client: --tls: not in interactive mode"),
     ],
 )
 def test_options_that_do_not_fit_are_one_line_naming_the_option(args: list[str], message: str) -> None:

@@ -6,17 +6,21 @@ when something does not fit; --sni and --alpn reach a TLS server that records th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import test_tls
-from tests.helpers import ServerProcess, address_of
+from tests.helpers import ROOT, ServerProcess, address_of
 from tests.test_client import client_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -172,3 +176,20 @@ def test_the_connection_options_are_in_every_commands_help() -> None:
             "--proxy-protocol",
         ):
             assert f"  {flag}" in text, (command, flag)
+
+
+def test_interactive_mode_over_tls_relays_everything_and_ends(
+    pki: test_tls.Pki, tls_server: tuple[ServerProcess, list[str]], tmp_path: Path
+) -> None:
+    _, target = tls_server
+    data = os.urandom(3 << 20)  # far more than the socket buffers: sending and reading overlap
+    piped = client_cli(*target, "--tls", "--ca", str(pki.ca), "--force", stdin=data)
+    assert (piped.returncode, piped.stderr) == (0, b"") and piped.stdout == data
+    source = tmp_path / "typed.txt"  # a regular file on stdin: no selector takes one
+    source.write_bytes(b"from a file\n" * 1000)
+    with source.open("rb") as stdin:
+        from_file = subprocess.run(
+            [sys.executable, "-m", "client", *target, "--tls", "--ca", str(pki.ca)],
+            cwd=ROOT, stdin=stdin, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert (from_file.returncode, from_file.stdout, from_file.stderr) == (0, source.read_bytes(), b"")
