@@ -27,26 +27,17 @@ import argparse
 import codecs
 import json
 import os
-import ssl
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from client import interactive, loadgen
+from client import interactive, loadgen, ping
 from client.dial import CONTROL_CHARACTERS, shown
 from client.dial_args import add_dial_arguments, dial_options
-from client.library import (
-    BadOption,
-    BannerError,
-    EchoClient,
-    EchoError,
-    EchoMismatch,
-    EchoTimeout,
-    UnexpectedBanner,
-)
+from client.errors import exit_code
+from client.library import EchoClient, EchoError, UnexpectedBanner
 from client.udp import MAX_DATAGRAM, UdpEchoClient
 from server import __version__
 
@@ -246,11 +237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def exit_code(error: EchoError) -> int:
-    """2 for a check that failed or an option that does not fit; 1 for the rest."""
-    return EXIT_USAGE if isinstance(error, EchoMismatch | BannerError | BadOption) else EXIT_FAILED
-
-
 def _connected(args: argparse.Namespace) -> EchoClient | UdpEchoClient:
     """The command's client, connected (banner read and shown if asked)."""
     if args.dial.udp:
@@ -314,99 +300,11 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _ping(args: argparse.Namespace) -> int:
-    """Round trips on one connection, each with fresh random bytes; a summary at the end
-    (also after an error or Ctrl-C), as ping prints. Over UDP a missing echo is a loss
-    and the next round trip goes on; over TCP the stream is broken, so it stops there."""
     if args.dial.udp and args.size > MAX_DATAGRAM:
         print(f"{PROG} ping: --udp: a datagram holds at most {MAX_DATAGRAM} bytes, got {args.size}", file=sys.stderr)
         return EXIT_USAGE
-    times_ms: list[float] = []
-    sent, code = 0, EXIT_OK
-    started_all = time.monotonic()
     with _connected(args) as client:
-        tls = _tls_facts(client)
-        try:
-            for sequence in range(1, args.count + 1):
-                payload = os.urandom(args.size)  # fresh bytes: a late UDP echo is never taken for this one
-                sent += 1
-                started = time.perf_counter()
-                try:
-                    client.echo(payload)
-                except EchoTimeout:
-                    if not args.dial.udp:
-                        raise
-                    if not args.json:
-                        print(f"no echo for seq={sequence} within {args.timeout:g} s")
-                    code = EXIT_FAILED
-                else:
-                    times_ms.append((time.perf_counter() - started) * 1000)
-                    if not args.json:
-                        print(f"{args.size} bytes from {client.target}: seq={sequence} time={times_ms[-1]:.3f} ms")
-                if args.interval > 0 and sequence < args.count:
-                    time.sleep(args.interval)  # the pacing the user asked for
-        except EchoError as error:
-            print(f"{PROG}: {error}", file=sys.stderr)
-            code = exit_code(error)
-        except KeyboardInterrupt:
-            code = 130
-        _ping_summary(args, client.target, tls, sent, times_ms, (time.monotonic() - started_all) * 1000)
-    return code
-
-
-def _tls_facts(client: EchoClient | UdpEchoClient) -> dict[str, str | None] | None:
-    """What the TLS handshake settled (for --json), or None without TLS."""
-    if not isinstance(client, EchoClient) or not isinstance(client.sock, ssl.SSLSocket):
-        return None
-    cipher = client.sock.cipher()
-    return {
-        "version": client.sock.version(),
-        "cipher": cipher[0] if cipher else None,
-        "alpn": client.sock.selected_alpn_protocol(),
-    }
-
-
-def _ping_summary(
-    args: argparse.Namespace,
-    target: str,
-    tls: dict[str, str | None] | None,
-    sent: int,
-    times_ms: list[float],
-    elapsed_ms: float,
-) -> None:
-    received = len(times_ms)
-    loss = 100.0 * (sent - received) / sent if sent else 0.0
-    ordered = sorted(times_ms)
-    summary = (
-        {
-            "min": ordered[0],
-            "avg": statistics.fmean(ordered),
-            "median": statistics.median(ordered),
-            "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-            "max": ordered[-1],
-        }
-        if ordered
-        else {}
-    )
-    if args.json:
-        document = {
-            "target": target,
-            "transport": "udp" if args.dial.udp else "tls" if args.dial.tls else "tcp",
-            "tls": tls,
-            "size": args.size,
-            "count": args.count,
-            "sent": sent,
-            "received": received,
-            "loss_percent": round(loss, 3),
-            "times_ms": [round(t, 4) for t in times_ms],
-            **{f"{name}_ms": round(value, 4) for name, value in summary.items()},
-        }
-        print(json.dumps(document, indent=2))
-        return
-    print(f"--- {target} echo statistics ---")
-    print(f"{sent} sent, {received} received, {loss:.3g}% loss, time {elapsed_ms:.0f} ms")
-    if summary:
-        figures = "/".join(f"{summary[name]:.3f}" for name in ("min", "avg", "max", "p99"))
-        print(f"rtt min/avg/max/p99 = {figures} ms")
+        return ping.run(client, args, prog=PROG)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -48,3 +48,9 @@ class BannerError(EchoError):
 
 class BadOption(EchoError):
     """An option does not fit the connection it was used on (found only once connected)."""
+
+
+def exit_code(error: EchoError) -> int:
+    """echo-client's exit code for ``error``: 2 for a check that failed (an echo or a
+    banner that differed) or an option that does not fit, 1 for everything else."""
+    return 2 if isinstance(error, EchoMismatch | BannerError | BadOption) else 1
