@@ -148,7 +148,7 @@ def open_stream(host: str, port: int, options: DialOptions, timeout: float) -> S
             _send_proxy_header(sock, options, target)
         if options.tls is not None:
             sock = _handshake(sock, host, options.tls, target, timeout)
-        banner = _read_banner(sock, options, target, timeout) if options.reads_banner else None
+        banner = read_banner(sock, options, target, timeout) if options.reads_banner else None
     except BaseException:
         sock.close()
         raise
@@ -218,7 +218,7 @@ def _handshake(sock: socket.socket, host: str, settings: TlsSettings, target: st
         ) from None
 
 
-def _read_banner(sock: socket.socket, options: DialOptions, target: str, timeout: float) -> str:
+def read_banner(sock: socket.socket, options: DialOptions, target: str, timeout: float) -> str:
     """The first line, read whole and not one byte further (peeking on plain TCP; on TLS
     a byte at a time, as the TLS layer cannot peek). BannerError names the option."""
     flag, expect_flag = options.banner_flags

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from client.dial import BANNER_MAX_BYTES, DialOptions, first_line, read_banner, shown
+from client.errors import BannerError
 from client.proxy_header import encode, parse_endpoint
 from server.engine.proxy_protocol import parse
 from tests.helpers import ServerProcess, address_of
@@ -243,3 +245,40 @@ def test_options_that_do_not_fit_are_one_line_naming_the_option(args: list[str],
     result = client_cli(*args, "--port", "1")
     assert result.returncode == 2
     assert _one_line(result.stderr).startswith(message) or message in result.stderr.decode(), result.stderr
+
+
+# --- without a server -------------------------------------------------------------------------
+
+
+def test_the_banner_is_read_to_its_line_end_and_not_one_byte_further() -> None:
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        client_side.settimeout(5)
+        server_side.sendall(b"replica-1 192.0.2.1:5\r\nalready echo")  # one segment: line and more
+        options = DialOptions(expect_banner=r"^replica-\d ")
+        assert read_banner(client_side, options, "peer", 5) == "replica-1 192.0.2.1:5"
+        assert client_side.recv(100) == b"already echo"
+        server_side.sendall(b"x" * BANNER_MAX_BYTES)
+        with pytest.raises(BannerError, match=f"sent {BANNER_MAX_BYTES} bytes without a line end"):
+            read_banner(client_side, options, "peer", 5)
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"replica-1 127.0.0.1:5\nrest", "replica-1 127.0.0.1:5"),
+        (b"caf\xc3\xa9 \xe2\x9c\x93\r\n", "café ✓"),
+        (b"no line end yet", None),
+        (b"\n", None),  # empty
+        (b"\x1b[2J\n", None),  # an escape sequence is no banner
+        (b"\xff\xfe\n", None),  # not UTF-8
+        (b"x" * BANNER_MAX_BYTES + b"\n", None),  # too long for one
+    ],
+)
+def test_what_looks_like_a_banner_line(data: bytes, line: str | None) -> None:
+    assert first_line(data) == line
+
+
+def test_text_from_the_network_is_shown_quoted_escaped_and_cut() -> None:
+    assert shown("host\x1b[31m") == "'host\\x1b[31m'"
+    assert shown("y" * 500) == repr("y" * 120 + "...")
