@@ -1,16 +1,24 @@
 """The live dashboard of the admin endpoint: one self-contained page and its JSON feed.
 
     GET /dashboard         PAGE: HTML with inline CSS and JavaScript, no external asset
-    GET /dashboard.json    feed(): the Stats snapshot, listeners, version, and the events
-                           after ``?since=SEQ`` (at most FEED_EVENTS of them)
+    GET /dashboard.json    feed(): the Stats snapshot, listeners, version, the events
+                           after ``?since=SEQ`` (at most FEED_EVENTS of them), and the
+                           history's samples after ``&samples=SEQ`` (all of them at first)
+
+The charts and every rate on the page come from the server's history
+(server.observe.history: one sample a second for the last five minutes, per listener,
+kept by the admin endpoint whether or not anyone watches), so a tab opened now shows the
+last five minutes, and each rate is the difference of two neighbouring samples over
+their uptimes: what /stats counted in that second. The page's first poll asks for the
+whole history; each later one for the samples it has not seen. Rates by reason and by
+worker come from the page's last two polls (about a second apart) of the same snapshot.
 
 The page polls the feed about once a second (the next request only after the previous
-answer), computes rates itself (over its last three snapshots: the bytes of open
-connections reach the counters once a second), and keeps at most
-HISTORY_POINTS points per chart and EVENT_ROWS rows of events: a page left open for
-hours costs the browser bounded memory and the server one small request a second on an
-ordinary admin connection, under the admin endpoint's limits (a viewer that does not
-take its answer is dropped after RESPONSE_TIMEOUT_S like any admin client).
+answer) and keeps at most HISTORY_POINTS + 1 samples and EVENT_ROWS rows of events: a
+page left open for hours costs the browser bounded memory and the server one small
+request a second on an ordinary admin connection, under the admin endpoint's limits (a
+viewer that does not take its answer is dropped after RESPONSE_TIMEOUT_S like any admin
+client).
 
 Events for the page come from one ``EventRing`` per Exchange, shared by every viewer: a
 deque of the last RING_SIZE events, attached to the Exchange on the first feed request
@@ -34,12 +42,13 @@ from server.engine.listener import format_address
 from server.observe.admin import ServerView
 from server.observe.events import Event
 from server.observe.exchange import Exchange
+from server.observe.history import HISTORY_SAMPLES, SAMPLE_INTERVAL_S, History
 from server.observe.metrics import CLOSE_REASONS, REJECT_REASONS
 from server.observe.stats import TIMEOUT_REASONS
 
 RING_SIZE = 256  # events kept for all viewers together
 FEED_EVENTS = 50  # events in one feed answer at most (a viewer that fell behind skips the rest)
-HISTORY_POINTS = 300  # chart points a page keeps: five minutes at one a second
+HISTORY_POINTS = HISTORY_SAMPLES - 1  # chart points: the rates between neighbouring samples
 EVENT_ROWS = 100  # event rows a page keeps
 POLL_MS = 1000
 
@@ -97,11 +106,12 @@ def ring_for(exchange: Exchange) -> EventRing:
         return ring
 
 
-def parse_since(query: str) -> int | None:
-    """The ``since`` of a feed query string (0 if absent); None if it is not a number."""
+def parse_since(query: str, parameter: str = "since") -> int | None:
+    """A sequence number of a feed query string (``since``, or ``samples``): 0 if
+    absent, None if it is not a non-negative integer."""
     for part in query.split("&"):
         name, _, value = part.partition("=")
-        if name == "since":
+        if name == parameter:
             return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
     return 0
 
@@ -111,9 +121,10 @@ def _with_every(counts: dict[str, int], names: tuple[str, ...] | list[str]) -> d
     return {name: counts.get(name, 0) for name in names} | counts
 
 
-def feed(view: ServerView, admin_address: Any, since: int) -> str:
+def feed(view: ServerView, admin_address: Any, since: int, history: History | None = None, samples: int = 0) -> str:
     """The feed document (JSON text) for one poll; ``view`` is the admin's ServerView
-    (an EchoServer, or a supervisor whose snapshot adds ``workers`` rows)."""
+    (an EchoServer, or a supervisor whose snapshot adds ``workers`` rows), ``history``
+    the admin endpoint's, whose samples after ``samples`` are included."""
     snapshot = view.snapshot().as_dict()
     snapshot["closed_by_reason"] = _with_every(snapshot["closed_by_reason"], CLOSE_REASONS)
     snapshot["rejected"] = _with_every(snapshot["rejected"], REJECT_REASONS)
@@ -140,6 +151,7 @@ def feed(view: ServerView, admin_address: Any, since: int) -> str:
         "seq": last,
         "skipped": skipped,
         "events": events,
+        "samples": history.since(samples) if history is not None else [],
     }
     return json.dumps(document, separators=(",", ":"))
 
@@ -172,7 +184,8 @@ table{width:100%;border-collapse:collapse;font-variant-numeric:tabular-nums}
 td,th{padding:2px 4px;text-align:right;border-bottom:1px solid var(--line)}
 td:first-child,th:first-child{text-align:left}
 #events{list-style:none;margin:0;padding:0;max-height:320px;overflow-y:auto;font:12px/1.5 ui-monospace,monospace}
-#events li{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;border-bottom:1px solid var(--line)}
+#events li{overflow-wrap:anywhere;border-bottom:1px solid var(--line)}
+td:first-child{overflow-wrap:anywhere}
 #events .warning{color:var(--b)}#events .error{color:var(--bad)}
 </style></head><body>
 <header><h1>echo-service</h1><span id="status" class="pill">connecting</span>
@@ -209,12 +222,18 @@ td:first-child,th:first-child{text-align:left}
 <section class="card"><h2>Latest events <span class="dim" id="event-note"></span></h2><ol id="events"></ol></section>
 <script>
 "use strict";
-const HISTORY = __HISTORY__, ROWS = __ROWS__, POLL_MS = __POLL__, FEED = __FEED__, RATE_POLLS = 3;
-const CHARTS = [["active", "Connections active", "active", null], ["accepts", "Accepted / s", "accepted", null],
-  ["bytes", "Bytes / s", "in", "out"], ["rejects", "Rejected and timed out / s", "rejected", "timed_out"]];
-const state = {updates: 0, seq: 0, skipped: 0, window: [], failures: 0, history: {}};
+const HISTORY = __HISTORY__, ROWS = __ROWS__, POLL_MS = __POLL__, FEED = __FEED__, SPAN_S = __SPAN__;
+// [chart id, title, first series, second series, unit of its caption]
+const CHARTS = [["active", "Connections active", "active", null, ""],
+  ["accepts", "Accepted per second", "accepted", null, "/s"],
+  ["bytes", "Bytes per second, in and out", "in", "out", "/s"],
+  ["rejects", "Rejected and timed out per second", "rejected", "timed_out", "/s"]];
+const SERIES = ["active", "accepted", "in", "out", "rejected", "timed_out"];
+// samples: the server's history (one a second); history: the chart points derived from it.
+const state = {updates: 0, seq: 0, sampleSeq: 0, skipped: 0, samples: [], times: [], prev: null, failures: 0,
+  history: {}};
 window.dashboard = state;
-for (const k of ["active", "accepted", "in", "out", "rejected", "timed_out"]) state.history[k] = [];
+for (const k of SERIES) state.history[k] = [];
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 function el(tag, cls, text) {
@@ -240,6 +259,10 @@ function duration(s) {
   s = Math.floor(s);
   const d = Math.floor(s / 86400), hms = new Date((s % 86400) * 1000).toISOString().slice(11, 19);
   return d ? d + "d " + hms : hms;
+}
+function span(s) {  // how much history the charts show, for their captions
+  if (s >= SPAN_S - 1) return Math.round(SPAN_S / 60) + " min";
+  return s < 120 ? Math.round(s) + " s" : Math.floor(s / 60) + " min";
 }
 function put(id, value, text) { const n = $(id); n.dataset.value = String(value); n.textContent = text; }
 function sum(o) { return Object.values(o).reduce((a, b) => a + b, 0); }
@@ -268,18 +291,47 @@ function makeCharts() {
     $("charts").append(card);
   }
 }
+// The server's samples after the last one seen; a sample older than the last (a restart,
+// another server) starts the history again. At most HISTORY + 1 samples are kept.
+function addSamples(list) {
+  for (const sample of list) {
+    const last = state.samples[state.samples.length - 1];
+    if (last && (sample.t <= last.t || sample.seq <= last.seq)) state.samples = [];
+    state.samples.push(sample);
+  }
+  if (state.samples.length > HISTORY + 1) state.samples.splice(0, state.samples.length - HISTORY - 1);
+  if (state.samples.length) state.sampleSeq = state.samples[state.samples.length - 1].seq;
+  const points = {}, times = [];
+  for (const k of SERIES) points[k] = [];
+  for (let i = 1; i < state.samples.length; i++) {
+    const a = state.samples[i - 1], b = state.samples[i], dt = b.t - a.t;
+    times.push(b.t);
+    points.active.push(b.active);
+    for (const k of SERIES.slice(1)) points[k].push(Math.max(0, (b[k] - a[k]) / dt));
+  }
+  state.history = points;
+  state.times = times;
+}
+// The rate of f over the newest second of history: what /stats counted in that second.
+function sampleRate(f) {
+  const n = state.samples.length, b = state.samples[n - 1], a = state.samples[n - 2];
+  return a && b.t > a.t ? Math.max(0, (f(b) - f(a)) / (b.t - a.t)) : 0;
+}
 function drawCharts() {
-  for (const [id, , a, b] of CHARTS) {
+  const last = state.times[state.times.length - 1] || 0;
+  const held = state.samples.length > 1 ? last - state.samples[0].t : 0;
+  for (const [id, , a, b, unit] of CHARTS) {
     const keys = b ? [a, b] : [a];
-    const top = Math.max(1, ...keys.flatMap((k) => state.history[k]));
+    const highest = Math.max(0, ...keys.flatMap((k) => state.history[k])), top = Math.max(1, highest);
     for (const line of $("chart-" + id).querySelectorAll("polyline")) {
-      const series = state.history[line.dataset.series], start = HISTORY - series.length;
+      const series = state.history[line.dataset.series];
       line.setAttribute("points", series.map((v, i) =>
-        ((start + i) * 300 / (HISTORY - 1)).toFixed(1) + "," + (99 - v * 97 / top).toFixed(1)).join(" "));
+        (300 - (last - state.times[i]) * 300 / SPAN_S).toFixed(1) + "," + (99 - v * 97 / top).toFixed(1)).join(" "));
     }
     const legend = $("legend-" + id), fmt = id === "bytes" ? bytes : num;
-    legend.replaceChildren(el("span", null, "max " + fmt(top) + " over " + Math.round(HISTORY * POLL_MS / 60000)
-      + " min" + (b ? " \\u00b7 " : "")));
+    legend.dataset.value = String(highest);
+    legend.replaceChildren(el("span", null, "max " + fmt(highest) + unit + " over the last " + span(held)
+      + (b ? " \u00b7 " : "")));
     if (b) legend.append(el("b", "k1", a), " / ", el("b", "k2", b));
   }
 }
@@ -295,20 +347,14 @@ function table(id, rows) {
     return tr;
   }));
 }
-// Rates over the last RATE_POLLS snapshots (about 3 s): the bytes of open connections reach
-// the counters once a second, so a one-poll rate would alias against that.
-function rates(cur) {
-  const last = state.window[state.window.length - 1];
-  if (last && (cur.uptime_s < last.uptime_s || cur.accepted < last.accepted)) state.window = [];  // a restart
-  const prev = state.window[0], dt = prev ? cur.uptime_s - prev.uptime_s : 0;
-  if (!prev || dt <= 0) return null;
-  return (f) => Math.max(0, (f(cur) - f(prev)) / dt);
-}
 function render(doc) {
-  const s = doc.stats, r = rates(s);
-  const rate = r || (() => 0);
-  const accepted = rate((x) => x.accepted), bin = rate((x) => x.bytes_received), bout = rate((x) => x.bytes_sent);
-  const rejected = rate((x) => sum(x.rejected)), timedOut = rate((x) => sum(x.timed_out));
+  const s = doc.stats;
+  addSamples(doc.samples || []);
+  const accepted = sampleRate((x) => x.accepted), bin = sampleRate((x) => x.in), bout = sampleRate((x) => x.out);
+  const rejected = sampleRate((x) => x.rejected), timedOut = sampleRate((x) => x.timed_out);
+  // By reason and by worker: over the last two polls of the snapshot (about a second).
+  const prev = state.prev && s.uptime_s > state.prev.uptime_s && s.accepted >= state.prev.accepted ? state.prev : null;
+  const rate = (f) => prev ? Math.max(0, (f(s) - f(prev)) / (s.uptime_s - prev.uptime_s)) : 0;
   put("version", doc.version, doc.version); put("python", doc.python, doc.python);
   put("uptime", s.uptime_s, duration(s.uptime_s));
   put("active", s.active, num(s.active)); put("peak", s.peak_active, num(s.peak_active));
@@ -322,24 +368,15 @@ function render(doc) {
   const status = $("status");
   status.textContent = doc.draining ? "draining" : doc.ready ? "ready" : "not ready";
   status.className = "pill " + (doc.ready ? "ok" : "bad");
-  if (r) {
-    const point = {active: s.active, accepted, in: bin, out: bout, rejected, timed_out: timedOut};
-    for (const [k, v] of Object.entries(point)) {
-      const series = state.history[k];
-      series.push(v);
-      if (series.length > HISTORY) series.shift();
-    }
-  }
   const byReason = (field) => Object.entries(s[field]).map(([k, v]) => [k, num(rate((x) => x[field][k] || 0)), num(v)]);
   table("closed-table", byReason("closed_by_reason"));
   table("limits-table", [...byReason("rejected").map((row) => ["rejected: " + row[0], row[1], row[2]]),
     ...byReason("timed_out").map((row) => ["timed out: " + row[0], row[1], row[2]]),
     ...Object.entries((s.udp || {}).dropped || {}).map(([k, v]) => ["UDP dropped: " + k,
       num(rate((x) => ((x.udp || {}).dropped || {})[k] || 0)), num(v)])]);
-  const per = (key, field) => (x) => ((x.listeners || {})[key] || {})[field] || 0;
+  const per = (key, i) => (x) => ((x.listeners || {})[key] || [0, 0, 0])[i];
   table("listeners", doc.listeners.map((l) => !l.key ? [[l.name, l.address]] : [[l.name, l.address],
-    num(rate(per(l.key, "accepted"))), bytes(rate(per(l.key, "bytes_received"))) + "/s",
-    bytes(rate(per(l.key, "bytes_sent"))) + "/s"]));
+    num(sampleRate(per(l.key, 0))), bytes(sampleRate(per(l.key, 1))) + "/s", bytes(sampleRate(per(l.key, 2))) + "/s"]));
   const workers = s.workers || [];
   $("workers-card").hidden = workers.length === 0;
   if (workers.length) {
@@ -350,18 +387,20 @@ function render(doc) {
   }
   addEvents(doc);
   drawCharts();
-  state.window.push(s);
-  if (state.window.length > RATE_POLLS) state.window.shift();
+  state.prev = s;
   state.updates++;
   document.body.dataset.updates = String(state.updates);
   dispatchEvent(new Event("dashboard-update"));
 }
-const DETAILS = ["worker", "reason", "count", "bytes_in", "bytes_out", "duration_s", "address", "admin_address",
+// The close reason comes right after the event's name: on a phone the row wraps, but
+// what matters most is read first.
+const DETAILS = ["worker", "count", "bytes_in", "bytes_out", "duration_s", "address", "admin_address",
   "errno", "dropped", "active", "accepted", "message"];
 function addEvents(doc) {
   const list = $("events");
   for (const e of doc.events) {
     const parts = [e.ts.slice(11, 23), e.event];
+    if (e.reason !== undefined) parts.push("reason=" + e.reason);
     if (e.conn !== undefined) parts.push("#" + e.conn);
     if (e.peer) parts.push(e.peer);
     for (const k of DETAILS) if (e[k] !== undefined && typeof e[k] !== "object") parts.push(k + "=" + e[k]);
@@ -378,7 +417,8 @@ function addEvents(doc) {
 }
 async function poll() {
   try {
-    const answer = await fetch("/dashboard.json?since=" + state.seq, {cache: "no-store"});
+    const query = "?since=" + state.seq + "&samples=" + state.sampleSeq;
+    const answer = await fetch("/dashboard.json" + query, {cache: "no-store"});
     if (!answer.ok) throw new Error("HTTP " + answer.status);
     render(await answer.json());
   } catch (error) {
@@ -396,4 +436,5 @@ poll();
     .replace("__ROWS__", str(EVENT_ROWS))
     .replace("__POLL__", str(POLL_MS))
     .replace("__FEED__", str(FEED_EVENTS))
+    .replace("__SPAN__", f"{HISTORY_POINTS * SAMPLE_INTERVAL_S:g}")
 )
