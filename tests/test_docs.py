@@ -44,7 +44,10 @@ def test_readme_documents_every_setting_with_its_default() -> None:
     rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `--")}
     for spec in SETTINGS:
         row = rows.get(flag_name(spec.name))
-        assert row is not None, f"README has no row for {flag_name(spec.name)}"
+        unit = f" {spec.metadata['unit']}" if spec.metadata.get("unit") else ""
+        names = f"| `{flag_name(spec.name)}` | `{env_name(spec.name)}` |"
+        suggested = f"{names} `{spec.default}`{unit} | {spec.metadata['help']} |"
+        assert row is not None, f"README has no row for {flag_name(spec.name)}; for instance:\n{suggested}"
         assert f"`{env_name(spec.name)}`" in row
         if spec.default is not None and spec.name != "admin_host":
             assert f"`{spec.default}`" in row, f"README default for {spec.name} is not {spec.default}"
