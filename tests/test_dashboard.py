@@ -386,9 +386,11 @@ def page_state(browser: Browser, session: str) -> dict[str, Any]:
 def test_a_new_tab_shows_the_servers_history_and_its_rates_add_up_to_stats(
     make_server: ServerFactory, browser: Browser
 ) -> None:
-    """Traffic before any tab is open is in the charts of a tab opened afterwards: each
-    rate is the difference of two one-second samples, so integrated over the history they
-    give exactly what /stats counted, and the newest is at most a second behind /stats."""
+    """Traffic before any tab is open is in the charts of a tab opened afterwards. The
+    samples are /stats's counters; connections per second are the difference of two
+    neighbouring samples, so integrated over the history they give exactly what /stats
+    counted, and the newest is at most a second behind /stats; bytes per second are taken
+    over three samples."""
     server, recorder = make_server(admin_port=0)
     assert server.admin is not None
     blank = browser.open(admin_url(server, "/dashboard"))
@@ -408,12 +410,17 @@ def test_a_new_tab_shows_the_servers_history_and_its_rates_add_up_to_stats(
     assert 2 <= len(samples) <= dashboard.HISTORY_POINTS + 1
     steps = [later["t"] - earlier["t"] for earlier, later in itertools.pairwise(samples)]
     assert len(history["accepted"]) == len(steps)
-    # The rates integrate to the counters: what /stats counted between the first and last sample.
-    for series, field, total in (("accepted", "accepted", 20), ("in", "bytes_received", 200_000)):
-        integral = sum(rate * step for rate, step in zip(history[series], steps, strict=True))
-        assert integral == pytest.approx(samples[-1][series] - samples[0][series], rel=1e-9)
-        assert samples[-1][series] == stats[field] == total
+    # The samples are /stats's counters; connections per second integrate to exactly what
+    # /stats counted between the first and last sample.
+    integral = sum(rate * step for rate, step in zip(history["accepted"], steps, strict=True))
+    assert integral == pytest.approx(samples[-1]["accepted"] - samples[0]["accepted"], rel=1e-9)
+    assert (samples[-1]["accepted"], samples[-1]["in"]) == (stats["accepted"], stats["bytes_received"]) == (20, 200_000)
     assert samples[-1]["listeners"]["tcp"][:2] == [20, 200_000]
+    # Bytes per second: over the last three samples (they fold in once a second).
+    for i, rate in enumerate(history["in"], start=1):
+        earlier, later = samples[max(0, i - 3)], samples[i]
+        assert rate == pytest.approx((later["in"] - earlier["in"]) / (later["t"] - earlier["t"]), rel=1e-9)
+    assert max(history["in"]) > 0
     # The newest sample is at most a second older than the snapshot served with it (plus
     # the sampler's scheduling on a loaded machine), and so behind /stats.
     assert 0 <= state["stats"]["uptime_s"] - samples[-1]["t"] <= 1.5
