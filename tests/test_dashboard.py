@@ -479,7 +479,10 @@ def test_dashboard_shows_each_worker(browser: Browser) -> None:
         try:
             for client in held:
                 assert client.echo(b"x") == b"x"  # admitted and served by some worker
-            seen = wait_page(browser, session, "(v) => v.active === 6 && v.accepted === 6")
+            # The supervisor keeps the history of the totals over all workers.
+            seen = wait_page(
+                browser, session, "(v) => v.active === 6 && v.accepted === 6 && Math.max(...v.history.active) === 6"
+            )
             cells = "[...document.querySelectorAll('#workers tbody tr')].map((tr) => tr.cells[3].textContent)"
             rows = browser.call("Runtime.evaluate", {"expression": cells, "returnByValue": True}, session)
             rows = rows["result"]["value"]
