@@ -222,7 +222,7 @@ def test_checkov_finds_nothing_and_every_skip_says_why(manifest: str) -> None:
     summary = report["summary"]
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert summary["failed"] == 0 and result.returncode == 0, failed
-    assert summary["passed"] > 40  # it really checked
+    assert summary["passed"] > 50  # it really checked
     for doc in _manifests(manifest).values():
         for key, value in doc["metadata"].get("annotations", {}).items():
             if key.startswith("checkov.io/skip"):
