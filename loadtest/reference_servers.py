@@ -25,6 +25,7 @@ import socket
 import socketserver
 import sys
 from collections.abc import Callable
+from typing import cast
 from concurrent.futures import ThreadPoolExecutor
 
 BACKLOG = 1024
@@ -74,8 +75,8 @@ def serve_threading(host: str, port: int) -> None:
 
 class _EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are no asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
