@@ -49,6 +49,7 @@ from server.engine.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
 from server.engine.banner import Banner, local_address
 from server.engine.echo import Connection, EchoWaits, echo, proxied_echo
 from server.engine.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
+from server.engine.reflection import PARTS, reflect
 from server.engine.scheduler import Scheduler, every
 from server.engine.tls import TlsContext
 from server.engine.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
@@ -56,6 +57,7 @@ from server.engine.udp import UdpEcho, open_udp
 from server.failure import FailureAttributes, FailureRecord
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
+from server.observe.connections import LocalConnections
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
 from server.observe.stats import Stats, StatsSnapshot
@@ -90,6 +92,7 @@ class EchoServer(FailureAttributes):
         listener: socket.socket | None = None,
         tls_listener: socket.socket | None = None,
         udp_socket: socket.socket | None = None,
+        worker: int | None = None,
     ) -> None:
         """``listener`` (and ``tls_listener``, ``udp_socket`` with tls_port, udp_port set):
         already-open sockets to serve (a worker's, inherited from the supervisor) instead of
@@ -111,6 +114,9 @@ class EchoServer(FailureAttributes):
         self._loops: list[Scheduler] = []
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
+        self.worker = worker  # this process's worker slot under --workers, for reflection
+        self.connections: LocalConnections | None = None  # GET /connections, once started
+        self._hostname = socket.gethostname()
         self._waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
         self._banner = Banner(config.banner) if config.banner is not None else None
         self._proxy_admission: ProxyAdmission | None = None  # set by start() with --proxy-protocol
@@ -186,6 +192,8 @@ class EchoServer(FailureAttributes):
             self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
+            names = ("tcp", "tls") if tls_listener is not None else ("tcp",)
+            self.connections = LocalConnections(self._loops, names, self.worker, self._reflect)
             acceptor = Acceptor(
                 listener,
                 self._loops,
@@ -370,6 +378,22 @@ class EchoServer(FailureAttributes):
     def _greeting(self, sock: socket.socket, conn: Connection) -> bytes:  # the connection's scheduler thread
         assert self._banner is not None
         return self._banner.render(conn.id, conn.peer, functools.partial(local_address, sock))
+
+    def _reflect(
+        self, sock: socket.socket, conn: Connection, parts: frozenset[str] = PARTS
+    ) -> dict[str, Any]:  # the connection's scheduler thread
+        return reflect(
+            sock,
+            conn_id=conn.id,
+            peer=conn.peer,
+            listener=getattr(conn, "listener", "tcp"),
+            worker=self.worker,
+            hostname=self._hostname,
+            local=functools.partial(local_address, sock),
+            proxy=getattr(conn, "proxy", None),
+            via=conn.via,
+            parts=parts,
+        )
 
     def _on_close(self, conn: Connection) -> None:  # the connection's scheduler thread
         duration = time.monotonic() - conn.opened_at

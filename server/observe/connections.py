@@ -1,0 +1,302 @@
+"""``GET /connections`` and ``GET /connections/ID``: the live connections, asked of the
+scheduler threads that own them, on the admin handler's thread.
+
+    GET /connections?page=1&per_page=100&sort=age&peer=10.0.0.0/8&listener=tls
+    -> {"total": N, "page": 1, "per_page": 100, "sort": "age", "connections": [...],
+        "unanswered": []}
+    GET /connections/ID -> everything {json} shows of that connection, now (404 if gone)
+
+Each entry: conn, listener, worker, peer, via, age_s, bytes_in, bytes_out, state and
+rtt_us (TCP_INFO now). ``sort=age`` lists the oldest first, ``sort=bytes`` the most
+bytes (in + out) first. ``peer`` filters by the client's address (an IP or a CIDR; the
+address from the PROXY header where there is one), ``listener`` by listener name.
+Paging: ``per_page`` 1..MAX_PER_PAGE (default DEFAULT_PER_PAGE), ``page`` 1..MAX_PAGE; a
+page past the end is empty. Anything else in the query (an unknown or repeated
+parameter, a bad value) is a 400 naming the parameter.
+
+How it asks, so that listing 10,000 connections neither blocks the echo nor waits
+forever: one call per scheduler through ``call_soon_threadsafe`` that copies cheap
+summaries (engine/live.py), the sorting and paging here on the admin thread, then one
+more call for the TCP_INFO rtt of the page's connections only. Each round waits at most
+ASK_TIMEOUT_S; a scheduler (or, under the supervisor, a worker) that has not answered by
+then is named in ``unanswered`` and its connections are left out, never waited on
+longer. At most MAX_CONCURRENT listings run at once; another waits up to ASK_TIMEOUT_S
+for its turn and is then told 503.
+
+A source of connections (``Source``) is one process's schedulers (``LocalConnections``)
+or the supervisor asking each worker; ``listing`` and ``detail`` work on either.
+Threads: every function here runs on an admin handler thread; the scheduler side runs
+on the scheduler threads, through their inbox.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import parse_qs
+
+from server.engine import live
+from server.engine.echo import Connection
+from server.engine.live import Summary
+from server.engine.scheduler import Scheduler
+
+DEFAULT_PER_PAGE = 100
+MAX_PER_PAGE = 1000
+MAX_PAGE = 10_000
+MAX_CONCURRENT = 2
+ASK_TIMEOUT_S = 2.0
+MAX_ID = 10**15
+Sort = Literal["age", "bytes"]
+_PARAMETERS = ("page", "per_page", "sort", "peer", "listener")
+
+T = TypeVar("T")
+
+
+class QueryError(ValueError):
+    """A bad /connections query; the message names the parameter (for a 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    page: int = 1
+    per_page: int = DEFAULT_PER_PAGE
+    sort: Sort = "age"
+    peer: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    listener: str | None = None
+
+    @property
+    def window(self) -> int:
+        """How many of the sorted rows the page needs: those before it and its own."""
+        return self.page * self.per_page
+
+
+def parse_query(text: str, listeners: Collection[str]) -> Query:
+    """The query string -> Query; raises QueryError naming the parameter at fault."""
+    try:
+        fields = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=len(_PARAMETERS))
+    except ValueError:
+        raise QueryError(f"not a query string; the parameters are {', '.join(_PARAMETERS)}") from None
+    for name, values in fields.items():
+        if name not in _PARAMETERS:
+            raise QueryError(f"unknown parameter {name[:40]!r}; the parameters are {', '.join(_PARAMETERS)}")
+        if len(values) > 1:
+            raise QueryError(f"{name}: given more than once")
+    value = {name: values[0] for name, values in fields.items()}
+    sort = value.get("sort", "age")
+    if sort not in ("age", "bytes"):
+        raise QueryError("sort: expected age or bytes")
+    listener = value.get("listener")
+    if listener is not None and listener not in listeners:
+        raise QueryError(f"listener: expected one of {', '.join(sorted(listeners))}")
+    return Query(
+        page=_bounded_int("page", value.get("page"), 1, MAX_PAGE, 1),
+        per_page=_bounded_int("per_page", value.get("per_page"), 1, MAX_PER_PAGE, DEFAULT_PER_PAGE),
+        sort="age" if sort == "age" else "bytes",
+        peer=_network(value.get("peer")),
+        listener=listener,
+    )
+
+
+def parse_id(text: str) -> int | None:
+    """The ID of /connections/ID, or None if it is not a connection id."""
+    if not text.isdigit() or not text.isascii() or len(text) > 15 or int(text) > MAX_ID:
+        return None
+    return int(text)
+
+
+def _bounded_int(name: str, text: str | None, low: int, high: int, default: int) -> int:
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 6 or not low <= int(text) <= high:
+        raise QueryError(f"{name}: expected a whole number from {low} to {high}")
+    return int(text)
+
+
+def _network(text: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise QueryError("peer: expected an IP address or a CIDR such as 10.0.0.0/8") from None
+
+
+# --- asking the threads that own the connections ----------------------------------------------
+
+
+def ask(loops: Sequence[Scheduler], fn: Callable[[Scheduler], T], timeout: float) -> tuple[list[T], list[str]]:
+    """``fn(loop)`` on each loop's own thread; the answers that came within ``timeout``
+    (one deadline for all), and the names of the loops that did not answer."""
+    asked: list[tuple[Scheduler, Future[T]]] = []
+    for loop in loops:
+        future: Future[T] = Future()
+        loop.call_soon_threadsafe(_answer, future, fn, loop)
+        asked.append((loop, future))
+    deadline = time.monotonic() + timeout
+    answers: list[T] = []
+    unanswered: list[str] = []
+    for loop, future in asked:
+        try:
+            answers.append(future.result(max(0.0, deadline - time.monotonic())))
+        except FutureTimeout:
+            future.cancel()  # if it runs after all, it does nothing
+            unanswered.append(loop.name)
+    return answers, unanswered
+
+
+def _answer(future: Future[T], fn: Callable[[Scheduler], T], loop: Scheduler) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn(loop))
+    except BaseException as error:  # a bug: the asker gets it, the scheduler goes on
+        future.set_exception(error)
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """A source's answer to a query: how many matched, the first ``query.window`` of them
+    in order, and who did not answer."""
+
+    total: int
+    rows: list[dict[str, Any]]
+    unanswered: list[str]
+
+
+class Source(Protocol):
+    """Where connections live: this process's schedulers, or the supervisor's workers."""
+
+    listeners: tuple[str, ...]
+
+    def rows(self, query: Query) -> Rows: ...
+
+    def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]: ...
+
+    def detail(self, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]: ...
+
+
+def sort_rows(rows: list[dict[str, Any]], sort: Sort) -> None:
+    """Oldest first (age), or most bytes first; the connection id breaks ties."""
+    if sort == "age":
+        rows.sort(key=lambda row: (-row["age_s"], row["conn"]))
+    else:
+        rows.sort(key=lambda row: (-(row["bytes_in"] + row["bytes_out"]), row["conn"]))
+
+
+class LocalConnections:
+    """The connections of this process's schedulers (``Source``)."""
+
+    def __init__(
+        self,
+        loops: Sequence[Scheduler],
+        listeners: tuple[str, ...],
+        worker: int | None,
+        facts: Callable[[socket.socket, Connection], dict[str, Any]],
+        timeout: float = ASK_TIMEOUT_S,
+    ) -> None:
+        self._loops = tuple(loops)
+        self.listeners = listeners
+        self._worker = worker
+        self._facts = facts
+        self._timeout = timeout
+
+    def rows(self, query: Query) -> Rows:
+        answers, unanswered = ask(self._loops, live.summaries, self._timeout)
+        now = time.monotonic()
+        rows = [self._row(summary, now) for found in answers for summary in found if _matches(summary, query)]
+        sort_rows(rows, query.sort)
+        return Rows(len(rows), rows[: query.window], unanswered)
+
+    def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]:
+        wanted = frozenset(ids)
+        answers, unanswered = ask(self._loops, lambda loop: live.rtts(loop, wanted), self._timeout)
+        merged: dict[int, int | None] = {}
+        for found in answers:
+            merged.update(found)
+        return merged, unanswered
+
+    def detail(self, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]:
+        answers, unanswered = ask(self._loops, lambda loop: live.describe(loop, conn_id, self._facts), self._timeout)
+        return next((found for found in answers if found is not None), None), unanswered
+
+    def _row(self, summary: Summary, now: float) -> dict[str, Any]:
+        return {
+            "conn": summary.conn,
+            "listener": summary.listener,
+            "worker": self._worker,
+            "peer": summary.peer,
+            "via": summary.via,
+            "age_s": round(now - summary.opened_at, 3),
+            "bytes_in": summary.bytes_in,
+            "bytes_out": summary.bytes_out,
+            "state": summary.state,
+            "rtt_us": None,
+        }
+
+
+def _matches(summary: Summary, query: Query) -> bool:
+    if query.listener is not None and summary.listener != query.listener:
+        return False
+    if query.peer is not None:
+        try:
+            return ipaddress.ip_address(summary.ip) in query.peer
+        except ValueError:
+            return False
+    return True
+
+
+# --- the answers ----------------------------------------------------------------------------
+
+
+class Busy(Exception):
+    """MAX_CONCURRENT listings are running and none ended within ASK_TIMEOUT_S (a 503)."""
+
+
+_turns = threading.BoundedSemaphore(MAX_CONCURRENT)
+
+
+def listing(source: Source, query: Query) -> dict[str, Any]:
+    """The /connections document for ``query``; raises Busy."""
+    if not _turns.acquire(timeout=ASK_TIMEOUT_S):
+        raise Busy
+    try:
+        found = source.rows(query)
+        start = (query.page - 1) * query.per_page
+        page = found.rows[start : start + query.per_page]
+        unanswered = list(found.unanswered)
+        if page:
+            rtt, late = source.rtts([row["conn"] for row in page])
+            unanswered += [name for name in late if name not in unanswered]
+            for row in page:
+                row["rtt_us"] = rtt.get(row["conn"])
+    finally:
+        _turns.release()
+    return {
+        "total": found.total,
+        "page": query.page,
+        "per_page": query.per_page,
+        "sort": query.sort,
+        "connections": page,
+        "unanswered": unanswered,
+    }
+
+
+def detail(source: Source, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """/connections/ID: the connection's facts now (None: no such live connection);
+    raises Busy."""
+    if not _turns.acquire(timeout=ASK_TIMEOUT_S):
+        raise Busy
+    try:
+        return source.detail(conn_id)
+    finally:
+        _turns.release()
