@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from loadtest import connections_cost
 from server.core import EchoServer
 from server.engine.scheduler import Scheduler
 from server.observe import connections
@@ -198,3 +199,14 @@ def test_too_many_listings_at_once_are_told_busy(monkeypatch: pytest.MonkeyPatch
         for thread in threads:
             thread.join(5)
     assert connections.listing(stuck, connections.Query())["total"] == 0
+
+
+def test_ten_thousand_idle_connections_the_first_page_in_bounded_time() -> None:
+    with connections_cost.server(10_100) as (address, admin), ExitStack() as stack:
+        connections_cost.open_idle(stack, address, 10_000)
+        took, document = connections_cost.get_connections(admin)
+        assert document["total"] == 10_000 and len(document["connections"]) == 100  # type: ignore[arg-type]
+        assert document["unanswered"] == []
+        assert took < 2.0, f"GET /connections took {took:.2f} s with 10,000 connections"
+        took, last = connections_cost.get_connections(admin, "?per_page=1000&page=10&sort=bytes")
+        assert len(last["connections"]) == 1000 and took < 2.0  # type: ignore[arg-type]

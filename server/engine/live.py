@@ -1,32 +1,35 @@
 """One scheduler's live connections, read on that scheduler's own thread: the engine side
 of ``GET /connections`` (observe/connections.py asks through call_soon_threadsafe).
 
-    summaries(loop)                 every connection, as cheap immutable Summaries
+    collect(loop, deliver)          a task: every connection as a Summary, CHUNK at a time
     rtts(loop, ids)                 the current TCP_INFO rtt of those connections
     describe(loop, conn_id, facts)  ``facts(sock, conn)`` for one connection, or None
 
-Each function runs as one call on the scheduler's thread, between two task turns: it
-reads what the tasks keep (no socket I/O but TCP_INFO, which ``summaries`` does not
-read), allocates one small object per connection, and never keeps a reference to a task
-past its return. ``summaries`` is the O(connections) one: about a microsecond each
-(measured in docs/reflection.md); ``rtts`` is one getsockopt per asked connection (a
-page, at most 1,000).
+``collect`` is the O(connections) one, so it is a task of its own (spawned daemon, so a
+stop ends it at once): it copies CHUNK connections' summaries (a tuple each, well under
+a microsecond apiece), then lets the scheduler turn once (``Sleep(0)``) so the echo goes
+on, and so on; at the end it hands the list to ``deliver``. With 10,000 connections the
+echo waits at most one chunk at a time, never for the whole list (docs/reflection.md
+has the measurement). ``rtts`` and ``describe`` are single calls on the scheduler's
+thread (``call_soon_threadsafe``): one getsockopt per asked connection (a page, at most
+1,000), or one connection's facts. Nothing here keeps a reference to a task after it
+returns, and nothing does socket I/O but TCP_INFO and the TLS state.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from server.engine import tcp_info
 from server.engine.echo import Connection
-from server.engine.scheduler import READ, WRITE, Scheduler
+from server.engine.scheduler import READ, WRITE, Scheduler, Sleep, TaskGen
+
+CHUNK = 500  # connections summarized between two scheduler turns
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
+class Summary(NamedTuple):
     """What /connections lists of one connection (opened_at on the monotonic clock)."""
 
     conn: int
@@ -49,27 +52,33 @@ def _state(events: int) -> str:
     return "running"
 
 
-def summaries(loop: Scheduler) -> list[Summary]:
-    """Every connection on ``loop`` (its tasks whose state is a Connection)."""
-    found = []
-    for task in loop.tasks():
-        conn = task.state
-        if isinstance(conn, Connection):
-            state = _state(task.events) if getattr(conn, "admitted", True) else "admitting"
-            found.append(
-                Summary(
-                    conn.id,
-                    getattr(conn, "listener", "tcp"),
-                    conn.peer,
-                    conn.ip,
-                    conn.via,
-                    conn.opened_at,
-                    conn.bytes_in,
-                    conn.bytes_out,
-                    state,
+def collect(loop: Scheduler, deliver: Callable[[list[Summary]], None], chunk: int = CHUNK) -> TaskGen:
+    """A task for ``loop``: every connection on it (the tasks whose state is a
+    Connection, as they are when their chunk is read), then ``deliver(found)``."""
+    tasks = tuple(loop.tasks())
+    found: list[Summary] = []
+    for start in range(0, len(tasks), chunk):
+        if start:
+            yield Sleep(0)  # one scheduler turn: the echo goes on
+        for task in tasks[start : start + chunk]:
+            conn = task.state  # None once the task has ended
+            if isinstance(conn, Connection):
+                state = _state(task.events) if getattr(conn, "admitted", True) else "admitting"
+                listener = getattr(conn, "listener", "tcp")
+                found.append(
+                    Summary(
+                        conn.id,
+                        listener,
+                        conn.peer,
+                        conn.ip,
+                        conn.via,
+                        conn.opened_at,
+                        conn.bytes_in,
+                        conn.bytes_out,
+                        state,
+                    )
                 )
-            )
-    return found
+    deliver(found)
 
 
 def rtts(loop: Scheduler, ids: Collection[int]) -> dict[int, int | None]:

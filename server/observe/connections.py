@@ -15,9 +15,10 @@ page past the end is empty. Anything else in the query (an unknown or repeated
 parameter, a bad value) is a 400 naming the parameter.
 
 How it asks, so that listing 10,000 connections neither blocks the echo nor waits
-forever: one call per scheduler through ``call_soon_threadsafe`` that copies cheap
-summaries (engine/live.py), the sorting and paging here on the admin thread, then one
-more call for the TCP_INFO rtt of the page's connections only. Each round waits at most
+forever: a small task on each scheduler copies cheap summaries a chunk at a time
+(engine/live.py), the filters, sorting and paging happen here on the admin thread (rows
+are built for the page's window only), then one call per scheduler reads the TCP_INFO
+rtt of the page's connections only. Each round waits at most
 ASK_TIMEOUT_S; a scheduler (or, under the supervisor, a worker) that has not answered by
 then is named in ``unanswered`` and its connections are left out, never waited on
 longer. At most MAX_CONCURRENT listings run at once; another waits up to ASK_TIMEOUT_S
@@ -31,6 +32,7 @@ on the scheduler threads, through their inbox.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import threading
@@ -134,10 +136,29 @@ def _network(text: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network 
 def ask(loops: Sequence[Scheduler], fn: Callable[[Scheduler], T], timeout: float) -> tuple[list[T], list[str]]:
     """``fn(loop)`` on each loop's own thread; the answers that came within ``timeout``
     (one deadline for all), and the names of the loops that did not answer."""
+
+    def start(loop: Scheduler, future: Future[T]) -> None:
+        loop.call_soon_threadsafe(_answer, future, fn, loop)
+
+    return _gather(loops, start, timeout)
+
+
+def collect(loops: Sequence[Scheduler], timeout: float) -> tuple[list[list[Summary]], list[str]]:
+    """Every loop's connection summaries, each gathered by a live.collect task."""
+
+    def start(loop: Scheduler, future: Future[list[Summary]]) -> None:
+        loop.spawn_threadsafe(live.collect(loop, functools.partial(_settle, future)), daemon=True)
+
+    return _gather(loops, start, timeout)
+
+
+def _gather(
+    loops: Sequence[Scheduler], start: Callable[[Scheduler, Future[T]], None], timeout: float
+) -> tuple[list[T], list[str]]:
     asked: list[tuple[Scheduler, Future[T]]] = []
     for loop in loops:
         future: Future[T] = Future()
-        loop.call_soon_threadsafe(_answer, future, fn, loop)
+        start(loop, future)
         asked.append((loop, future))
     deadline = time.monotonic() + timeout
     answers: list[T] = []
@@ -149,6 +170,11 @@ def ask(loops: Sequence[Scheduler], fn: Callable[[Scheduler], T], timeout: float
             future.cancel()  # if it runs after all, it does nothing
             unanswered.append(loop.name)
     return answers, unanswered
+
+
+def _settle(future: Future[T], answer: T) -> None:
+    if future.set_running_or_notify_cancel():
+        future.set_result(answer)
 
 
 def _answer(future: Future[T], fn: Callable[[Scheduler], T], loop: Scheduler) -> None:
@@ -193,6 +219,14 @@ def sort_rows(rows: list[dict[str, Any]], sort: Sort) -> None:
         rows.sort(key=lambda row: (-(row["bytes_in"] + row["bytes_out"]), row["conn"]))
 
 
+def _sort_summaries(found: list[Summary], sort: Sort) -> None:
+    """sort_rows' order, on summaries (before any row is built)."""
+    if sort == "age":
+        found.sort(key=lambda summary: (summary.opened_at, summary.conn))
+    else:
+        found.sort(key=lambda summary: (-(summary.bytes_in + summary.bytes_out), summary.conn))
+
+
 class LocalConnections:
     """The connections of this process's schedulers (``Source``)."""
 
@@ -211,11 +245,12 @@ class LocalConnections:
         self._timeout = timeout
 
     def rows(self, query: Query) -> Rows:
-        answers, unanswered = ask(self._loops, live.summaries, self._timeout)
+        answers, unanswered = collect(self._loops, self._timeout)
         now = time.monotonic()
-        rows = [self._row(summary, now) for found in answers for summary in found if _matches(summary, query)]
-        sort_rows(rows, query.sort)
-        return Rows(len(rows), rows[: query.window], unanswered)
+        matches = _matcher(query)
+        found = [summary for summaries in answers for summary in summaries if matches(summary)]
+        _sort_summaries(found, query.sort)
+        return Rows(len(found), [self._row(summary, now) for summary in found[: query.window]], unanswered)
 
     def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]:
         wanted = frozenset(ids)
@@ -244,15 +279,25 @@ class LocalConnections:
         }
 
 
-def _matches(summary: Summary, query: Query) -> bool:
-    if query.listener is not None and summary.listener != query.listener:
-        return False
-    if query.peer is not None:
-        try:
-            return ipaddress.ip_address(summary.ip) in query.peer
-        except ValueError:
+def _matcher(query: Query) -> Callable[[Summary], bool]:
+    """The query's filters as one predicate (the peer's network as an integer range, so
+    10,000 summaries are matched in milliseconds, not by parsing each address)."""
+    listener, network = query.listener, query.peer
+    if network is None:
+        return lambda summary: listener is None or summary.listener == listener
+    family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+    low, high = int(network.network_address), int(network.broadcast_address)
+
+    def matches(summary: Summary) -> bool:
+        if listener is not None and summary.listener != listener:
             return False
-    return True
+        try:
+            value = int.from_bytes(socket.inet_pton(family, summary.ip))
+        except OSError:  # the other family
+            return False
+        return low <= value <= high
+
+    return matches
 
 
 # --- the answers ----------------------------------------------------------------------------
