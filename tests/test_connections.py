@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from loadtest import connections_cost
+from server import live_connections
 from server.core import EchoServer
 from server.engine.scheduler import Scheduler
 from server.observe import connections
@@ -154,7 +155,7 @@ def test_a_scheduler_that_does_not_answer_is_named_not_waited_for() -> None:
     thread.start()
     try:
         began = time.monotonic()
-        answers, unanswered = connections.ask([running, stalled], lambda loop: loop.name, timeout=0.3)
+        answers, unanswered = live_connections.ask([running, stalled], lambda loop: loop.name, timeout=0.3)
         assert answers == ["loop-0"] and unanswered == ["loop-1"]
         assert time.monotonic() - began < 2.0
     finally:

@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
-from server.engine.banner import MAX_BANNER_CHARS, MAX_LINE_CHARS, REFLECTION_FIELD_CHARS, Banner, check_template
+import server
+from server.engine.banner import Banner
+from server.engine.connection import Connection
 from server.engine.proxy_protocol import parse
 from server.engine.reflection import (
+    FIELD_PARTS,
     MAX_JSON_CHARS,
     PARTS,
     TEXT_BUDGET,
@@ -25,6 +28,13 @@ from server.engine.reflection import (
     reflect,
     to_json,
     worst_case,
+)
+from server.lib.banner_template import (
+    MAX_BANNER_CHARS,
+    MAX_LINE_CHARS,
+    REFLECTION_JSON_CHARS,
+    REFLECTION_LONGEST,
+    check_template,
 )
 from tests.test_proxy_protocol import tlv, v2
 from tests.test_proxy_tlv import ssl_tlv, with_crc32c
@@ -105,42 +115,49 @@ def test_bounded_text_is_the_longest_prefix_that_fits_the_budget() -> None:
             assert len(json.dumps(text[: len(cut) + 1])) - 2 > TEXT_BUDGET
 
 
+def _conn(proxy: bytes | None = None, facts_via: str = "") -> Connection:
+    conn = Connection(3, "203.0.113.7:40000", "203.0.113.7", 0.0, "tcp")
+    conn.via = facts_via
+    conn.proxy = None if proxy is None else parse(proxy)
+    return conn
+
+
 def test_only_the_parts_asked_for_are_gathered() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()):
         accepted, _ = listener.accept()
         with accepted:
-            asked: list[str] = []
-
-            def local() -> str:
-                asked.append("local")
-                return "127.0.0.1:7007"
-
-            common: dict[str, Any] = {"conn_id": 3, "peer": "p", "listener": "tcp", "worker": 1, "hostname": "h"}
-            header = parse(b"PROXY TCP4 192.0.2.1 10.0.0.1 4000 7007\r\n")
-            nothing = reflect(accepted, **common, local=local, proxy=header, parts=frozenset())
-            assert set(nothing) == {"peer", "local", "listener", "worker", "conn", "hostname"} and asked == []
-            everything = reflect(accepted, **common, local=local, proxy=header, via="10.0.0.9:1", parts=PARTS)
-    assert asked == ["local"] and everything["local"] == "127.0.0.1:7007" and everything["via"] == "10.0.0.9:1"
+            conn = _conn(b"PROXY TCP4 192.0.2.1 10.0.0.1 4000 7007\r\n", "127.0.0.1:1")
+            nothing = reflect(accepted, conn, worker=1, hostname="h", parts=frozenset())
+            everything = reflect(accepted, conn, worker=1, hostname="h", parts=PARTS)
+    assert set(nothing) == {"peer", "local", "listener", "worker", "conn", "hostname", "via"}
+    assert nothing["local"] == ""  # not looked up
+    assert everything["local"].startswith("127.0.0.1:") and everything["via"] == "127.0.0.1:1"
     assert everything["proxy"]["src"] == "192.0.2.1:4000" and "tls" not in everything
     assert everything["tcp_info"]["rtt_us"] > 0 and everything["worker"] == 1
 
 
 def test_banner_fields_are_filled_from_the_facts_and_cannot_split_the_line() -> None:
-    facts = _facts(v2(tlvs=tlv(0x02, b"evil\r\nINJECTED") + tlv(0x05, b"UID-1")), tcp_info={"snd_mss": 988})
-    banner = Banner("{proxy_authority} {proxy_unique_id} {proxy_src} {mss} {sni}|{tls_version}|{listener}")
-    assert banner.reflects and banner.parts == {"proxy", "tcp_info", "tls"}
-    line = banner.render(1, "p", lambda: "", facts)
-    assert line == b"evil\\r\\nINJECTED UID-1 203.0.113.7:40000 988 ||tcp\n"
-    json_line = Banner("{conn} {json}").render(1, "p", lambda: "", facts)
-    assert json_line.count(b"\n") == 1 and json.loads(json_line.split(b" ", 1)[1]) == json.loads(to_json(facts))
-    assert Banner("{json}").parts == PARTS
-    plain = Banner("{peer} {local}")
-    assert not plain.reflects and plain.parts == frozenset()
-    assert Banner("{listener}").reflects and Banner("{listener}").parts == frozenset()
+    conn = _conn(v2(tlvs=tlv(0x02, b"evil\r\nINJECTED") + tlv(0x05, b"UID-1")))
+    template = "{proxy_authority} {proxy_unique_id} {proxy_src} {sni}|{tls_version}|{listener}|{worker}"
+    banner = Banner(template, server.__version__, "h", worker=2)
+    assert banner.parts == {"proxy", "tls"}
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            line = banner.render(conn, accepted)
+            json_line = Banner("{conn} {json}", "1", "h").render(conn, accepted)
+            mss = Banner("{mss} {rtt_us}", "1", "h").render(conn, accepted)
+    assert line == b"evil\\r\\nINJECTED UID-1 203.0.113.7:40000 ||tcp|2\n"
+    assert json_line.count(b"\n") == 1
+    facts = json.loads(json_line.split(b" ", 1)[1])
+    assert facts["proxy"]["tlvs"]["authority"] == "evil\r\nINJECTED" and facts["tcp_info"]["snd_mss"] > 0
+    assert mss.split()[0].isdigit() and int(mss.split()[1]) > 0
+    assert Banner("{json}", "1").parts == PARTS and Banner("{peer} {local}", "1").parts == frozenset()
+    assert Banner("{worker}", "1").parts == frozenset()
 
 
 def test_flat_fields_are_empty_where_not_applicable() -> None:
-    assert set(flat_fields({"listener": "tcp"}).values()) == {"", "tcp"}
+    assert set(flat_fields({"listener": "tcp", "worker": None}).values()) == {""}
 
 
 @pytest.mark.parametrize(
@@ -148,7 +165,7 @@ def test_flat_fields_are_empty_where_not_applicable() -> None:
     [
         ("{json}{json}", f"at most {MAX_LINE_CHARS + MAX_JSON_CHARS}"),
         ("{sni}" * 5 + "x" * 480, f"at most {MAX_LINE_CHARS + 256}"),
-        ("{sni:>2000}", f"at most {MAX_LINE_CHARS + 256}"),
+        ("{sni:>2000}", f"the width of {{sni}} may be at most {MAX_LINE_CHARS}"),
         ("{mss:d}", "not a valid template"),
         ("{json.peer}", "unknown field"),
         ("{tls_version[0]}", "unknown field"),
@@ -157,9 +174,18 @@ def test_flat_fields_are_empty_where_not_applicable() -> None:
 def test_reflection_fields_are_checked_as_strictly_as_the_others(template: str, problem: str) -> None:
     assert problem in (check_template(template) or "")
     assert check_template("{hostname} {json}") is None and check_template("x" * 400 + "{json}") is None
-    every_field = " ".join("{" + name + "}" for name in REFLECTION_FIELD_CHARS)
+    every_field = " ".join("{" + name + "}" for name in REFLECTION_LONGEST)
     assert check_template(every_field) is None  # each field once fits, whatever the values
-    assert REFLECTION_FIELD_CHARS["json"] == MAX_JSON_CHARS and MAX_BANNER_CHARS < 16384
+    assert MAX_BANNER_CHARS < 16384
+
+
+def test_the_template_checks_bounds_are_the_reflections_own() -> None:
+    assert REFLECTION_JSON_CHARS == MAX_JSON_CHARS  # the figure lib states is the one computed here
+    assert set(REFLECTION_LONGEST) == set(FIELD_PARTS)
+    worst = flat_fields(worst_case())
+    for name, longest in REFLECTION_LONGEST.items():
+        if name != "json":
+            assert len(worst[name]) <= len(longest), name
 
 
 def test_the_crafted_headers_checksum_really_is_crc32c() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from server.cli import load_config
+from server.arguments import load_config
 from server.config import Config, ConfigError
 from server.engine.tls import build_context
 from server.engine.tls_facts import TEXT_MAX_CHARS, client_cert_facts, distinguished_name, tls_facts
 from tests.helpers import run_cli
-from tests.test_tls import Pki, pki  # noqa: F401  (the module-scoped certificates fixture)
+from tests.pki import Pki
 
 
 def _handshake(
@@ -44,7 +44,7 @@ def _handshake(
     return facts, client_session
 
 
-def _client(pki: Pki, *, with_cert: bool = True, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:  # noqa: F811
+def _client(pki: Pki, *, with_cert: bool = True, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.check_hostname = False  # the certificate is for localhost; the SNI we send is a.example
     context.set_alpn_protocols(["h2", "x-echo"])
@@ -57,7 +57,7 @@ def _client(pki: Pki, *, with_cert: bool = True, maximum: ssl.TLSVersion | None 
 
 @pytest.mark.parametrize(("maximum", "version"), [(None, "TLSv1.3"), (ssl.TLSVersion.TLSv1_2, "TLSv1.2")])
 def test_sni_alpn_and_the_client_certificate_are_reflected(
-    pki: Pki,  # noqa: F811
+    pki: Pki,
     maximum: ssl.TLSVersion | None,
     version: str,
 ) -> None:
@@ -71,7 +71,7 @@ def test_sni_alpn_and_the_client_certificate_are_reflected(
     assert cert["not_after"].endswith("Z") and cert["not_after"][:2] == "20"
 
 
-def test_without_sni_alpn_or_mtls_those_facts_are_empty(pki: Pki) -> None:  # noqa: F811
+def test_without_sni_alpn_or_mtls_those_facts_are_empty(pki: Pki) -> None:
     server = build_context(str(pki.cert), str(pki.key), None)  # --tls-alpn off, no client CA
     facts, _ = _handshake(server, _client(pki, with_cert=False), None)
     assert facts["sni"] is None and facts["alpn"] is None and "client_cert" not in facts
@@ -80,7 +80,7 @@ def test_without_sni_alpn_or_mtls_those_facts_are_empty(pki: Pki) -> None:  # no
     assert facts["alpn"] is None and facts["sni"] == "a.example"  # no common protocol: still connects
 
 
-def test_a_resumed_session_says_so(pki: Pki) -> None:  # noqa: F811
+def test_a_resumed_session_says_so(pki: Pki) -> None:
     server = build_context(str(pki.cert), str(pki.key), None)
     client = _client(pki, with_cert=False, maximum=ssl.TLSVersion.TLSv1_2)
     first, session = _handshake(server, client, "a.example")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 from server.engine import tcp_info
-from server.engine.echo import Connection
+from server.engine.connection import Connection
 from server.engine.scheduler import READ, WRITE, Scheduler, Sleep, TaskGen
 
 CHUNK = 500  # connections summarized between two scheduler turns

@@ -1,8 +1,7 @@
 """Reflection: what the server saw of one connection, as one JSON object ("{json}" in the
 banner, ``GET /connections/ID`` on the admin port).
 
-    facts = reflect(sock, conn_id=..., peer=..., listener="tcp", worker=None,
-                    hostname=..., proxy=header, local=lambda: ..., parts=PARTS)
+    facts = reflect(sock, conn, worker=None, hostname=..., parts=PARTS)
     line = to_json(facts)                  # one line of ASCII, always valid JSON
 
 The object (the names are a contract: add, never rename):
@@ -24,7 +23,11 @@ as ``\\xNN`` text; the encoder escapes quotes, backslashes, control characters a
 non-ASCII character, so the line is ASCII, one line, and valid JSON whatever arrived.
 Every string is then cut so that its escaped form is at most TEXT_BUDGET characters;
 with the lists bounded too (proxy_tlv.py, tls_facts.py), MAX_JSON_CHARS is the longest
-line there can be: computed below from the worst case of every field, not guessed.
+line there can be: computed below from the worst case of every field, not guessed (the
+banner's template check states it as lib/banner_template.REFLECTION_JSON_CHARS).
+
+The PROXY header is the one the connection's PROXY step kept (``conn.proxy``); TLS facts
+come from the socket when it is an SSLSocket past its handshake; TCP_INFO is read now.
 
 ``reflect`` reads the socket (getsockname, TCP_INFO, the TLS state): it runs on the
 thread that owns the socket. Everything else may run on any thread.
@@ -35,49 +38,50 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from server.engine import tcp_info
+from server.engine.connection import Connection
 from server.engine.proxy_protocol import ProxyHeader
 from server.engine.proxy_tlv import OTHER_MAX_BYTES, OTHER_MAX_ITEMS, VALUE_MAX_BYTES, OtherTlv, ProxyTlvs, SslTlv
 from server.engine.tls_facts import SAN_MAX_ITEMS, tls_facts
+from server.lib.banner_template import REFLECTION_TEXT_CHARS
+from server.lib.net import format_address
 
 PARTS = frozenset({"local", "proxy", "tls", "tcp_info"})
-TEXT_BUDGET = 256  # escaped characters per string, at most
+TEXT_BUDGET = REFLECTION_TEXT_CHARS  # escaped characters per string, at most
 
 
 def reflect(
-    sock: socket.socket,
-    *,
-    conn_id: int,
-    peer: str,
-    listener: str,
-    worker: int | None,
-    hostname: str,
-    local: Callable[[], str],
-    proxy: ProxyHeader | None = None,
-    via: str = "",
-    parts: Collection[str] = PARTS,
+    sock: socket.socket, conn: Connection, *, worker: int | None, hostname: str, parts: Collection[str] = PARTS
 ) -> dict[str, Any]:
     """The connection's facts (see the module docstring), bounded, ready for to_json."""
     facts: dict[str, Any] = {
-        "peer": peer,
-        "local": local() if "local" in parts else "",
-        "listener": listener,
+        "peer": conn.peer,
+        "local": local_address(sock) if "local" in parts else "",
+        "listener": conn.listener,
         "worker": worker,
-        "conn": conn_id,
+        "conn": conn.id,
         "hostname": hostname,
     }
-    if via:
-        facts["via"] = via
-    if proxy is not None and "proxy" in parts:
-        facts["proxy"] = proxy_object(proxy)
-    if "tls" in parts and isinstance(sock, ssl.SSLSocket):
+    if conn.via:
+        facts["via"] = conn.via
+    if conn.proxy is not None and "proxy" in parts:
+        facts["proxy"] = proxy_object(conn.proxy)
+    if "tls" in parts and isinstance(sock, ssl.SSLSocket) and sock.cipher() is not None:
         facts["tls"] = tls_facts(sock)
     if "tcp_info" in parts and (info := tcp_info.read(sock)) is not None:
         facts["tcp_info"] = info.as_dict()
     return bounded_object(facts)
+
+
+def local_address(sock: socket.socket) -> str:
+    """The socket's own address as text, or "" if the socket is gone."""
+    try:
+        return format_address(sock.getsockname())
+    except OSError:
+        return ""
 
 
 def to_json(facts: Mapping[str, Any]) -> str:
@@ -210,9 +214,9 @@ MAX_JSON_CHARS = len(to_json(worst_case()))
 
 # --- the banner's flat fields ------------------------------------------------------------------
 
-# Which part of the facts each banner field needs gathered.
+# Which part of the facts each banner reflection field needs gathered (the fields of
+# lib/banner_template.REFLECTION_LONGEST).
 FIELD_PARTS: dict[str, frozenset[str]] = {
-    "listener": frozenset(),
     "worker": frozenset(),
     "proxy_version": frozenset({"proxy"}),
     "proxy_src": frozenset({"proxy"}),
@@ -240,7 +244,6 @@ def flat_fields(facts: Mapping[str, Any]) -> dict[str, str]:
     cert = tls.get("client_cert") or {}
     info = facts.get("tcp_info") or {}
     values = {
-        "listener": facts.get("listener"),
         "worker": facts.get("worker"),
         "proxy_version": proxy.get("version"),
         "proxy_src": proxy.get("src"),

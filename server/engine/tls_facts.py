@@ -14,9 +14,6 @@ out. Text from the certificate or the client is cut to TEXT_MAX_CHARS (and SANs 
 SAN_MAX_ITEMS), so the facts of one connection stay small; escaping is the JSON
 encoder's job (reflection.py).
 
-``--tls-alpn``: the server's list of protocols, comma-separated, off by default;
-``parse_alpn`` and ``check_alpn`` are the setting's parser and check.
-
 ``tls_facts`` and ``record_sni`` run on the connection's scheduler thread; the rest
 anywhere.
 """
@@ -29,7 +26,6 @@ from typing import Any
 
 TEXT_MAX_CHARS = 255
 SAN_MAX_ITEMS = 16
-ALPN_MAX_PROTOCOLS = 16
 _SNI_ATTRIBUTE = "_echo_sni"
 # RFC 4514's short names for the attributes a subject usually holds; others keep Python's name.
 _SHORT_NAMES = {
@@ -101,35 +97,3 @@ def _iso_time(text: str) -> str | None:
 
 def _cut(text: str | None) -> str | None:
     return None if text is None else text[:TEXT_MAX_CHARS]
-
-
-# --- the --tls-alpn setting -----------------------------------------------------------------
-
-
-def parse_alpn(text: str) -> str | None:
-    """The setting's text, stripped; empty means off (None)."""
-    return ",".join(item.strip() for item in text.split(",")) if text.strip() else None
-
-
-def alpn_protocols(value: str | None) -> list[str]:
-    """The checked setting -> the list for SSLContext.set_alpn_protocols (empty: off)."""
-    return value.split(",") if value else []
-
-
-def check_alpn(value: object) -> str | None:
-    """Why ``value`` is not a usable protocol list, or None."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return f"expected text, got {value!r}"
-    protocols = value.split(",")
-    if len(protocols) > ALPN_MAX_PROTOCOLS:
-        return f"at most {ALPN_MAX_PROTOCOLS} protocols, got {len(protocols)}"
-    for protocol in protocols:
-        if not protocol:
-            return "an empty protocol name; expected NAME[,NAME...] such as x-echo,h2"
-        if not protocol.isascii() or not protocol.isprintable() or " " in protocol:
-            return f"protocol names are printable ASCII without spaces, got {protocol!r}"
-        if len(protocol) > 255:
-            return "a protocol name is at most 255 bytes"
-    return None

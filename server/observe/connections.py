@@ -14,40 +14,30 @@ Paging: ``per_page`` 1..MAX_PER_PAGE (default DEFAULT_PER_PAGE), ``page`` 1..MAX
 page past the end is empty. Anything else in the query (an unknown or repeated
 parameter, a bad value) is a 400 naming the parameter.
 
-How it asks, so that listing 10,000 connections neither blocks the echo nor waits
-forever: a small task on each scheduler copies cheap summaries a chunk at a time
-(engine/live.py), the filters, sorting and paging happen here on the admin thread (rows
-are built for the page's window only), then one call per scheduler reads the TCP_INFO
-rtt of the page's connections only. Each round waits at most
-ASK_TIMEOUT_S; a scheduler (or, under the supervisor, a worker) that has not answered by
-then is named in ``unanswered`` and its connections are left out, never waited on
-longer. At most MAX_CONCURRENT listings run at once; another waits up to ASK_TIMEOUT_S
-for its turn and is then told 503.
+How a source answers, so that listing 10,000 connections neither blocks the echo nor
+waits forever (server/live_connections.py): a small task on each scheduler copies cheap
+summaries a chunk at a time (engine/live.py), the filters, sorting and paging happen on
+the admin thread (rows are built for the page's window only), then one call per
+scheduler reads the TCP_INFO rtt of the page's connections only. Each round waits at
+most ASK_TIMEOUT_S; a scheduler (or, under the supervisor, a worker) that has not
+answered by then is named in ``unanswered`` and its connections are left out, never
+waited on longer. At most MAX_CONCURRENT listings run at once; another waits up to
+ASK_TIMEOUT_S for its turn and is then told 503.
 
-A source of connections (``Source``) is one process's schedulers (``LocalConnections``)
-or the supervisor asking each worker; ``listing`` and ``detail`` work on either.
-Threads: every function here runs on an admin handler thread; the scheduler side runs
-on the scheduler threads, through their inbox.
+A source of connections (``Source``) is one process's schedulers
+(server/live_connections.py) or the supervisor asking each worker; ``listing`` and
+``detail`` work on either. This module knows nothing of the engine: it parses, pages and
+answers. Threads: every function here runs on an admin handler thread.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import socket
 import threading
-import time
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs
-
-from server.engine import live
-from server.engine.echo import Connection
-from server.engine.live import Summary
-from server.engine.scheduler import Scheduler
 
 DEFAULT_PER_PAGE = 100
 MAX_PER_PAGE = 1000
@@ -57,8 +47,6 @@ ASK_TIMEOUT_S = 2.0
 MAX_ID = 10**15
 Sort = Literal["age", "bytes"]
 _PARAMETERS = ("page", "per_page", "sort", "peer", "listener")
-
-T = TypeVar("T")
 
 
 class QueryError(ValueError):
@@ -130,62 +118,6 @@ def _network(text: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network 
         raise QueryError("peer: expected an IP address or a CIDR such as 10.0.0.0/8") from None
 
 
-# --- asking the threads that own the connections ----------------------------------------------
-
-
-def ask(loops: Sequence[Scheduler], fn: Callable[[Scheduler], T], timeout: float) -> tuple[list[T], list[str]]:
-    """``fn(loop)`` on each loop's own thread; the answers that came within ``timeout``
-    (one deadline for all), and the names of the loops that did not answer."""
-
-    def start(loop: Scheduler, future: Future[T]) -> None:
-        loop.call_soon_threadsafe(_answer, future, fn, loop)
-
-    return _gather(loops, start, timeout)
-
-
-def collect(loops: Sequence[Scheduler], timeout: float) -> tuple[list[list[Summary]], list[str]]:
-    """Every loop's connection summaries, each gathered by a live.collect task."""
-
-    def start(loop: Scheduler, future: Future[list[Summary]]) -> None:
-        loop.spawn_threadsafe(live.collect(loop, functools.partial(_settle, future)), daemon=True)
-
-    return _gather(loops, start, timeout)
-
-
-def _gather(
-    loops: Sequence[Scheduler], start: Callable[[Scheduler, Future[T]], None], timeout: float
-) -> tuple[list[T], list[str]]:
-    asked: list[tuple[Scheduler, Future[T]]] = []
-    for loop in loops:
-        future: Future[T] = Future()
-        start(loop, future)
-        asked.append((loop, future))
-    deadline = time.monotonic() + timeout
-    answers: list[T] = []
-    unanswered: list[str] = []
-    for loop, future in asked:
-        try:
-            answers.append(future.result(max(0.0, deadline - time.monotonic())))
-        except FutureTimeout:
-            future.cancel()  # if it runs after all, it does nothing
-            unanswered.append(loop.name)
-    return answers, unanswered
-
-
-def _settle(future: Future[T], answer: T) -> None:
-    if future.set_running_or_notify_cancel():
-        future.set_result(answer)
-
-
-def _answer(future: Future[T], fn: Callable[[Scheduler], T], loop: Scheduler) -> None:
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        future.set_result(fn(loop))
-    except BaseException as error:  # a bug: the asker gets it, the scheduler goes on
-        future.set_exception(error)
-
-
 # --- sources --------------------------------------------------------------------------------
 
 
@@ -217,87 +149,6 @@ def sort_rows(rows: list[dict[str, Any]], sort: Sort) -> None:
         rows.sort(key=lambda row: (-row["age_s"], row["conn"]))
     else:
         rows.sort(key=lambda row: (-(row["bytes_in"] + row["bytes_out"]), row["conn"]))
-
-
-def _sort_summaries(found: list[Summary], sort: Sort) -> None:
-    """sort_rows' order, on summaries (before any row is built)."""
-    if sort == "age":
-        found.sort(key=lambda summary: (summary.opened_at, summary.conn))
-    else:
-        found.sort(key=lambda summary: (-(summary.bytes_in + summary.bytes_out), summary.conn))
-
-
-class LocalConnections:
-    """The connections of this process's schedulers (``Source``)."""
-
-    def __init__(
-        self,
-        loops: Sequence[Scheduler],
-        listeners: tuple[str, ...],
-        worker: int | None,
-        facts: Callable[[socket.socket, Connection], dict[str, Any]],
-        timeout: float = ASK_TIMEOUT_S,
-    ) -> None:
-        self._loops = tuple(loops)
-        self.listeners = listeners
-        self._worker = worker
-        self._facts = facts
-        self._timeout = timeout
-
-    def rows(self, query: Query) -> Rows:
-        answers, unanswered = collect(self._loops, self._timeout)
-        now = time.monotonic()
-        matches = _matcher(query)
-        found = [summary for summaries in answers for summary in summaries if matches(summary)]
-        _sort_summaries(found, query.sort)
-        return Rows(len(found), [self._row(summary, now) for summary in found[: query.window]], unanswered)
-
-    def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]:
-        wanted = frozenset(ids)
-        answers, unanswered = ask(self._loops, lambda loop: live.rtts(loop, wanted), self._timeout)
-        merged: dict[int, int | None] = {}
-        for found in answers:
-            merged.update(found)
-        return merged, unanswered
-
-    def detail(self, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]:
-        answers, unanswered = ask(self._loops, lambda loop: live.describe(loop, conn_id, self._facts), self._timeout)
-        return next((found for found in answers if found is not None), None), unanswered
-
-    def _row(self, summary: Summary, now: float) -> dict[str, Any]:
-        return {
-            "conn": summary.conn,
-            "listener": summary.listener,
-            "worker": self._worker,
-            "peer": summary.peer,
-            "via": summary.via,
-            "age_s": round(now - summary.opened_at, 3),
-            "bytes_in": summary.bytes_in,
-            "bytes_out": summary.bytes_out,
-            "state": summary.state,
-            "rtt_us": None,
-        }
-
-
-def _matcher(query: Query) -> Callable[[Summary], bool]:
-    """The query's filters as one predicate (the peer's network as an integer range, so
-    10,000 summaries are matched in milliseconds, not by parsing each address)."""
-    listener, network = query.listener, query.peer
-    if network is None:
-        return lambda summary: listener is None or summary.listener == listener
-    family = socket.AF_INET if network.version == 4 else socket.AF_INET6
-    low, high = int(network.network_address), int(network.broadcast_address)
-
-    def matches(summary: Summary) -> bool:
-        if listener is not None and summary.listener != listener:
-            return False
-        try:
-            value = int.from_bytes(socket.inet_pton(family, summary.ip))
-        except OSError:  # the other family
-            return False
-        return low <= value <= high
-
-    return matches
 
 
 # --- the answers ----------------------------------------------------------------------------
