@@ -8,9 +8,10 @@ The page polls the feed about once a second (the next request only after the pre
 answer), computes rates itself (over its last three snapshots: the bytes of open
 connections reach the counters once a second), and keeps at most
 HISTORY_POINTS points per chart and EVENT_ROWS rows of events: a page left open for
-hours costs the browser bounded memory and the server one small request a second on an
-ordinary admin connection, under the admin endpoint's limits (a viewer that does not
-take its answer is dropped after RESPONSE_TIMEOUT_S like any admin client).
+hours costs the browser bounded memory and the server one small request a second (and
+one CONN_ROWS-row GET /connections every CONN_POLL_MS) on an ordinary admin connection,
+under the admin endpoint's limits (a viewer that does not take its answer is dropped
+after RESPONSE_TIMEOUT_S like any admin client).
 
 Events for the page come from one ``EventRing`` per Exchange, shared by every viewer: a
 deque of the last RING_SIZE events, attached to the Exchange on the first feed request
@@ -42,6 +43,8 @@ FEED_EVENTS = 50  # events in one feed answer at most (a viewer that fell behind
 HISTORY_POINTS = 300  # chart points a page keeps: five minutes at one a second
 EVENT_ROWS = 100  # event rows a page keeps
 POLL_MS = 1000
+CONN_ROWS = 20  # the connections table: the top 20 by age or by bytes (GET /connections)
+CONN_POLL_MS = 2000
 
 # Served with the page: nothing may be loaded from anywhere, scripts and styles are inline.
 PAGE_HEADERS = {
@@ -206,10 +209,16 @@ td:first-child,th:first-child{text-align:left}
 <thead><tr><th>slot</th><th>pid</th><th>gen</th><th>active</th><th>accepted/s</th><th>restarts</th></tr></thead>
 <tbody></tbody></table></div>
 </section>
+<section class="card"><h2>Connections <span class="dim" id="conn-total"></span>
+<select id="conn-sort"><option value="age">oldest</option><option value="bytes">most bytes</option></select>
+<a id="conn-json">JSON</a></h2><table id="connections"><thead><tr><th>conn</th>
+<th>listener</th><th>worker</th><th>peer</th><th>age</th><th>in</th><th>out</th><th>rtt</th></tr></thead><tbody></tbody>
+</table></section>
 <section class="card"><h2>Latest events <span class="dim" id="event-note"></span></h2><ol id="events"></ol></section>
 <script>
 "use strict";
 const HISTORY = __HISTORY__, ROWS = __ROWS__, POLL_MS = __POLL__, FEED = __FEED__, RATE_POLLS = 3;
+const CONN_ROWS = __CONN_ROWS__, CONN_POLL_MS = __CONN_POLL__;
 const CHARTS = [["active", "Connections active", "active", null], ["accepts", "Accepted / s", "accepted", null],
   ["bytes", "Bytes / s", "in", "out"], ["rejects", "Rejected and timed out / s", "rejected", "timed_out"]];
 const state = {updates: 0, seq: 0, skipped: 0, window: [], failures: 0, history: {}};
@@ -389,11 +398,42 @@ async function poll() {
     setTimeout(poll, POLL_MS);
   }
 }
+// The top CONN_ROWS live connections (GET /connections), less often than the feed: a
+// listing asks every scheduler, so the page costs the echo path little even at 10,000.
+async function pollConnections() {
+  try {
+    const query = "/connections?per_page=" + CONN_ROWS + "&sort=" + $("conn-sort").value;
+    $("conn-json").href = query;
+    const answer = await fetch(query, {cache: "no-store"});
+    if (!answer.ok) throw new Error("HTTP " + answer.status);
+    const doc = await answer.json();
+    $("conn-total").textContent = "(" + num(doc.total) + " open" + (doc.unanswered.length ? ", some not answering" : "")
+      + ")";
+    $("connections").tBodies[0].replaceChildren(...doc.connections.map((c) => {
+      const link = el("a", null, "#" + c.conn), cell = el("td");
+      link.href = "/connections/" + Number(c.conn);
+      cell.append(link);
+      const tr = el("tr");
+      tr.append(cell, el("td", null, c.listener), el("td", null, c.worker === null ? "" : c.worker),
+        el("td", null, c.peer), el("td", null, duration(c.age_s)), el("td", null, bytes(c.bytes_in)),
+        el("td", null, bytes(c.bytes_out)), el("td", null, c.rtt_us === null ? "" : num(c.rtt_us) + " \u00b5s"));
+      return tr;
+    }));
+    dispatchEvent(new Event("connections-update"));
+  } catch (error) {
+    $("conn-total").textContent = "(unavailable)";
+  } finally {
+    setTimeout(pollConnections, CONN_POLL_MS);
+  }
+}
 makeCharts();
 poll();
+pollConnections();
 </script></body></html>
 """.replace("__HISTORY__", str(HISTORY_POINTS))
     .replace("__ROWS__", str(EVENT_ROWS))
     .replace("__POLL__", str(POLL_MS))
     .replace("__FEED__", str(FEED_EVENTS))
+    .replace("__CONN_ROWS__", str(CONN_ROWS))
+    .replace("__CONN_POLL__", str(CONN_POLL_MS))
 )
