@@ -63,6 +63,7 @@ from server.listeners import Listener, ListenerSpec, ServerParts, listener_specs
 from server.live_connections import LocalConnections
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
+from server.observe.connections import ASK_TIMEOUT_S, WORKER_ASK_TIMEOUT_S
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
 from server.observe.stats import Stats, StatsSnapshot
@@ -199,7 +200,8 @@ class EchoServer(FailureAttributes):
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
             names = tuple(listener.name for listener in listeners if listener.spec.streams)
-            self.connections = LocalConnections(self._loops, names, self.worker, self._reflect)
+            timeout = ASK_TIMEOUT_S if self.worker is None else WORKER_ASK_TIMEOUT_S
+            self.connections = LocalConnections(self._loops, names, self.worker, self._reflect, timeout)
             parts = ServerParts(
                 config=config,
                 stats=self.stats,

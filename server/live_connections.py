@@ -30,7 +30,7 @@ from server.engine import live
 from server.engine.connection import Connection
 from server.engine.live import Summary
 from server.engine.scheduler import Scheduler
-from server.observe.connections import ASK_TIMEOUT_S, Query, Rows, Sort
+from server.observe.connections import ASK_TIMEOUT_S, Key, Query, Rows, Sort
 
 T = TypeVar("T")
 
@@ -121,15 +121,19 @@ class LocalConnections:
         _sort_summaries(found, query.sort)
         return Rows(len(found), [self._row(summary, now) for summary in found[: query.window]], unanswered)
 
-    def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]:
-        wanted = frozenset(ids)
+    def rtts(self, keys: Collection[Key]) -> tuple[dict[Key, int | None], list[str]]:
+        wanted = frozenset(conn for worker, conn in keys if worker == self._worker)
+        if not wanted:
+            return {}, []
         answers, unanswered = ask(self._loops, lambda loop: live.rtts(loop, wanted), self._timeout)
-        merged: dict[int, int | None] = {}
+        merged: dict[Key, int | None] = {}
         for found in answers:
-            merged.update(found)
+            merged.update(((self._worker, conn), rtt) for conn, rtt in found.items())
         return merged, unanswered
 
-    def detail(self, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]:
+    def detail(self, conn_id: int, worker: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+        if worker is not None and worker != self._worker:
+            return None, []
         answers, unanswered = ask(self._loops, lambda loop: live.describe(loop, conn_id, self._facts), self._timeout)
         return next((found for found in answers if found is not None), None), unanswered
 

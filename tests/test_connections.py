@@ -177,10 +177,10 @@ class _Stuck:
         self.release.wait(10)
         return connections.Rows(0, [], [])
 
-    def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]:
+    def rtts(self, keys: Collection[connections.Key]) -> tuple[dict[connections.Key, int | None], list[str]]:
         return {}, []
 
-    def detail(self, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]:
+    def detail(self, conn_id: int, worker: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
         return None, []
 
 

@@ -206,10 +206,10 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
                 document = connections.listing(source, connections.parse_query(query, source.listeners))
             else:
                 conn_id = connections.parse_id(path.removeprefix("/connections/"))
-                if conn_id is None or query:
+                if conn_id is None:
                     self._send(400, "expected /connections/ID, ID a connection id\n")
                     return
-                facts, unanswered = connections.detail(source, conn_id)
+                facts, unanswered = connections.detail(source, conn_id, connections.parse_worker(query))
                 if facts is None:
                     body = {"error": f"no live connection {conn_id}", "unanswered": unanswered}
                     self._send(404, json.dumps(body) + "\n", content_type="application/json")

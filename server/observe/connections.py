@@ -5,6 +5,7 @@ scheduler threads that own them, on the admin handler's thread.
     -> {"total": N, "page": 1, "per_page": 100, "sort": "age", "connections": [...],
         "unanswered": []}
     GET /connections/ID -> everything {json} shows of that connection, now (404 if gone)
+    GET /connections/ID?worker=N -> the same in worker N (ids are per worker)
 
 Each entry: conn, listener, worker, peer, via, age_s, bytes_in, bytes_out, state and
 rtt_us (TCP_INFO now). ``sort=age`` lists the oldest first, ``sort=bytes`` the most
@@ -44,8 +45,12 @@ MAX_PER_PAGE = 1000
 MAX_PAGE = 10_000
 MAX_CONCURRENT = 2
 ASK_TIMEOUT_S = 2.0
+# A worker asks its own schedulers within this, so that its answer can still reach the
+# supervisor, which waits ASK_TIMEOUT_S for every worker.
+WORKER_ASK_TIMEOUT_S = 0.75 * ASK_TIMEOUT_S
 MAX_ID = 10**15
 Sort = Literal["age", "bytes"]
+Key = tuple[int | None, int]  # (worker, conn): connection ids are per worker
 _PARAMETERS = ("page", "per_page", "sort", "peer", "listener")
 
 
@@ -101,6 +106,17 @@ def parse_id(text: str) -> int | None:
     return int(text)
 
 
+def parse_worker(query: str) -> int | None:
+    """/connections/ID's only parameter, ``worker=N`` (ids are per worker under
+    --workers); raises QueryError."""
+    if not query:
+        return None
+    name, _, value = query.partition("=")
+    if name != "worker" or not value.isascii() or not value.isdigit() or len(value) > 4:
+        raise QueryError("expected /connections/ID or /connections/ID?worker=N")
+    return int(value)
+
+
 def _bounded_int(name: str, text: str | None, low: int, high: int, default: int) -> int:
     if text is None:
         return default
@@ -138,9 +154,13 @@ class Source(Protocol):
 
     def rows(self, query: Query) -> Rows: ...
 
-    def rtts(self, ids: Collection[int]) -> tuple[dict[int, int | None], list[str]]: ...
+    def rtts(self, keys: Collection[Key]) -> tuple[dict[Key, int | None], list[str]]:
+        """The TCP_INFO rtt now of the connections named (worker, conn): ids are per worker."""
+        ...
 
-    def detail(self, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]: ...
+    def detail(self, conn_id: int, worker: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+        """One connection's facts now (in ``worker`` if given), or None."""
+        ...
 
 
 def sort_rows(rows: list[dict[str, Any]], sort: Sort) -> None:
@@ -171,10 +191,10 @@ def listing(source: Source, query: Query) -> dict[str, Any]:
         page = found.rows[start : start + query.per_page]
         unanswered = list(found.unanswered)
         if page:
-            rtt, late = source.rtts([row["conn"] for row in page])
+            rtt, late = source.rtts([(row["worker"], row["conn"]) for row in page])
             unanswered += [name for name in late if name not in unanswered]
             for row in page:
-                row["rtt_us"] = rtt.get(row["conn"])
+                row["rtt_us"] = rtt.get((row["worker"], row["conn"]))
     finally:
         _turns.release()
     return {
@@ -187,12 +207,12 @@ def listing(source: Source, query: Query) -> dict[str, Any]:
     }
 
 
-def detail(source: Source, conn_id: int) -> tuple[dict[str, Any] | None, list[str]]:
-    """/connections/ID: the connection's facts now (None: no such live connection);
-    raises Busy."""
+def detail(source: Source, conn_id: int, worker: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    """/connections/ID[?worker=N]: the connection's facts now (None: no such live
+    connection); raises Busy."""
     if not _turns.acquire(timeout=ASK_TIMEOUT_S):
         raise Busy
     try:
-        return source.detail(conn_id)
+        return source.detail(conn_id, worker)
     finally:
         _turns.release()
