@@ -411,7 +411,7 @@ async function pollConnections() {
       + ")";
     $("connections").tBodies[0].replaceChildren(...doc.connections.map((c) => {
       const link = el("a", null, "#" + c.conn), cell = el("td");
-      link.href = "/connections/" + Number(c.conn);
+      link.href = "/connections/" + Number(c.conn) + (c.worker === null ? "" : "?worker=" + Number(c.worker));
       cell.append(link);
       const tr = el("tr");
       tr.append(cell, el("td", null, c.listener), el("td", null, c.worker === null ? "" : c.worker),
