@@ -23,6 +23,7 @@ from tests.test_admin import get
 from tests.test_pipeline import _address, _echo_over, _tls_settings
 from tests.test_proxy_protocol import tlv, v2
 from tests.test_proxy_tlv import ssl_tlv, with_crc32c
+from tests.test_tls_facts import alpn_client
 
 linux_only = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="TCP_INFO is Linux's")
 
@@ -36,16 +37,6 @@ def read_line(sock: socket.socket) -> bytes:
     return line
 
 
-def _client_context(pki: Pki, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    context.check_hostname = False  # the certificate names localhost; the SNI sent is a.example
-    context.set_alpn_protocols(["h2", "x-echo"])
-    context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
-    if maximum is not None:
-        context.maximum_version = maximum
-    return context
-
-
 @pytest.mark.parametrize(("maximum", "version"), [(None, "TLSv1.3"), (ssl.TLSVersion.TLSv1_2, "TLSv1.2")])
 def test_tls_sni_alpn_and_client_certificate_in_the_json_banner_and_connections_view(
     make_server: ServerFactory, pki: Pki, maximum: ssl.TLSVersion | None, version: str
@@ -55,7 +46,7 @@ def test_tls_sni_alpn_and_client_certificate_in_the_json_banner_and_connections_
     address = _address(server, "tls")
     with (
         socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki, maximum).wrap_socket(raw, server_hostname="a.example") as tls,
+        alpn_client(pki, maximum=maximum).wrap_socket(raw, server_hostname="a.example") as tls,
     ):
         line = read_line(tls)
         facts = json.loads(line)

@@ -44,7 +44,7 @@ def _handshake(
     return facts, client_session
 
 
-def _client(pki: Pki, *, with_cert: bool = True, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+def alpn_client(pki: Pki, *, with_cert: bool = True, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.check_hostname = False  # the certificate is for localhost; the SNI we send is a.example
     context.set_alpn_protocols(["h2", "x-echo"])
@@ -62,7 +62,7 @@ def test_sni_alpn_and_the_client_certificate_are_reflected(
     version: str,
 ) -> None:
     server = build_context(str(pki.cert), str(pki.key), str(pki.ca), alpn="x-echo")
-    facts, _ = _handshake(server, _client(pki, maximum=maximum), "a.example")
+    facts, _ = _handshake(server, alpn_client(pki, maximum=maximum), "a.example")
     assert facts["version"] == version and facts["sni"] == "a.example" and facts["alpn"] == "x-echo"
     assert facts["cipher"] and facts["resumed"] is False
     cert = facts["client_cert"]
@@ -73,16 +73,16 @@ def test_sni_alpn_and_the_client_certificate_are_reflected(
 
 def test_without_sni_alpn_or_mtls_those_facts_are_empty(pki: Pki) -> None:
     server = build_context(str(pki.cert), str(pki.key), None)  # --tls-alpn off, no client CA
-    facts, _ = _handshake(server, _client(pki, with_cert=False), None)
+    facts, _ = _handshake(server, alpn_client(pki, with_cert=False), None)
     assert facts["sni"] is None and facts["alpn"] is None and "client_cert" not in facts
     offered_other = build_context(str(pki.cert), str(pki.key), None, alpn="x-other")
-    facts, _ = _handshake(offered_other, _client(pki, with_cert=False), "a.example")
+    facts, _ = _handshake(offered_other, alpn_client(pki, with_cert=False), "a.example")
     assert facts["alpn"] is None and facts["sni"] == "a.example"  # no common protocol: still connects
 
 
 def test_a_resumed_session_says_so(pki: Pki) -> None:
     server = build_context(str(pki.cert), str(pki.key), None)
-    client = _client(pki, with_cert=False, maximum=ssl.TLSVersion.TLSv1_2)
+    client = alpn_client(pki, with_cert=False, maximum=ssl.TLSVersion.TLSv1_2)
     first, session = _handshake(server, client, "a.example")
     again, _ = _handshake(server, client, "a.example", session)
     assert first["resumed"] is False and again["resumed"] is True
