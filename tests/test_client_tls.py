@@ -1,5 +1,5 @@
 """echo-client --tls against the server's own TLS listener (a real server process,
-certificates made with openssl by tests/test_tls.py's fixture): send, ping and bench
+certificates made with openssl by the pki fixture, tests/pki.py): send, ping and bench
 verify the certificate, present a client certificate for mTLS, and say what to pass
 when something does not fit; --sni and --alpn reach a TLS server that records them."""
 
@@ -19,16 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_tls
 from tests.helpers import ROOT, ServerProcess, address_of
+from tests.pki import Pki
 from tests.test_client import client_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
-pki = test_tls.pki  # module-scoped: a CA, a server certificate for 127.0.0.1/localhost, a client one
 
-
-def _tls_server(pki: test_tls.Pki, *extra: str) -> tuple[ServerProcess, list[str]]:
+def _tls_server(pki: Pki, *extra: str) -> tuple[ServerProcess, list[str]]:
     process = ServerProcess(
         "--port", "0", "--admin-port", "off", "--stats-interval", "0",
         "--tls-port", "0", "--tls-cert", str(pki.cert), "--tls-key", str(pki.key), *extra,
@@ -39,7 +37,7 @@ def _tls_server(pki: test_tls.Pki, *extra: str) -> tuple[ServerProcess, list[str
 
 
 @pytest.fixture(scope="module")
-def tls_server(pki: test_tls.Pki) -> Iterator[tuple[ServerProcess, list[str]]]:
+def tls_server(pki: Pki) -> Iterator[tuple[ServerProcess, list[str]]]:
     process, target = _tls_server(pki)
     try:
         yield process, target
@@ -47,7 +45,7 @@ def tls_server(pki: test_tls.Pki) -> Iterator[tuple[ServerProcess, list[str]]]:
         process.stop()
 
 
-def test_send_ping_and_bench_over_tls(pki: test_tls.Pki) -> None:
+def test_send_ping_and_bench_over_tls(pki: Pki) -> None:
     process, target = _tls_server(pki)
     ca = ["--tls", "--ca", str(pki.ca)]
     try:
@@ -85,7 +83,7 @@ def test_the_certificate_is_verified_unless_insecure(tls_server: tuple[ServerPro
     assert client_cli("send", "x", *target, "--tls", "--insecure").stdout == b"x"
 
 
-def test_sni_names_the_certificate_to_verify(pki: test_tls.Pki, tls_server: tuple[ServerProcess, list[str]]) -> None:
+def test_sni_names_the_certificate_to_verify(pki: Pki, tls_server: tuple[ServerProcess, list[str]]) -> None:
     _, target = tls_server
     ca = ["--tls", "--ca", str(pki.ca)]
     assert client_cli("send", "x", *target, *ca, "--sni", "localhost").stdout == b"x"  # a DNS name it holds
@@ -93,7 +91,7 @@ def test_sni_names_the_certificate_to_verify(pki: test_tls.Pki, tls_server: tupl
     assert other.returncode == 1 and b"Hostname mismatch" in other.stderr and other.stderr.count(b"\n") == 1
 
 
-def test_mtls_with_a_client_certificate_and_without(pki: test_tls.Pki) -> None:
+def test_mtls_with_a_client_certificate_and_without(pki: Pki) -> None:
     process, target = _tls_server(pki, "--tls-client-ca", str(pki.ca))
     ca = ["--tls", "--ca", str(pki.ca)]
     try:
@@ -123,7 +121,7 @@ def test_tls_to_a_plain_port_asks_whether_it_is_one() -> None:
 class RecordingTlsServer:
     """One TLS connection, echoed until EOF, recording the SNI and the ALPN it settled."""
 
-    def __init__(self, pki: test_tls.Pki) -> None:
+    def __init__(self, pki: Pki) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(str(pki.cert), str(pki.key))
         self.context.set_alpn_protocols(["echo"])
@@ -146,7 +144,7 @@ class RecordingTlsServer:
         self.listener.close()
 
 
-def test_sni_and_alpn_reach_the_server(pki: test_tls.Pki) -> None:
+def test_sni_and_alpn_reach_the_server(pki: Pki) -> None:
     server = RecordingTlsServer(pki)
     try:
         port = str(server.listener.getsockname()[1])
@@ -179,7 +177,7 @@ def test_the_connection_options_are_in_every_commands_help() -> None:
 
 
 def test_interactive_mode_over_tls_relays_everything_and_ends(
-    pki: test_tls.Pki, tls_server: tuple[ServerProcess, list[str]], tmp_path: Path
+    pki: Pki, tls_server: tuple[ServerProcess, list[str]], tmp_path: Path
 ) -> None:
     _, target = tls_server
     data = os.urandom(3 << 20)  # far more than the socket buffers: sending and reading overlap
