@@ -110,6 +110,7 @@ def test_behind_proxy_the_filter_and_entries_use_the_headers_address(make_server
         "page=0",
         "page=99999999999999999999",
         f"page={connections.MAX_PAGE + 1}",
+        "page=11&per_page=1000",  # past MAX_WINDOW
         "per_page=1001",
         "per_page=-1",
         "per_page=1e3",

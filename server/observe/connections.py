@@ -11,9 +11,11 @@ Each entry: conn, listener, worker, peer, via, age_s, bytes_in, bytes_out, state
 rtt_us (TCP_INFO now). ``sort=age`` lists the oldest first, ``sort=bytes`` the most
 bytes (in + out) first. ``peer`` filters by the client's address (an IP or a CIDR; the
 address from the PROXY header where there is one), ``listener`` by listener name.
-Paging: ``per_page`` 1..MAX_PER_PAGE (default DEFAULT_PER_PAGE), ``page`` 1..MAX_PAGE; a
-page past the end is empty. Anything else in the query (an unknown or repeated
-parameter, a bad value) is a 400 naming the parameter.
+Paging: ``per_page`` 1..MAX_PER_PAGE (default DEFAULT_PER_PAGE), ``page`` 1..MAX_PAGE,
+and page x per_page at most MAX_WINDOW (the rows sorted and handed over for one page stay
+bounded however many connections there are); a page past the end is empty. Anything
+else in the query (an unknown or repeated parameter, a bad value) is a 400 naming the
+parameter.
 
 How a source answers, so that listing 10,000 connections neither blocks the echo nor
 waits forever (server/live_connections.py): a small task on each scheduler copies cheap
@@ -43,6 +45,9 @@ from urllib.parse import parse_qs
 DEFAULT_PER_PAGE = 100
 MAX_PER_PAGE = 1000
 MAX_PAGE = 10_000
+# page x per_page at most: the rows a source sorts and hands over for one page (under
+# --workers, up each worker's pipe), so their memory and size stay bounded (~3 MB).
+MAX_WINDOW = 10_000
 MAX_CONCURRENT = 2
 ASK_TIMEOUT_S = 2.0
 # A worker asks its own schedulers within this, so that its answer can still reach the
@@ -90,13 +95,18 @@ def parse_query(text: str, listeners: Collection[str]) -> Query:
     listener = value.get("listener")
     if listener is not None and listener not in listeners:
         raise QueryError(f"listener: expected one of {', '.join(sorted(listeners))}")
-    return Query(
+    query = Query(
         page=_bounded_int("page", value.get("page"), 1, MAX_PAGE, 1),
         per_page=_bounded_int("per_page", value.get("per_page"), 1, MAX_PER_PAGE, DEFAULT_PER_PAGE),
         sort="age" if sort == "age" else "bytes",
         peer=_network(value.get("peer")),
         listener=listener,
     )
+    if query.window > MAX_WINDOW:
+        raise QueryError(
+            f"page: page x per_page may be at most {MAX_WINDOW:,}; narrow the list with peer= or listener="
+        )
+    return query
 
 
 def parse_id(text: str) -> int | None:
