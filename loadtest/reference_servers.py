@@ -25,8 +25,8 @@ import socket
 import socketserver
 import sys
 from collections.abc import Callable
-from typing import cast
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 BACKLOG = 1024
 CHUNK = 65536
