@@ -4,6 +4,7 @@
     echo-client send (TEXT | --file F) [HOST] [PORT] send, verify, print the echo
     echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times
     echo-client bench [--conns C ...] [HOST] [PORT]  load + latency figures (client.loadgen)
+    echo-client rate|watch|merge ...                 open-loop latency, disruption watch (docs/latency.md)
 
 Every mode takes the server as ``[HOST] [PORT]`` operands, like nc (127.0.0.1 7007 by
 default); ``--host``/``--port`` are accepted as aliases. Options and operands may be
@@ -37,6 +38,7 @@ from server import __version__
 PROG = "echo-client"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SUBCOMMANDS = ("send", "ping", "bench")
+MEASURE_SUBCOMMANDS = ("rate", "watch", "merge")  # open-loop latency, disruption watch, merge of rate runs
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7007
 # What a terminal would act on rather than show: C0 and C1 controls but tab, newline, CR.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
@@ -203,8 +205,25 @@ def _resolve_target(command: str | None, args: argparse.Namespace) -> None:
         raise UsageError(f"{prog}: {error}") from None
 
 
+def _measure(command: str, argv: list[str]) -> int:
+    """The measuring subcommands live in their own modules (imported when used)."""
+    if command == "rate":
+        from client import rate
+
+        return rate.main(argv)
+    if command == "watch":
+        from client import watch
+
+        return watch.main(argv)
+    from client import merge
+
+    return merge.main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in MEASURE_SUBCOMMANDS:
+        return _measure(args_list[0], args_list[1:])
     command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else None
     try:
         args = build_parser(command).parse_intermixed_args(args_list[1:] if command else args_list)

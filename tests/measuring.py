@@ -1,0 +1,94 @@
+"""Helpers for the tests of ``echo-client rate`` and ``watch``: run the client as a real
+subprocess, start a real server, stop it (SIGSTOP) for a while in the middle of a run.
+
+Waits are on process pipes and exits with bounded timeouts. A stall's length is the
+scenario under test (the server is frozen for exactly that long), not synchronization.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tests.helpers import ROOT, ServerProcess
+
+
+def client_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "client", *args]
+
+
+def run_client(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(client_args(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def start_client(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(client_args(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The JSON document a client printed: all of stdout (bench), or its last JSON line."""
+    try:
+        whole: dict[str, Any] = json.loads(stdout)
+        return whole
+    except json.JSONDecodeError:
+        pass
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON line in {stdout!r}"
+    document: dict[str, Any] = json.loads(lines[-1])
+    return document
+
+
+@contextmanager
+def echo_server(*args: str) -> Iterator[ServerProcess]:
+    server = ServerProcess("--port", "0", "--admin-port", "off", "--stats-interval", "0", *args)
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.signal(signal.SIGCONT)  # a test that failed mid-stall must not leave it frozen
+        server.stop()
+
+
+def keep_running(client: subprocess.Popen[str], seconds: float) -> None:
+    """Let ``seconds`` of the client's run pass; fail if it exits meanwhile."""
+    try:
+        client.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return
+    raise AssertionError(
+        f"the client exited early ({client.returncode}): {client.stderr.read() if client.stderr else ''}"
+    )
+
+
+def freeze(pid: int, seconds: float) -> float:
+    """SIGSTOP ``pid`` for ``seconds``, then SIGCONT; returns how long it really was frozen."""
+    stopped = time.monotonic()
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)  # the stall itself: its length is what the test measures
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return time.monotonic() - stopped
+
+
+def wait_for_opened(server: ServerProcess, count: int, timeout: float = 15) -> None:
+    """Until the server has logged ``count`` opened connections (read from its log pipe)."""
+    deadline = time.monotonic() + timeout
+    while sum(record.get("event") == "opened" for record in server.seen) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"fewer than {count} connections opened within {timeout} s"
+        try:
+            line = server.log.lines.get(timeout=left)
+        except queue.Empty:
+            continue
+        assert line is not None, "the server's log ended"
+        server.log._take(line)
