@@ -6,7 +6,7 @@ echo within ``max_latency``; the moment of the failure for ``reset``, ``eof``,
 ``refused`` and ``mismatch``) and closes at the first good echo after it. A connection
 that only stalled keeps waiting for its overdue echo (it is the same stream), so a
 frozen server gives one gap per connection, as long as the freeze. A broken connection
-is re-opened with ``reconnect`` (every interval until it works; the gap ends at the new
+is re-opened with ``reconnect`` (at once, then every interval until it works; the gap ends at the new
 connection's first good echo), else it is lost: its gap is reported at once with no end.
 
 The replica is the first line the server sends when ``banner`` is set (a server started
@@ -102,10 +102,13 @@ class Prober:
                     self._probe()
                 except Broken as broken:
                     self._close()
+                    first_failure = self.gap is None
                     self._open_gap(time.monotonic(), broken.cause)
                     self.failed += 1
                     if not self.spec.reconnect:
                         return  # lost: its gap is reported (with no end) below
+                    if first_failure:
+                        continue  # reconnect at once: the outage is what the user has to wait
                 self._flush()
                 next_probe += self.spec.interval_s
                 now = time.monotonic()
@@ -166,6 +169,7 @@ class Prober:
             raise Broken("mismatch")
         now = time.monotonic()
         if self.gap is not None:
+            self._flush()  # the failed probes count into the gap before it is reported
             self.gap.end, self.gap.replica_after = now, self.replica
             self.report.put(self.gap)
             self.gap = None
