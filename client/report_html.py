@@ -154,7 +154,7 @@ def _rate(result: RateResult) -> str:
     seconds = [index for index in sorted(result.seconds) if index < result.duration_s]  # not the trailing part
     sent = [(index + 0.5, float(result.seconds[index].sent)) for index in seconds]
     target = [(0.0, result.target_rate), (float(max(seconds, default=0) + 1), result.target_rate)]
-    lines: list[Series] = [("sent/s", COLORS["p50"], sent, False), ("target", COLORS["max"], target, True)]
+    lines: list[Series] = [("target", COLORS["max"], target, True), ("sent/s", COLORS["p50"], sent, False)]
     return _chart("Sends per second", lines, "second", _second_ticks(seconds), False)
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import selectors
 import socket
@@ -19,6 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ import pytest
 from tests.faulty import FaultyServer
 from tests.helpers import closed_port
 from tests.measuring import echo_server, freeze, keep_running, last_json, run_client, start_client, wait_for_opened
+from tests.test_dashboard import CHROMIUM, Browser
 
 pytestmark = pytest.mark.slow
 SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); not exported by the socket module
@@ -244,3 +247,66 @@ def test_a_server_that_corrupts_a_byte_fails_the_run_with_one_line() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == "echo-client rate: FAIL: errors: mismatch 2", result.stderr
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("no chromium: apt-get install -y chromium to run the browser tests")
+    instance = Browser(tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def json_value(document: dict[str, Any], key: str) -> Any:
+    """The --json field a report cell's data-key names (corrected.p99, send_lateness.max, sent...)."""
+    group, _, name = key.partition(".")
+    if not name:
+        return document[group]
+    if group in ("corrected", "uncorrected"):
+        return document["latency_ms"][group][name]
+    if group == "errors":
+        return document["errors"][name]
+    return document[f"{group}_ms"][name]
+
+
+def test_the_report_renders_in_chromium_with_the_numbers_of_the_json(browser: Browser, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    with echo_server() as server:
+        rate = start_client(
+            "rate", *map(str, server.address), "--rate", "500", "--duration", "3s", "--json", "--report", str(page)
+        )
+        wait_for_opened(server, 1 + 16)
+        keep_running(rate, 1.0)
+        freeze(server.proc.pid, 0.5)  # something to see
+        out, err = rate.communicate(timeout=60)
+    assert rate.returncode == 0, err
+    document = last_json(out)
+    session = browser.open(page.as_uri())
+    browser.call(
+        "Emulation.setDeviceMetricsOverride", {"width": 1000, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session,
+    )  # fmt: skip
+    shown = browser.call(
+        "Runtime.evaluate",
+        {
+            "expression": "({cells: Object.fromEntries([...document.querySelectorAll('[data-key]')]"
+            ".map((td) => [td.dataset.key, td.textContent])), charts: document.querySelectorAll('svg polyline').length,"
+            " svgs: document.querySelectorAll('svg').length, scripts: document.scripts.length,"
+            " remote: [...document.querySelectorAll('[src],[href]')].length})",
+            "returnByValue": True,
+        },
+        session,
+    )["result"]["value"]
+    shot = browser.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session)["data"]
+    (tmp_path / "rate-report.png").write_bytes(base64.b64decode(shot))
+    print(f"\nscreenshot: {tmp_path / 'rate-report.png'}")
+    assert shown["svgs"] == 3 and shown["charts"] >= 8, shown
+    assert shown["scripts"] == 0 and shown["remote"] == 0  # self-contained
+    assert len(shown["cells"]) >= 4 * 5 + 8
+    for key, text in shown["cells"].items():
+        assert text == str(json_value(document, key)), key
+    assert float(shown["cells"]["corrected.max"]) >= 450  # the freeze is on the page
+    assert (tmp_path / "rate-report.png").stat().st_size > 20_000
