@@ -46,7 +46,8 @@ class RateResult:
     connected: int = 0
     processes: int = 1
     hosts: int = 1
-    sent: int = 0  # messages whose send began inside the measured window
+    sent: int = 0  # messages scheduled inside the measured window that began to leave
+    sent_in_window: int = 0  # of those, how many left before the window ended: the achieved rate
     received: int = 0  # of those, echoed back whole and verified
     late_sends: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -73,6 +74,7 @@ class RateResult:
         if not same_host:
             self.hosts += other.hosts
         self.sent += other.sent
+        self.sent_in_window += other.sent_in_window
         self.received += other.received
         self.late_sends += other.late_sends
         self.errors.update(other.errors)
@@ -89,7 +91,7 @@ class RateResult:
 
     @property
     def achieved_rate(self) -> float:
-        return self.sent / self.duration_s if self.duration_s else 0.0
+        return self.sent_in_window / self.duration_s if self.duration_s else 0.0
 
     @property
     def error_rate(self) -> float:
@@ -125,6 +127,7 @@ class RateResult:
             "processes": self.processes,
             "hosts": self.hosts,
             "sent": self.sent,
+            "sent_in_window": self.sent_in_window,
             "received": self.received,
             "errors": dict(sorted(self.errors.items())),
             "error_rate": round(self.error_rate, 6),
@@ -181,6 +184,7 @@ class RateResult:
                 processes=int(document["processes"]),
                 hosts=int(document["hosts"]),
                 sent=int(document["sent"]),
+                sent_in_window=int(document["sent_in_window"]),
                 received=int(document["received"]),
                 late_sends=int(document["late_sends"]),
                 errors=Counter({str(k): int(v) for k, v in document["errors"].items()}),

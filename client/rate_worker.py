@@ -161,6 +161,7 @@ def _run(
                     result.lateness.record_seconds(late)
                     result.late_sends += late > LATE_S
                     result.sent += 1
+                    result.sent_in_window += now < window_end
                     result.second(int(now - window_start)).sent += 1
             conn.outbox = data[sent:]
             if conn.outbox:

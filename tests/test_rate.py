@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
+import random
 import selectors
 import socket
 import statistics
@@ -25,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from client.histogram import Histogram
+from client.rate_result import RateResult
 from tests.faulty import FaultyServer
 from tests.helpers import closed_port
 from tests.measuring import echo_server, freeze, keep_running, last_json, run_client, start_client, wait_for_opened
@@ -310,3 +314,47 @@ def test_the_report_renders_in_chromium_with_the_numbers_of_the_json(browser: Br
         assert text == str(json_value(document, key)), key
     assert float(shown["cells"]["corrected.max"]) >= 450  # the freeze is on the page
     assert (tmp_path / "rate-report.png").stat().st_size > 20_000
+
+
+def synthetic_result(seed: int, rate: float) -> RateResult:
+    rng = random.Random(seed)
+    result = RateResult(target_rate=rate, duration_s=2.0, size=64, connections=4, connected=4)
+    for _ in range(int(rate * 2)):
+        intended = rng.uniform(0, 2)
+        corrected = int(rng.lognormvariate(12, 1))
+        result.sent += 1
+        result.sent_in_window += 1
+        result.received += 1
+        result.corrected.record(corrected)
+        result.uncorrected.record(corrected // 2)
+        result.lateness.record(corrected - corrected // 2)
+        second = result.second(int(intended))
+        second.corrected.record(corrected)
+        second.uncorrected.record(corrected // 2)
+        second.sent += 1
+    result.connect.record(20_000)
+    return result
+
+
+def test_merge_of_two_hosts_adds_rates_and_merges_histograms_exactly(tmp_path: Path) -> None:
+    first, second = synthetic_result(1, 300.0), synthetic_result(2, 700.0)
+    paths = []
+    for name, part in (("a.json", first), ("b.json", second)):
+        path = tmp_path / name
+        path.write_text("some text a user kept\n" + json.dumps(part.to_json()) + "\n")
+        assert RateResult.from_json(json.loads(path.read_text().splitlines()[-1])) == part
+        paths.append(str(path))
+    result = run_client("merge", *paths, "--json", "--report", str(tmp_path / "merged.html"))
+    assert result.returncode == 0, result.stderr
+    merged = last_json(result.stdout)
+    expected = synthetic_result(1, 300.0).merge(synthetic_result(2, 700.0), same_host=False)
+    assert merged["hosts"] == 2 and merged["target_rate"] == 1000.0 and merged["achieved_rate"] == 1000.0
+    assert merged["sent"] == first.sent + second.sent
+    assert RateResult.from_json(merged) == expected
+    assert merged["latency_ms"]["corrected"] == Histogram.merged([first.corrected, second.corrected]).summary_ms()
+    assert "<svg" in (tmp_path / "merged.html").read_text()
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"target_rate": 1}\n')
+    refused = run_client("merge", str(broken))
+    assert refused.returncode == 2
+    assert refused.stderr == f"echo-client merge: {broken}: not the --json output of echo-client rate (no histograms)\n"
