@@ -146,10 +146,11 @@ def _tool(name: str, install: str) -> str:
     return found
 
 
-def test_the_manifests_pass_kubernetes_validate_strict() -> None:
+@pytest.mark.parametrize("manifest", ["kubernetes.yaml", "kubernetes-rate-job.yaml"])
+def test_the_manifests_pass_kubernetes_validate_strict(manifest: str) -> None:
     validate = _tool("kubernetes-validate", "pip install kubernetes-validate; it ships its schemas, no network")
     result = subprocess.run(
-        [validate, "--strict", "--quiet", str(ROOT / "deploy" / "kubernetes.yaml")],
+        [validate, "--strict", "--quiet", str(ROOT / "deploy" / manifest)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -267,3 +268,28 @@ def test_the_haproxy_config_is_valid() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_client_jobs_run_real_commands_in_the_restricted_profile() -> None:
+    """deploy/kubernetes-rate-job.yaml: rate and watch against the Service, as the image's user."""
+    yaml = pytest.importorskip("yaml")
+    from client import rate, watch
+
+    with open(ROOT / "deploy" / "kubernetes-rate-job.yaml") as source:
+        jobs = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(source)}
+    manifests = _manifests()
+    deployment_pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    service = manifests["Service"]["metadata"]["name"]
+    assert set(jobs) == {"echo-rate", "echo-watch"}
+    for name, module in (("echo-rate", rate), ("echo-watch", watch)):
+        job = jobs[name]
+        assert job["kind"] == "Job" and job["spec"]["backoffLimit"] == 0
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"] == deployment_pod["securityContext"]
+        container = pod["containers"][0]
+        assert container["image"] == deployment_pod["containers"][0]["image"]
+        assert container["securityContext"] == deployment_pod["containers"][0]["securityContext"]
+        assert container["command"] == ["python", "-m", "client"]
+        command, host, port, *options = container["args"]
+        assert command == module.COMMAND and host == service and int(port) == Config().port
+        module.build_parser().parse_intermixed_args(options)  # a bad flag raises UsageError
