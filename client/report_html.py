@@ -40,8 +40,9 @@ def _cell(key: str, value: object) -> str:
 def _log_ticks(low: float, high: float) -> list[float]:
     ticks = []
     exponent = math.floor(math.log10(low))
+    steps = (1, 2, 5) if high / low <= 1000 else (1,)  # over many decades 1-2-5 labels collide
     while 10**exponent <= high * 1.0001:
-        for step in (1, 2, 5):
+        for step in steps:
             tick = step * 10.0**exponent
             if low <= tick <= high:
                 ticks.append(tick)
@@ -50,9 +51,9 @@ def _log_ticks(low: float, high: float) -> list[float]:
 
 
 def _nice_step(rough: float) -> float:
-    """The 1, 2 or 5 times a power of ten at or above ``rough``."""
+    """The 1, 2, 2.5 or 5 times a power of ten at or above ``rough``."""
     power = 10 ** math.floor(math.log10(rough))
-    return float(next(step * power for step in (1, 2, 5, 10) if step * power >= rough))
+    return float(next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= rough))
 
 
 def _chart(title: str, series: list[Series], x_label: str, x_ticks: list[tuple[float, str]], log_y: bool) -> str:
