@@ -19,6 +19,8 @@ import selectors
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -105,34 +107,56 @@ def server() -> Iterator[tuple[str, int]]:
         yield running.address
 
 
-def pacing_run(rate: int, seconds: int) -> tuple[dict[str, Any], float]:
-    """One paced run against an ArrivalClock: the client's JSON and the CV of the spacing."""
-    with ArrivalClock(size=64) as clock:
+# The simplest pacer there is: one connection, sleep until the next tick, send. It runs
+# beside the client, so it sees the same machine: how even a sleeping process can be here.
+REFERENCE_PACER = """
+import socket, sys, time
+host, port, rate, count = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+sock = socket.create_connection((host, port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+start = time.monotonic() + 0.3
+for n in range(count):
+    time.sleep(max(0.0, start + n / rate - time.monotonic()))
+    sock.sendall(bytes(64))
+    sock.recv(64)
+"""
+
+
+def spacing_cv(arrivals: list[float], rate: float) -> float:
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sorted(arrivals))]
+    assert abs(statistics.mean(gaps) - 1 / rate) < 0.01 / rate, statistics.mean(gaps)
+    return statistics.pstdev(gaps) / statistics.mean(gaps)
+
+
+def pacing_run(rate: int, seconds: int) -> tuple[dict[str, Any], float, float]:
+    """One paced run against an ArrivalClock, the reference pacer beside it against
+    another: the client's JSON, its spacing's CV and the reference's."""
+    with ArrivalClock(size=64) as clock, ArrivalClock(size=64) as reference_clock:
+        reference = subprocess.Popen(
+            [sys.executable, "-c", REFERENCE_PACER, *map(str, reference_clock.address), str(rate), str(rate * seconds)]
+        )
         result = run_client(
             "rate", *map(str, clock.address), "--rate", str(rate), "--connections", "4", "--duration", f"{seconds}s",
             "--json",
         )  # fmt: skip
-        arrivals = sorted(clock.arrivals)  # kernel times; the clock reads ready sockets in any order
+        assert reference.wait(30) == 0
+        arrivals, reference_arrivals = list(clock.arrivals), list(reference_clock.arrivals)
     assert result.returncode == 0, result.stderr
     document = last_json(result.stdout)
     assert abs(document["achieved_rate"] - rate) <= rate * 0.01, document
     assert document["sent"] == document["received"] == len(arrivals)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    assert abs(statistics.mean(gaps) - 1 / rate) < 0.01 / rate
-    cv = statistics.pstdev(gaps) / statistics.mean(gaps)
-    print(f"spacing at the server: mean {statistics.mean(gaps) * 1000:.3f} ms, CV {cv:.4f} over {len(gaps)} gaps")
-    return document, cv
+    cv, reference_cv = spacing_cv(arrivals, rate), spacing_cv(reference_arrivals, rate)
+    print(f"spacing at the server: CV {cv:.4f} over {len(arrivals)} sends; the reference pacer's {reference_cv:.4f}")
+    return document, cv, reference_cv
 
 
 def test_pacing_holds_the_rate_and_spaces_sends_evenly() -> None:
-    """CV < 0.1 of the gaps between arrivals. The machine is shared: a run in which the
-    client itself reports sends over 5 ms late (it lost the CPU) may be run again, twice;
-    a client whose pacing is wrong fails every time."""
-    for _ in range(3):
-        document, cv = pacing_run(rate=100, seconds=6)  # 10 ms apart
-        if cv < 0.1 or document["send_lateness_ms"]["max"] < 5:
-            break
-    assert cv < 0.1, (cv, document["send_lateness_ms"])
+    """The gaps between arrivals (kernel receive times) have a CV under 0.1, unless the
+    machine is so busy that the simplest sleeping pacer, run at the same time, cannot do
+    that either: then the client must be as even as it (within 1.5x). Measured: CV
+    0.02-0.07 at a load average near 1; at 5-7 both pacers see 30-60 ms preemptions."""
+    document, cv, reference_cv = pacing_run(rate=50, seconds=6)  # 20 ms apart
+    assert cv < max(0.1, 1.5 * reference_cv), (cv, reference_cv, document["send_lateness_ms"])
 
 
 def test_a_one_second_stall_shows_in_rates_p99_and_hides_in_benchs() -> None:
@@ -196,16 +220,33 @@ def test_a_server_that_stops_reading_makes_sends_late_and_corrected_exceeds_unco
     assert any("late" in warning for warning in document["warnings"])
 
 
-def test_budgets_gate_with_one_verdict_line(server: tuple[str, int]) -> None:
+def test_budgets_gate_with_one_verdict_line(server: tuple[str, int], tmp_path: Path) -> None:
     target = [*map(str, server), "--rate", "500", "--duration", "1s", "--connections", "4"]
-    passed = run_client("rate", *target, "--max-p99", "10s", "--max-error-rate", "0.01")
+    log = tmp_path / "seconds.csv"
+    passed = run_client(
+        "rate", *target, "--max-p99", "10s", "--max-error-rate", "0.01", "--hdr-log", str(log), "--json"
+    )
     assert passed.returncode == 0, passed.stderr
     assert passed.stderr.splitlines()[-1] == "echo-client rate: PASS: within every budget"
+    header, *rows = log.read_text().splitlines()
+    assert header.startswith("second,sent,received,corrected_p50_ms") and rows and rows[0].startswith("0,")
+    received = last_json(passed.stdout)["received"]
+    assert sum(int(row.split(",")[2]) for row in rows) == received >= 495  # every echo of the window, once
     failed = run_client("rate", *target, "--max-p99", "1us", "--json")
     assert failed.returncode == 1
     verdict = failed.stderr.splitlines()[-1]
     p99 = last_json(failed.stdout)["latency_ms"]["corrected"]["p99"]
     assert verdict == f"echo-client rate: FAIL: corrected p99 {p99:g} ms > --max-p99 0.001 ms", verdict
+
+
+def test_poisson_arrivals_keep_the_mean_rate(server: tuple[str, int]) -> None:
+    result = run_client(
+        "rate", *map(str, server), "--rate", "500", "--duration", "2s", "--arrival", "poisson", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    document = last_json(result.stdout)
+    assert abs(document["achieved_rate"] - 500) < 500 * 0.15, document  # ~1,000 Poisson arrivals: +-3% is 1 sigma
+    assert document["sent"] == document["received"] > 0
 
 
 def test_two_processes_share_the_rate_and_merge_their_histograms(server: tuple[str, int]) -> None:
