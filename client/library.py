@@ -47,6 +47,18 @@ class EchoMismatch(EchoError):
         self.offset = offset
 
 
+def error_kind(error: OSError) -> str:
+    """A socket error in a word: refused, timeout or reset (the connection is gone: ECONNRESET,
+    EPIPE); else the system's own text (``No route to host``)."""
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+        return "reset"
+    return error.strerror or type(error).__name__
+
+
 def first_difference(expected: bytes | bytearray, got: bytes | bytearray) -> int:
     """Index of the first differing byte (or the shorter length)."""
     shorter = min(len(expected), len(got))

@@ -16,9 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from client import options
 from client.cli import EXIT_USAGE, PROG, UsageError, _Parser
-from client.rate import report
+from client.rate import add_output_options, report
 from client.rate_result import RateResult
 
 COMMAND = "merge"
@@ -31,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge the --json output of echo-client rate runs made on several hosts at once.",
     )
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULT.json", help="what rate --json printed")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (with the raw histograms)")
-    parser.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
-    parser.add_argument("--hdr-log", type=Path, metavar="FILE", help="write per-second percentiles as CSV")
-    parser.add_argument("--max-p99", type=options.positive_duration, help="fail (exit 1) if corrected p99 exceeds")
-    parser.add_argument("--max-p999", type=options.positive_duration, help="fail if corrected p99.9 exceeds")
-    parser.add_argument("--max-error-rate", type=options.fraction, help="fail if more of the messages fail")
+    add_output_options(parser)
     return parser
 
 

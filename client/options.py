@@ -1,5 +1,5 @@
 """Option types shared by ``echo-client rate``, ``watch`` and ``merge``: durations with
-units (``50ms``, ``10s``, ``5m``), rates, fractions. Each raises
+units (``50ms``, ``10s``, ``5m``), bounded whole numbers, rates, fractions. Each raises
 argparse.ArgumentTypeError with the text the user typed, so the usage error names the
 flag (client.cli's parser turns it into one line and exit 2). Pure functions."""
 
@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable, Sequence
+
+from client.cli import _resolve_target
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(us|ms|s|m|h)?")
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -24,6 +27,26 @@ def duration(text: str, *, zero_ok: bool = False) -> float:
             f"expected a duration {bound} and <= 1 week such as 500ms, 10s, 5m; got {text!r}"
         )
     return value
+
+
+def whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An option type: a whole number from ``low`` to ``high``, named ``what`` in errors."""
+
+    def parse(text: str) -> int:
+        value = int(text) if text.isascii() and text.isdigit() else low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_with_target(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> argparse.Namespace:
+    """Options and HOST PORT operands in any order, as every echo-client mode takes them;
+    client.cli.UsageError (one line naming the setting) otherwise."""
+    args = parser.parse_intermixed_args(list(argv))
+    _resolve_target(command, args)
+    return args
 
 
 def positive_duration(text: str) -> float:

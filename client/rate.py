@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from client import options
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError, _add_target, _Parser, _resolve_target
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError, _add_target, _Parser
 from client.library import EchoClient, EchoError
 from client.rate_result import LATE_S, RateResult
 from client.rate_worker import RateSpec, drive
@@ -49,20 +49,6 @@ def _processes(text: str) -> int:
     return value
 
 
-def _size(text: str) -> int:
-    value = int(text) if text.isascii() and text.isdigit() else 0
-    if not 1 <= value <= 1 << 20:
-        raise argparse.ArgumentTypeError(f"expected bytes per message from 1 to 1048576, got {text!r}")
-    return value
-
-
-def _connections(text: str) -> int:
-    value = int(text) if text.isascii() and text.isdigit() else 0
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"expected 1-100000 connections, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"{PROG} {COMMAND}",
@@ -72,21 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target(parser, "[HOST] [PORT]")
     parser.add_argument("--rate", type=options.positive_rate, default=1000.0, help="messages per second (1000)")
-    parser.add_argument("--connections", type=_connections, default=16, help="connections sharing the rate (16)")
-    parser.add_argument("--size", type=_size, default=64, help="bytes per message (64)")
+    connections = options.whole_number(1, 100_000, "connections")
+    parser.add_argument("--connections", type=connections, default=16, help="connections sharing the rate (16)")
+    size = options.whole_number(1, 1 << 20, "bytes per message")
+    parser.add_argument("--size", type=size, default=64, help="bytes per message (64)")
     parser.add_argument("--duration", type=options.positive_duration, default=10.0, help="measured time (10s)")
     parser.add_argument("--warmup", type=options.non_negative_duration, default=0.0, help="load not measured (0)")
     parser.add_argument("--arrival", choices=("uniform", "poisson"), default="uniform", help="send spacing (uniform)")
     parser.add_argument(
         "--processes", type=_processes, default=1, help=f"sending processes, or auto (one per {RATE_PER_PROCESS}/s)"
     )
+    add_output_options(parser)
+    return parser
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """What to print and write, and the budgets: rate and merge take the same."""
     parser.add_argument("--json", action="store_true", help="print one JSON object (with the raw histograms)")
     parser.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     parser.add_argument("--hdr-log", type=Path, metavar="FILE", help="write per-second percentiles as CSV")
     parser.add_argument("--max-p99", type=options.positive_duration, help="fail (exit 1) if corrected p99 exceeds")
     parser.add_argument("--max-p999", type=options.positive_duration, help="fail if corrected p99.9 exceeds")
     parser.add_argument("--max-error-rate", type=options.fraction, help="fail if more of the messages fail")
-    return parser
 
 
 def run(spec: RateSpec) -> RateResult:
@@ -194,8 +187,7 @@ def report(result: RateResult, args: argparse.Namespace, arrival: str) -> int:
 
 def main(argv: Sequence[str]) -> int:
     try:
-        args = build_parser().parse_intermixed_args(list(argv))
-        _resolve_target(COMMAND, args)
+        args = options.parse_with_target(build_parser(), COMMAND, argv)
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE

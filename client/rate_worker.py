@@ -28,6 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from client.library import error_kind
 from client.rate_result import LATE_S, RateResult
 
 SELECT_FD_LIMIT = 1000  # select(2) takes descriptors below FD_SETSIZE (1024)
@@ -59,16 +60,6 @@ class _Conn:
         self.writing = False
 
 
-def _error_kind(error: OSError) -> str:
-    if isinstance(error, ConnectionRefusedError):
-        return "refused"
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, (ConnectionResetError, BrokenPipeError)):
-        return "reset"
-    return error.strerror or type(error).__name__
-
-
 def drive(spec: RateSpec, connections: int, rate: float, phase: float, start_at: float, seed: int) -> RateResult:
     """Run ``connections`` connections carrying ``rate`` messages/s between them, from
     wall-clock ``start_at``; ``phase`` (0-1) staggers this process's uniform schedule
@@ -82,7 +73,7 @@ def drive(spec: RateSpec, connections: int, rate: float, phase: float, start_at:
         try:
             sock = socket.create_connection((spec.host, spec.port), timeout=spec.timeout_s)
         except OSError as error:
-            result.errors[f"connect {_error_kind(error)}"] += 1
+            result.errors[f"connect {error_kind(error)}"] += 1
             continue
         result.connect.record_seconds(time.perf_counter() - began)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -149,7 +140,7 @@ def _run(
             except BlockingIOError:
                 sent = 0
             except OSError as error:
-                fail(conn, _error_kind(error))
+                fail(conn, error_kind(error))
                 return
             if not sent:
                 break
@@ -178,7 +169,7 @@ def _run(
         except BlockingIOError:
             return
         except OSError as error:
-            fail(conn, _error_kind(error))
+            fail(conn, error_kind(error))
             return
         if not count:
             fail(conn, "eof")

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from client import options
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError, _add_target, _Parser, _resolve_target
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError, _add_target, _Parser
 from client.library import EchoClient, EchoError
 from client.watch_probe import Gap, ProbeCounts, Prober, WatchSpec
 
@@ -39,13 +39,6 @@ class _Stop(Exception):
     """Raised in the main thread by the SIGINT/SIGTERM handler: end the watch now."""
 
 
-def _whole(text: str, low: int, high: int, what: str) -> int:
-    value = int(text) if text.isascii() and text.isdigit() else low - 1
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"{PROG} {COMMAND}",
@@ -55,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target(parser, "[HOST] [PORT]")
     parser.add_argument(
-        "--connections", type=lambda t: _whole(t, 1, 10_000, "connections"), default=8, help="connections (8)"
+        "--connections", type=options.whole_number(1, 10_000, "connections"), default=8, help="connections (8)"
     )
     parser.add_argument("--interval", type=options.positive_duration, default=0.05, help="between probes (50ms)")
     parser.add_argument(
         "--max-latency", type=options.positive_duration, default=0.25, help="a slower echo is a gap (250ms)"
     )
-    parser.add_argument("--size", type=lambda t: _whole(t, 1, 65536, "bytes"), default=16, help="probe bytes (16)")
+    parser.add_argument("--size", type=options.whole_number(1, 65536, "bytes"), default=16, help="probe bytes (16)")
     parser.add_argument("--reconnect", action="store_true", help="re-open a broken connection, timing the outage")
     parser.add_argument(
         "--banner", action="store_true", help="read the first line as the replica's name (server --banner '{hostname}')"
@@ -153,8 +146,7 @@ class Tally:
 
 def main(argv: Sequence[str]) -> int:
     try:
-        args = build_parser().parse_intermixed_args(list(argv))
-        _resolve_target(COMMAND, args)
+        args = options.parse_with_target(build_parser(), COMMAND, argv)
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE

@@ -28,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from client.library import error_kind
+
 MAX_BANNER_BYTES = 1024
 ProbeCounts = tuple[int, int, int]  # (connection, good probes, failed probes) since the last report
 
@@ -68,11 +70,8 @@ class Broken(Exception):
 
 
 def _cause(error: OSError) -> str:
-    if isinstance(error, ConnectionRefusedError):
-        return "refused"
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    return "reset"  # ECONNRESET, EPIPE and the like: the connection is gone
+    kind = error_kind(error)
+    return kind if kind in ("refused", "timeout") else "reset"  # any other failure ends the connection too
 
 
 class Prober:

@@ -31,12 +31,14 @@ import pytest
 
 from client.histogram import Histogram
 from client.rate_result import RateResult
+from tests import test_dashboard
 from tests.faulty import FaultyServer
 from tests.helpers import closed_port
 from tests.measuring import echo_server, freeze, keep_running, last_json, run_client, start_client, wait_for_opened
-from tests.test_dashboard import CHROMIUM, Browser
+from tests.test_dashboard import Browser
 
 pytestmark = pytest.mark.slow
+browser = test_dashboard.browser  # the fixture: headless Chromium, as the dashboard's tests drive it
 SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); not exported by the socket module
 
 
@@ -292,17 +294,6 @@ def test_a_server_that_corrupts_a_byte_fails_the_run_with_one_line() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == "echo-client rate: FAIL: errors: mismatch 2", result.stderr
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium: apt-get install -y chromium to run the browser tests")
-    instance = Browser(tmp_path / "profile", tmp_path / "chromium.log")
-    try:
-        yield instance
-    finally:
-        instance.close()
 
 
 def json_value(document: dict[str, Any], key: str) -> Any:
