@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from client.cli import _resolve_target
+from client.cli import PROG, _add_target, _Parser, _resolve_target
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(us|ms|s|m|h)?")
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -39,6 +39,15 @@ def whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def target_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a mode that takes the server as HOST PORT operands (and --timeout)."""
+    parser = _Parser(
+        prog=f"{PROG} {command}", usage=f"{PROG} {command} [options] [HOST] [PORT]", description=description
+    )
+    _add_target(parser, "[HOST] [PORT]")
+    return parser
 
 
 def parse_with_target(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from client import options
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError, _add_target, _Parser
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError
 from client.library import EchoClient, EchoError
 from client.rate_result import LATE_S, RateResult
 from client.rate_worker import RateSpec, drive
@@ -50,13 +50,11 @@ def _processes(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=f"{PROG} {COMMAND}",
-        usage=f"{PROG} {COMMAND} [options] [HOST] [PORT]",
-        description="Open-loop load: send at a fixed rate on an intended schedule and time each echo from "
+    parser = options.target_parser(
+        COMMAND,
+        "Open-loop load: send at a fixed rate on an intended schedule and time each echo from "
         "when it should have been sent (coordinated omission corrected), the uncorrected time beside it.",
     )
-    _add_target(parser, "[HOST] [PORT]")
     parser.add_argument("--rate", type=options.positive_rate, default=1000.0, help="messages per second (1000)")
     connections = options.whole_number(1, 100_000, "connections")
     parser.add_argument("--connections", type=connections, default=16, help="connections sharing the rate (16)")

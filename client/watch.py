@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from client import options
-from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError, _add_target, _Parser
+from client.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, UsageError
 from client.library import EchoClient, EchoError
 from client.watch_probe import Gap, ProbeCounts, Prober, WatchSpec
 
@@ -40,13 +40,11 @@ class _Stop(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=f"{PROG} {COMMAND}",
-        usage=f"{PROG} {COMMAND} [options] [HOST] [PORT]",
-        description="Hold connections open and probe each at an interval; print every disruption (gap) with its "
+    parser = options.target_parser(
+        COMMAND,
+        "Hold connections open and probe each at an interval; print every disruption (gap) with its "
         "cause and the replica before and after, then a summary. Exit 1 if a gap exceeds --max-gap.",
     )
-    _add_target(parser, "[HOST] [PORT]")
     parser.add_argument(
         "--connections", type=options.whole_number(1, 10_000, "connections"), default=8, help="connections (8)"
     )
