@@ -222,6 +222,24 @@ def test_a_server_that_stops_reading_makes_sends_late_and_corrected_exceeds_unco
     assert any("late" in warning for warning in document["warnings"])
 
 
+def test_a_client_that_cannot_send_says_it_fell_short_of_the_rate() -> None:
+    with echo_server() as server:
+        rate = start_client(
+            "rate", *map(str, server.address), "--rate", "200", "--connections", "1", "--size", "65536",
+            "--duration", "3s", "--json",
+        )  # fmt: skip
+        wait_for_opened(server, 2)
+        keep_running(rate, 1.0)
+        freeze(server.proc.pid, 3.0)  # past the end of the window: the queued sends leave after it
+        out, err = rate.communicate(timeout=60)
+    document = last_json(out)
+    assert document["achieved_rate"] < 200 * 0.99, document
+    assert document["sent_in_window"] < document["sent"]
+    shortfall = next(warning for warning in document["warnings"] if "under the target" in warning)
+    assert f"echo-client rate: warning: {shortfall}" in err.splitlines()
+    assert rate.returncode == 0, err  # no budget was set, and every echo came back
+
+
 def test_budgets_gate_with_one_verdict_line(server: tuple[str, int], tmp_path: Path) -> None:
     target = [*map(str, server), "--rate", "500", "--duration", "1s", "--connections", "4"]
     log = tmp_path / "seconds.csv"

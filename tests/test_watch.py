@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.faulty import FaultyServer
 from tests.helpers import ServerProcess, closed_port
 from tests.measuring import echo_server, freeze, keep_running, run_client, start_client, wait_for_opened
 from tests.test_balancers import HAPROXY, Balancer, Replica, start_replica
@@ -45,7 +46,10 @@ def finish(watch: subprocess.Popen[str], *, interrupt: bool = False) -> tuple[li
 
 def test_a_two_second_freeze_is_one_timeout_gap_per_connection() -> None:
     with echo_server() as server:
-        watch = start_client("watch", *map(str, server.address), "--connections", "8", "--duration", "5s", "--json")
+        watch = start_client(
+            "watch", *map(str, server.address), "--connections", "8", "--duration", "5s", "--json",
+            "--max-gap", "3s", "--min-success", "0.9",
+        )  # fmt: skip
         wait_for_opened(server, 1 + 8)
         keep_running(watch, 0.5)
         frozen = freeze(server.proc.pid, 2.0)
@@ -58,7 +62,8 @@ def test_a_two_second_freeze_is_one_timeout_gap_per_connection() -> None:
         assert gap["replica_before"] is None and gap["replica_after"] is None
     assert summary["gaps"] == 8 and summary["gaps_by_cause"] == {"timeout": 8}
     assert 0.3 < summary["success_rate"] < 0.8
-    assert summary["verdict"].startswith("FAIL: longest gap")
+    # the gaps are within --max-gap 3s; the probes they cost are not within --min-success 0.9
+    assert summary["verdict"] == f"FAIL: success rate {summary['success_rate']:.4%} < --min-success 90.0000%"
 
 
 def test_a_reload_of_two_workers_shows_no_gap() -> None:
@@ -155,3 +160,11 @@ def test_a_lost_connection_without_reconnect_is_a_gap_with_no_end() -> None:
         gaps, summary = finish(watch, interrupt=True)
     assert len(gaps) == 2 and all(gap["end"] is None and gap["cause"] in ("eof", "reset") for gap in gaps), gaps
     assert summary["gaps_not_over"] == 2 and "not over at the end" in summary["verdict"]
+
+
+def test_a_server_that_corrupts_a_byte_is_a_mismatch_gap() -> None:
+    with FaultyServer("corrupt") as faulty:
+        watch = start_client("watch", *map(str, faulty.address), "--connections", "2", "--duration", "1s", "--json")
+        gaps, summary = finish(watch)
+    assert [gap["cause"] for gap in gaps] == ["mismatch", "mismatch"] and all(gap["end"] is None for gap in gaps)
+    assert summary["good_probes"] == 0 and summary["gaps_not_over"] == 2
