@@ -206,7 +206,7 @@ def _run(
             step = rng.expovariate(per_conn_rate) if poisson else interval
             if intended + step < window_end:
                 heapq.heappush(schedule, (intended + step, index))
-            pump(conn, now)
+            pump(conn, time.perf_counter())  # the sends before it in this batch took time
         if not schedule:
             if not any(c.inflight or c.unsent for c in conns if c.sock.fileno() >= 0) or now >= drain_until:
                 break
