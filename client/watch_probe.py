@@ -5,9 +5,11 @@ byte. A *gap* opens at the first probe that fails (its send time for a ``timeout
 echo within ``max_latency``; the moment of the failure for ``reset``, ``eof``,
 ``refused`` and ``mismatch``) and closes at the first good echo after it. A connection
 that only stalled keeps waiting for its overdue echo (it is the same stream), so a
-frozen server gives one gap per connection, as long as the freeze. A broken connection
-is re-opened with ``reconnect`` (at once, then every interval until it works; the gap ends at the new
-connection's first good echo), else it is lost: its gap is reported at once with no end.
+frozen server gives one gap per connection, as long as the freeze. A broken connection is
+re-opened with ``reconnect`` (at once, then every interval until it works; the gap
+ends at the new connection's first good echo), and so is one whose echo is overdue by
+more than the connect timeout (a peer gone without a reset); without ``reconnect`` a
+broken connection is lost: its gap is reported at once with no end.
 
 The replica is the first line the server sends when ``banner`` is set (a server started
 with ``--banner '{hostname}\\n'``); else None.
@@ -20,6 +22,7 @@ latency limit, so a stop is seen within one of them.
 
 from __future__ import annotations
 
+import math
 import queue
 import random
 import select
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from client.library import error_kind
 
 MAX_BANNER_BYTES = 1024
+STOP_CHECK_S = 0.5  # the longest a wait goes without looking at the stop Event
 ProbeCounts = tuple[int, int, int]  # (connection, good probes, failed probes) since the last report
 
 
@@ -159,6 +163,8 @@ class Prober:
                     return
                 if self.gap is None:
                     self._open_gap(sent_at, "timeout")
+                if self.spec.reconnect and time.monotonic() - sent_at > self.spec.connect_timeout_s:
+                    raise Broken("timeout")  # a peer gone without a reset: try a new connection
                 self.failed += 1
                 self._flush()
                 deadline = time.monotonic() + self.spec.interval_s
@@ -181,10 +187,13 @@ class Prober:
     # --- helpers ------------------------------------------------------------------------------
 
     def _wait_readable(self, deadline: float) -> bool:
-        """Readable before ``deadline`` (and not stopped meanwhile)?"""
+        """Readable before ``deadline`` (and not stopped meanwhile)? poll(2), not select(2):
+        with thousands of connections the descriptors pass FD_SETSIZE."""
         assert self.sock is not None
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         while (left := deadline - time.monotonic()) > 0 and not self.stop.is_set():
-            if select.select([self.sock], [], [], min(left, 0.5))[0]:
+            if poller.poll(math.ceil(min(left, STOP_CHECK_S) * 1000)):
                 return True
         return False
 
