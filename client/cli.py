@@ -129,7 +129,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
             prog=PROG,
             usage=f"{PROG} [options] [HOST] [PORT]",
             description="Interactive echo, like nc: stdin goes to the server, the echo to stdout; "
-            f"at the end of stdin it half-closes and prints the rest. Other modes: {PROG} send|ping|bench --help.",
+            "at the end of stdin it half-closes and prints the rest. "
+            f"Other modes: {PROG} send|ping|bench|rate|watch|merge --help.",
         )
         _add_target(parser, "[HOST] [PORT]")
         parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
