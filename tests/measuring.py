@@ -92,3 +92,14 @@ def wait_for_opened(server: ServerProcess, count: int, timeout: float = 15) -> N
             continue
         assert line is not None, "the server's log ended"
         server.log._take(line)
+
+
+def read_so_far(server: ServerProcess) -> list[dict[str, Any]]:
+    """Every record the server has logged up to now (the lines already on its pipe)."""
+    while True:
+        try:
+            line = server.log.lines.get_nowait()
+        except queue.Empty:
+            return server.seen
+        if line is not None:
+            server.log._take(line)
