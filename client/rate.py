@@ -31,8 +31,8 @@ from client.rate_result import LATE_S, RateResult
 from client.rate_worker import RateSpec, drive
 
 COMMAND = "rate"
-# What one process holds with a late-send p99 under 1 ms (docs/latency.md, measured with
-# loadtest/rate_ceiling.py); --processes auto starts one process per this much rate.
+# --processes auto starts one process per this much rate: about a quarter of one process's
+# CPU ceiling (~22 us per echo, docs/latency.md), so its loop has idle time to wake on time.
 RATE_PER_PROCESS = 5000
 START_S_PER_CONNECTION = 0.002  # the workers connect before the common start time
 
