@@ -102,7 +102,8 @@ class RateResult:
 
     def warnings(self) -> list[str]:
         found = []
-        if self.target_rate and self.achieved_rate < self.target_rate * (1 - SHORTFALL):
+        # Failed connections stop sending too; then the errors, which fail the run, say why.
+        if self.target_rate and not self.errors and self.achieved_rate < self.target_rate * (1 - SHORTFALL):
             found.append(
                 f"achieved {self.achieved_rate:,.1f}/s, {100 * (1 - self.achieved_rate / self.target_rate):.1f}% "
                 f"under the target {self.target_rate:,.0f}/s: the client or the connections could not keep the "
