@@ -162,7 +162,7 @@ def report(result: RateResult, args: argparse.Namespace, arrival: str) -> int:
         print(json.dumps(result.to_json()))
     else:
         print_text(result, arrival)
-    for warning in result.warnings():
+    for warning in [] if result.errors else result.warnings():  # errors: the verdict is the one line
         print(f"{args.prog}: warning: {warning}", file=sys.stderr)
     try:
         if args.report is not None:
