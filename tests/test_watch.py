@@ -66,7 +66,7 @@ def test_a_two_second_freeze_is_one_timeout_gap_per_connection() -> None:
     assert sorted(gap["conn"] for gap in gaps) == list(range(8))
     for gap in gaps:
         assert gap["cause"] == "timeout"
-        assert abs(gap["duration_s"] - 2.0) <= 0.2, gap
+        assert abs(gap["duration_s"] - frozen) <= 0.2, gap
         assert gap["replica_before"] is None and gap["replica_after"] is None
     assert summary["gaps"] == 8 and summary["gaps_by_cause"] == {"timeout": 8}
     assert 0.3 < summary["success_rate"] < 0.8
@@ -82,8 +82,9 @@ def test_a_reload_of_two_workers_shows_no_gap() -> None:
     try:
         server.start()
         watch = start_client(
-            "watch", *map(str, server.address), "--connections", "8", "--reconnect", "--banner", "--json"
-        )
+            "watch", *map(str, server.address), "--connections", "8", "--reconnect", "--banner", "--json",
+            "--max-latency", "1s",  # a reset or a close shows at once; a busy machine's 300 ms hiccup is no drop
+        )  # fmt: skip
         wait_for_opened(server, 1 + 8)
         keep_running(watch, 0.5)
         server.signal(signal.SIGHUP)
@@ -123,8 +124,9 @@ def test_sigterm_behind_haproxy_moves_the_watchers_of_that_replica_only(
     balancer = Balancer(HAPROXY, drain_replicas, tmp_path)
     try:
         watch = start_client(
-            "watch", "127.0.0.1", str(balancer.port), "--connections", "6", "--reconnect", "--banner", "--json"
-        )
+            "watch", "127.0.0.1", str(balancer.port), "--connections", "6", "--reconnect", "--banner", "--json",
+            "--max-latency", "1s",
+        )  # fmt: skip
         for replica in drain_replicas:  # leastconn: about two each, plus the fail-fast probe somewhere
             wait_for_opened(replica.process, 1)
         keep_running(watch, 0.5)  # every watcher connected and probing
