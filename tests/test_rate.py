@@ -15,14 +15,9 @@ import base64
 import itertools
 import json
 import random
-import selectors
-import socket
 import statistics
-import struct
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,73 +29,20 @@ from client.rate_result import RateResult
 from tests import test_dashboard
 from tests.faulty import FaultyServer
 from tests.helpers import closed_port
-from tests.measuring import echo_server, freeze, keep_running, last_json, run_client, start_client, wait_for_opened
+from tests.measuring import (
+    ArrivalClock,
+    echo_server,
+    freeze,
+    keep_running,
+    last_json,
+    run_client,
+    start_client,
+    wait_for_opened,
+)
 from tests.test_dashboard import Browser
 
 pytestmark = pytest.mark.slow
 browser = test_dashboard.browser  # the fixture: headless Chromium, as the dashboard's tests drive it
-SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); not exported by the socket module
-
-
-class ArrivalClock:
-    """An echo server (one thread, one selector) that notes when each message's first
-    byte arrives: the spacing the network saw, not what the client believes it did."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.arrivals: list[float] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()[:2]
-        self.stop = threading.Event()
-        self.wake_r, self.wake_w = socket.socketpair()
-        self.thread = threading.Thread(target=self._serve, name="arrival-clock")
-
-    def _serve(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self.listener, selectors.EVENT_READ)
-        selector.register(self.wake_r, selectors.EVENT_READ)
-        received: dict[socket.socket, int] = {}
-        while not self.stop.is_set():
-            for key, _ in selector.select():
-                now = time.time()
-                if key.fileobj is self.listener:
-                    conn, _ = self.listener.accept()
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    conn.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # the kernel's arrival time
-                    received[conn] = 0
-                    selector.register(conn, selectors.EVENT_READ)
-                elif key.fileobj is not self.wake_r:
-                    conn = key.fileobj  # type: ignore[assignment]
-                    data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(16))
-                    if not data:
-                        selector.unregister(conn)
-                        conn.close()
-                        del received[conn]
-                        continue
-                    stamp = now
-                    for level, kind, value in ancillary:
-                        if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS) and len(value) == 16:
-                            seconds, nanoseconds = struct.unpack("qq", value)
-                            stamp = seconds + nanoseconds / 1e9
-                    before = received[conn]
-                    received[conn] += len(data)
-                    starts = -(-received[conn] // self.size) - -(-before // self.size)  # message starts in this read
-                    self.arrivals.extend([stamp] * starts)
-                    conn.sendall(data)
-        for conn in received:
-            conn.close()
-        selector.close()
-
-    def __enter__(self) -> ArrivalClock:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.wake_w.send(b"x")
-        self.thread.join(10)
-        for sock in (self.listener, self.wake_r, self.wake_w):
-            sock.close()
 
 
 @pytest.fixture
