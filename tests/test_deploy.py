@@ -403,7 +403,13 @@ def test_the_client_jobs_run_real_commands_in_the_restricted_profile() -> None:
     from client import rate, watch
 
     with open(ROOT / "deploy" / "kubernetes-rate-job.yaml") as source:
-        jobs = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(source)}
+        documents = list(yaml.safe_load_all(source))
+    jobs = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Job"}
+    policies = [doc for doc in documents if doc["kind"] == "NetworkPolicy"]
+    # The client pods may reach the echo pods (and DNS) only: checkov's CKV2_K8S_6.
+    assert [policy["spec"]["podSelector"]["matchLabels"] for policy in policies] == [
+        {"app.kubernetes.io/name": "echo-client"}
+    ]
     manifests = _manifests()
     deployment_pod = manifests["Deployment"]["spec"]["template"]["spec"]
     service = manifests["Service"]["metadata"]["name"]
