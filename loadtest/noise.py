@@ -1,0 +1,88 @@
+"""Other processes' CPU during a measured window: how ``make bench`` tells a noisy row.
+
+    window = NoiseWindow(roots=[os.getpid()]); window.start(); ...; window.stop()
+    window.others_cores  # CPU the rest of the machine used, in cores, over the window
+
+The machine's busy time comes from /proc/stat (user + nice + system ticks over every CPU);
+the bench's own is its process tree's (the bench, its load generator processes and the
+server under test, each with the time of the children it reaped), from /proc/PID/stat.
+Their difference is what every other process used. Interrupt time (irq, softirq) is left
+out on both sides: a kernel that accounts it separately bills loopback TCP's softirq work
+to no process, so counting it would blame our own traffic on the neighbours. Steal time
+(another virtual machine on the host) is reported beside it, not added.
+
+Used by loadtest/bench.py, from whichever thread calls ``on_window`` (one at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+NOISY_CORES = 0.10  # another process using more than 10% of a core during a window flags the row
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(user + nice + system, steal) over every CPU since boot, in seconds."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, steal = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[8])
+    return (user + nice + system) / TICKS, steal / TICKS
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """``roots`` and their descendants living now (children are listed per thread)."""
+    pids, index, seen = list(roots), 0, set(roots)
+    while index < len(pids):
+        for children in Path(f"/proc/{pids[index]}/task").glob("*/children"):
+            try:
+                found = [int(child) for child in children.read_text().split()]
+            except OSError:
+                continue  # the thread or process is gone
+            pids += [child for child in found if child not in seen]
+            seen.update(found)
+        index += 1
+    return pids
+
+
+def tree_seconds(roots: list[int]) -> float:
+    """CPU time of every process under ``roots`` (themselves included), with the time of
+    the children each has reaped, so a process that ended meanwhile still counts."""
+    total = 0.0
+    for pid in process_tree(roots):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile: its parent's reaped-children time has it
+        total += sum(int(value) for value in fields[11:15]) / TICKS  # utime stime cutime cstime
+    return total
+
+
+class NoiseWindow:
+    """CPU used outside the process trees under ``roots`` between ``start`` and ``stop``."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self._started_at = self._machine = self._steal = self._ours = 0.0
+        self.seconds = 0.0
+        self.ours_cores = 0.0
+        self.others_cores = 0.0
+        self.steal_cores = 0.0
+
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        self._machine, self._steal = machine_busy_seconds()
+        self._ours = tree_seconds(self.roots)
+
+    def stop(self) -> None:
+        ours = tree_seconds(self.roots)
+        machine, steal = machine_busy_seconds()
+        self.seconds = max(1e-9, time.monotonic() - self._started_at)
+        self.ours_cores = (ours - self._ours) / self.seconds
+        # Never below zero: tick sampling can put a few of ours on the machine's next tick.
+        self.others_cores = max(0.0, (machine - self._machine) - (ours - self._ours)) / self.seconds
+        self.steal_cores = (steal - self._steal) / self.seconds
+
+    def noisy(self, threshold_cores: float = NOISY_CORES) -> bool:
+        return self.others_cores > threshold_cores
