@@ -71,6 +71,7 @@ from client import loadgen
 from loadtest import churn_bench, report, tls_load
 from loadtest.noise import NOISY_CORES, NoiseWindow
 from loadtest.servers import (
+    BASELINE_SERVER,
     C_SERVER,
     ROOT,
     SERVERS,
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--baseline: {error}")
     scenarios = [SCENARIOS[int(i)] for i in args.scenarios.split(",")] if args.scenarios else SCENARIOS
     servers = args.servers.split(",") if args.servers else list(SERVERS)
+    if args.baseline is not None and BASELINE_SERVER not in servers:
+        servers.append(BASELINE_SERVER)  # asked for by --baseline, whatever --servers lists
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"--servers: unknown {', '.join(sorted(unknown))}")

@@ -6,6 +6,7 @@ unit tests of the pieces (a recording echo server shows what the warm-up did).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from loadtest import bench, report, servers
-from tests.helpers import ROOT, echo_round_trip, read_exactly
+from loadtest import bench, churn_bench, noise, report, servers
+from tests.helpers import ROOT, closed_port, echo_round_trip, read_exactly
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -255,3 +257,163 @@ def test_admin_port_gives_every_echo_service_row_the_admin_endpoint(monkeypatch:
             assert command[command.index("--admin-port") + 1] == "7108", name
         else:
             assert "7108" not in command, name
+
+
+# --- the churn scenario ---------------------------------------------------------------------
+
+
+def test_churn_load_keeps_its_rate_and_closes_every_connection(recording_server: _RecordingEcho) -> None:
+    host, port = recording_server.server_address[:2]
+    edges: list[tuple[str, float]] = []
+    spec = churn_bench.ChurnSpec(str(host), int(port), rate=300, duration_s=0.6, warmup_s=0.2)
+    result = churn_bench.run(spec, on_window=lambda edge: edges.append((edge, time.monotonic())))
+    assert [edge for edge, _ in edges] == ["start", "end"]
+    assert edges[1][1] - edges[0][1] == pytest.approx(0.6, abs=0.15)
+    assert result.offered == pytest.approx(180, abs=2)  # 300 a second over 0.6 s, warm-up excluded
+    assert result.errors == {} and result.skipped == 0
+    assert result.offered - 30 <= result.completed <= result.offered + 30  # in flight at the edges
+    assert result.attempts == pytest.approx(240, abs=3) and result.cpu_s > 0
+    assert 0 < result.latency_ms(0.5) <= result.latency_ms(0.99)
+    figures = result.figures(server_cpu_s=0.06, duration_s=0.6)
+    assert figures["cpu_us_per_conn"] == pytest.approx(0.06e6 / result.completed, rel=0.01)
+    assert figures["offered_per_s"] == pytest.approx(300, abs=4)
+    with recording_server.lock:
+        log = list(recording_server.log)
+    opened = [n for kind, n in log if kind == "open"]
+    closed = [n for kind, n in log if kind == "close"]
+    assert len(opened) == result.attempts and sorted(closed) == sorted(opened)  # every one ended by EOF
+
+
+def test_churn_load_counts_refused_connections() -> None:
+    with closed_port() as port:
+        result = churn_bench.run(churn_bench.ChurnSpec("127.0.0.1", port, rate=200, duration_s=0.3, warmup_s=0))
+    assert result.completed == 0 and result.errors == {"refused": result.offered} and result.offered >= 55
+
+
+def test_churn_load_needs_more_processes_for_more_than_one_can_offer() -> None:
+    assert churn_bench.processes_for(100) == 1
+    assert churn_bench.processes_for(churn_bench.ONE_PROCESS_RATE) == 1
+    assert churn_bench.processes_for(churn_bench.ONE_PROCESS_RATE + 1) == 2
+
+
+# --- noisy rows ------------------------------------------------------------------------------
+
+# A busy loop for argv[1] seconds, saying when it starts and, at the end, its CPU time.
+BUSY = """import sys, time
+print("busy", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pass
+print(time.process_time())
+"""
+
+
+def test_noise_window_blames_a_busy_process_outside_the_tree_and_only_then() -> None:
+    """Two windows over the same second: one rooted at this process (the busy child is
+    ours), one rooted at an idle child (the busy one is someone else's)."""
+    idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        ours, theirs = noise.NoiseWindow([os.getpid()]), noise.NoiseWindow([idle.pid])
+        ours.start()
+        theirs.start()
+        busy = subprocess.run([sys.executable, "-c", BUSY, "1.0"], capture_output=True, text=True, check=True)
+        theirs.stop()
+        ours.stop()
+    finally:
+        assert idle.stdin is not None
+        idle.stdin.close()
+        idle.wait(10)
+    busy_cores = float(busy.stdout.split()[-1]) / theirs.seconds
+    assert busy_cores > 0.05, "the busy child got no CPU at all"
+    # Reaped, the busy child's time is in this process's children time: ours, not others'.
+    assert ours.ours_cores == pytest.approx(busy_cores, abs=0.05 + 0.1 * busy_cores)
+    assert theirs.others_cores >= busy_cores - 0.05
+    assert theirs.others_cores - ours.others_cores == pytest.approx(busy_cores, abs=0.05 + 0.15 * busy_cores)
+    assert theirs.noisy(busy_cores / 2) and not theirs.noisy(theirs.others_cores + 0.01)
+
+
+def test_a_noisy_row_is_run_again_at_most_noise_retries_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    others = iter([0.5, 0.3, 0.02, 0.9, 0.9, 0.9])
+
+    def fake_measure(name: str, scenario: bench.Scenario, *_: Any) -> dict[str, Any]:
+        return {"server": name, "scenario": scenario.name, "others_cores": next(others)}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    args = argparse.Namespace(
+        duration=1.0, processes=1, warmup=0.0, churn_rate=100.0, noise_threshold=0.1, noise_retries=2
+    )
+    row, discarded = bench.measure_clean("s", bench.SCENARIOS[0], args, (None, None))
+    assert (row["others_cores"], row["noisy"], row["attempt"]) == (0.02, False, 2)
+    assert [d["others_cores"] for d in discarded] == [0.5, 0.3] and all(d["noisy"] for d in discarded)
+    row, discarded = bench.measure_clean("s", bench.SCENARIOS[0], args, (None, None))
+    assert (row["noisy"], row["attempt"], len(discarded)) == (True, 2, 2)  # kept, flagged: retries spent
+
+
+def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
+    churn = "churn: short connections, info logging"
+
+    def row(server: str, repeat: int, cpu: float, noisy: bool) -> dict[str, Any]:
+        return {
+            "scenario": churn, "server": server, "repeat": repeat, "offered_per_s": 500.0, "conns_per_s": 498.0,
+            "late_fraction": 0.01, "p50_ms": 0.4, "p99_ms": 2.0, "cpu_us_per_conn": cpu, "peak_rss_mib": 20.0,
+            "errors": 0, "others_cores": 0.5 if noisy else 0.01, "noisy": noisy, "attempt": 2 if noisy else 0,
+        }  # fmt: skip
+
+    rows = [row("echo-service", 0, 120, True), row("asyncio-protocol", 0, 100, False)]
+    rows += [row("echo-service", 1, 90, False), row("asyncio-protocol", 1, 100, False)]
+    summary = report.summarize(rows)
+    ratio_list = report.ratios(rows)
+    [ratio] = ratio_list
+    assert ratio["cpu_per_conn"] == {"median": 1.05, "min": 0.9, "max": 1.2} and "cpu_per_msg" not in ratio
+    document = {
+        "machine": {"cpus": 2, "python": "3.11", "server_cpus": [0], "load_cpus": [1]},
+        "settings": {"repeats": 2, "duration_s": 1.0, "noise_threshold_cores": 0.1, "noise_retries": 2,
+                     "churn_rate": 500.0, "churn_processes": 1},
+        "summary": summary, "ratios": ratio_list, "targets": report.targets(summary, ratio_list),
+    }  # fmt: skip
+    table = report.markdown(document)
+    assert "| echo-service **noisy** 1/2 | 500 | 1% | 498 |" in table
+    assert "| asyncio-protocol | 500 |" in table and "CPU us/conn" in table
+    assert "| CPU per connection <= 1x asyncio Protocol (churn" in table and "| **no** | 1.05x (0.90-1.20) |" in table
+    assert summary[0]["reruns"] == 2 and summary[1]["reruns"] == 0
+
+
+@pytest.mark.slow
+def test_bench_churn_rows_beside_a_busy_neighbour_are_flagged_and_rerun(tmp_path: Path) -> None:
+    """The churn scenario for real, with a baseline checkout (this one) and a busy process
+    (not the bench's) running through every window: every row is noisy, run twice."""
+    busy = subprocess.Popen([sys.executable, "-c", BUSY, "600"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout is not None and busy.stdout.readline() == "busy\n"
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtest.bench", "--repeats", "1", "--duration", "0.6", "--warmup", "0.2",
+             "--scenarios", "7", "--servers", "echo-service,asyncio-protocol", "--baseline", str(ROOT),
+             "--churn-rate", "400", "--noise-retries", "1", "--out", str(tmp_path)],
+            cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    finally:
+        busy.kill()
+        busy.wait(10)
+        if busy.stdout:
+            busy.stdout.close()
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["settings"]["churn_rate"] == 400 and document["settings"]["churn_processes"] == 1
+    rows = {row["server"]: row for row in document["rows"]}
+    assert set(rows) == {"echo-service", "asyncio-protocol", servers.BASELINE_SERVER}
+    for row in rows.values():
+        assert row["scenario"].startswith("churn") and row["errors"] == 0, row
+        assert row["offered_per_s"] == pytest.approx(400, abs=5)
+        # The neighbour may starve the load generator (see late_fraction), not stop it.
+        assert 0 < row["conns_per_s"] <= 2 * 400 and 0 <= row["late_fraction"] <= 1
+        assert 1 < row["cpu_us_per_conn"] < 100_000 and row["load_cpu_us_per_conn"] > 1
+        assert row["noisy"] and row["attempt"] == 1 and row["others_cores"] > 0.1, row
+    assert sorted(a["server"] for a in document["noisy_attempts"]) == sorted(rows)
+    ratios = {r["versus"]: r for r in document["ratios"]}
+    assert set(ratios) == {"asyncio-protocol", servers.BASELINE_SERVER}
+    for ratio in ratios.values():
+        assert ratio["cpu_per_conn"]["median"] > 0 and "cpu_per_msg" not in ratio
+    targets = {t["target"].split(" (")[0] for t in document["targets"]}
+    assert {"CPU per connection <= 1x asyncio Protocol", "CPU per connection <= 1.05x the baseline"} <= targets
+    table = (tmp_path / "results.md").read_text()
+    assert "| echo-service **noisy** 1/1 |" in table and "CPU us/conn" in table
