@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -69,7 +70,7 @@ from typing import Any
 
 from client import loadgen
 from loadtest import churn_bench, report, tls_load
-from loadtest.noise import NOISY_CORES, NoiseWindow
+from loadtest.noise import NOISY_CORES, NoiseWindow, rerun_while_noisy
 from loadtest.servers import (
     BASELINE_SERVER,
     C_SERVER,
@@ -156,26 +157,6 @@ def warm_up(address: tuple[str, int], scenario: Scenario, warmup_s: float, proce
                 processes=processes,
                 connect_timeout_s=WARMUP_TIMEOUT_S,
             )
-        )
-
-
-def measure_clean(
-    server_name: str, scenario: Scenario, args: argparse.Namespace, cpus: tuple[set[int] | None, set[int] | None]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One row, re-run while other processes were busy during its window (at most
-    ``args.noise_retries`` times): (the row kept, the noisy attempts discarded)."""
-    discarded: list[dict[str, Any]] = []
-    while True:
-        row = measure(server_name, scenario, args.duration, cpus, args.processes, args.warmup, args.churn_rate)
-        row["noisy"] = row["others_cores"] > args.noise_threshold
-        row["attempt"] = len(discarded)
-        if not row["noisy"] or len(discarded) >= args.noise_retries:
-            return row, discarded
-        discarded.append(row)
-        print(
-            f"{scenario.name:32} {server_name:22} noisy: others used {row['others_cores']:.2f} cores; again",
-            file=sys.stderr,
-            flush=True,
         )
 
 
@@ -384,7 +365,11 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
                 if not runs_in(name, scenario):
                     continue
                 started = time.monotonic()
-                row, discarded = measure_clean(name, scenario, args, (server_cpus, load_cpus))
+                once = functools.partial(
+                    measure, name, scenario, args.duration, (server_cpus, load_cpus), args.processes, args.warmup,
+                    args.churn_rate,
+                )  # fmt: skip
+                row, discarded = rerun_while_noisy(once, args.noise_threshold, args.noise_retries)
                 row["repeat"] = repeat
                 rows.append(row)
                 noisy_attempts += [attempt | {"repeat": repeat} for attempt in discarded]

@@ -2,6 +2,7 @@
 
     window = NoiseWindow(roots=[os.getpid()]); window.start(); ...; window.stop()
     window.others_cores  # CPU the rest of the machine used, in cores, over the window
+    row, discarded = rerun_while_noisy(measure_a_row, threshold_cores=0.1, retries=2)
 
 The machine's busy time comes from /proc/stat (user + nice + system ticks over every CPU);
 the bench's own is its process tree's (the bench, its load generator processes and the
@@ -11,14 +12,22 @@ out on both sides: a kernel that accounts it separately bills loopback TCP's sof
 to no process, so counting it would blame our own traffic on the neighbours. Steal time
 (another virtual machine on the host) is reported beside it, not added.
 
-Used by loadtest/bench.py, from whichever thread calls ``on_window`` (one at a time).
+A row is noisy when others used more than a threshold (NOISY_CORES by default) during its
+window; ``rerun_while_noisy`` measures it again, a bounded number of times, and keeps the
+first quiet attempt, or the last one, flagged.
+
+Used by loadtest/bench.py: a window from whichever thread calls ``on_window`` (one at a
+time), the re-runs from its main thread.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_CORES = 0.10  # another process using more than 10% of a core during a window flags the row
@@ -86,3 +95,23 @@ class NoiseWindow:
 
     def noisy(self, threshold_cores: float = NOISY_CORES) -> bool:
         return self.others_cores > threshold_cores
+
+
+def rerun_while_noisy(
+    measure: Callable[[], dict[str, Any]], threshold_cores: float, retries: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``measure()`` (a row with ``others_cores``) until a quiet one, at most ``retries``
+    more times: (the row kept, marked ``noisy`` and numbered ``attempt``; those discarded)."""
+    discarded: list[dict[str, Any]] = []
+    while True:
+        row = measure()
+        row["noisy"] = row["others_cores"] > threshold_cores
+        row["attempt"] = len(discarded)
+        if not row["noisy"] or len(discarded) >= retries:
+            return row, discarded
+        discarded.append(row)
+        print(
+            f"{row['scenario']:32} {row['server']:22} noisy: others used {row['others_cores']:.2f} cores; again",
+            file=sys.stderr,
+            flush=True,
+        )

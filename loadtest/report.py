@@ -305,8 +305,9 @@ def _tick_label(value: float, step: float) -> str:
 
 
 def svg(summary: list[dict[str, Any]]) -> str:
-    """Two grouped bar charts: median msgs/s and median server CPU us/msg, with ranges."""
-    scenarios = list(dict.fromkeys(e["scenario"] for e in summary))
+    """Two grouped bar charts: median msgs/s and median server CPU us/msg, with ranges
+    (per-message scenarios only: the churn scenario's figures are per connection)."""
+    scenarios = list(dict.fromkeys(e["scenario"] for e in summary if "msgs_per_s" in e))
     servers = list(dict.fromkeys(e["server"] for e in summary))
     width, panel_height, top, left, gap = 980, 260, 40, 70, 60
     group_width = (width - left - 20) / max(1, len(scenarios))

@@ -6,7 +6,6 @@ unit tests of the pieces (a recording echo server shows what the warm-up did).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -332,21 +331,19 @@ def test_noise_window_blames_a_busy_process_outside_the_tree_and_only_then() -> 
     assert theirs.noisy(busy_cores / 2) and not theirs.noisy(theirs.others_cores + 0.01)
 
 
-def test_a_noisy_row_is_run_again_at_most_noise_retries_times(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_noisy_row_is_run_again_at_most_noise_retries_times() -> None:
     others = iter([0.5, 0.3, 0.02, 0.9, 0.9, 0.9])
 
-    def fake_measure(name: str, scenario: bench.Scenario, *_: Any) -> dict[str, Any]:
-        return {"server": name, "scenario": scenario.name, "others_cores": next(others)}
+    def measure() -> dict[str, Any]:
+        return {"server": "s", "scenario": "t", "others_cores": next(others)}
 
-    monkeypatch.setattr(bench, "measure", fake_measure)
-    args = argparse.Namespace(
-        duration=1.0, processes=1, warmup=0.0, churn_rate=100.0, noise_threshold=0.1, noise_retries=2
-    )
-    row, discarded = bench.measure_clean("s", bench.SCENARIOS[0], args, (None, None))
+    row, discarded = noise.rerun_while_noisy(measure, 0.1, 2)
     assert (row["others_cores"], row["noisy"], row["attempt"]) == (0.02, False, 2)
     assert [d["others_cores"] for d in discarded] == [0.5, 0.3] and all(d["noisy"] for d in discarded)
-    row, discarded = bench.measure_clean("s", bench.SCENARIOS[0], args, (None, None))
+    row, discarded = noise.rerun_while_noisy(measure, 0.1, 2)
     assert (row["noisy"], row["attempt"], len(discarded)) == (True, 2, 2)  # kept, flagged: retries spent
+    with pytest.raises(StopIteration):
+        next(others)  # exactly 1 + 2 attempts each time
 
 
 def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
