@@ -174,7 +174,7 @@ def markdown(document: dict[str, Any]) -> str:
             "",
             f"Others is the CPU, in cores, that the machine's other processes used during the window. A row where "
             f"they used more than {threshold:g} of a core was re-run (at most {settings['noise_retries']} times); "
-            "**noisy** marks the repeats still over it, kept for want of a quiet one.",
+            "**noisy** n/m after it counts the repeats still over it, kept for want of a quiet one.",
         ]
     if "churn_rate" in settings:
         lines += [
@@ -207,9 +207,9 @@ def markdown(document: dict[str, Any]) -> str:
         for entry in entries:
             cpu = _median(entry, cpu_figure)
             times_c = f"{cpu / ceiling_cpu:.1f}" if cpu and ceiling_cpu else "-"
-            name = entry["server"]
+            others = _cell(entry, "others_cores", ".2f")
             if entry.get("noisy_repeats"):
-                name += f" **noisy** {entry['noisy_repeats']}/{entry['repeats']}"
+                others += f" **noisy** {entry['noisy_repeats']}/{entry['repeats']}"
             if churn:
                 middle = (
                     f"{_cell(entry, 'offered_per_s', ',.0f')} | {_cell(entry, 'late_fraction', '.0%')} | "
@@ -229,8 +229,8 @@ def markdown(document: dict[str, Any]) -> str:
                     f"{_cell(entry, 'rss_per_idle_conn_bytes', '.0f')} B RSS each"
                 )
             lines.append(
-                f"| {name} | {middle}{_cell(entry, cpu_figure, '.2f')} | {times_c} | "
-                f"{_cell(entry, 'peak_rss_mib', '.1f')} | {errors} | {_cell(entry, 'others_cores', '.2f')} |"
+                f"| {entry['server']} | {middle}{_cell(entry, cpu_figure, '.2f')} | {times_c} | "
+                f"{_cell(entry, 'peak_rss_mib', '.1f')} | {errors} | {others} |"
             )
     lines += [
         "",

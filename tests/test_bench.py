@@ -286,7 +286,8 @@ def test_churn_load_keeps_its_rate_and_closes_every_connection(recording_server:
 def test_churn_load_counts_refused_connections() -> None:
     with closed_port() as port:
         result = churn_bench.run(churn_bench.ChurnSpec("127.0.0.1", port, rate=200, duration_s=0.3, warmup_s=0))
-    assert result.completed == 0 and result.errors == {"refused": result.offered} and result.offered >= 55
+    assert result.completed == 0 and set(result.errors) == {"refused"} and result.offered == pytest.approx(60, abs=2)
+    assert result.errors["refused"] == pytest.approx(result.offered, abs=3)  # those at the window's edges
 
 
 def test_churn_load_needs_more_processes_for_more_than_one_can_offer() -> None:
@@ -369,7 +370,7 @@ def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
         "summary": summary, "ratios": ratio_list, "targets": report.targets(summary, ratio_list),
     }  # fmt: skip
     table = report.markdown(document)
-    assert "| echo-service **noisy** 1/2 | 500 | 1% | 498 |" in table
+    assert "| echo-service | 500 | 1% | 498 |" in table and "| 0.26 (0.01-0.50) **noisy** 1/2 |" in table
     assert "| asyncio-protocol | 500 |" in table and "CPU us/conn" in table
     assert "| CPU per connection <= 1x asyncio Protocol (churn" in table and "| **no** | 1.05x (0.90-1.20) |" in table
     assert summary[0]["reruns"] == 2 and summary[1]["reruns"] == 0
@@ -413,4 +414,4 @@ def test_bench_churn_rows_beside_a_busy_neighbour_are_flagged_and_rerun(tmp_path
     targets = {t["target"].split(" (")[0] for t in document["targets"]}
     assert {"CPU per connection <= 1x asyncio Protocol", "CPU per connection <= 1.05x the baseline"} <= targets
     table = (tmp_path / "results.md").read_text()
-    assert "| echo-service **noisy** 1/1 |" in table and "CPU us/conn" in table
+    assert "**noisy** 1/1 |" in table and "CPU us/conn" in table
