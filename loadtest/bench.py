@@ -265,8 +265,9 @@ def measure(
     return row | noise_figures(noise)
 
 
-def noise_figures(noise: NoiseWindow) -> dict[str, float]:
-    return {"others_cores": round(noise.others_cores, 3), "steal_cores": round(noise.steal_cores, 3)}
+def noise_figures(noise: NoiseWindow) -> dict[str, float | None]:
+    others = None if noise.others_cores is None else round(noise.others_cores, 3)
+    return {"others_cores": others, "steal_cores": round(noise.steal_cores, 3)}
 
 
 def pinning() -> tuple[set[int] | None, set[int] | None]:
@@ -377,7 +378,7 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
                 print(
                     f"{scenario.name:32} {name:22} #{repeat}  {row[rate]:>10,.0f} {rate[:-6]}/s  "
                     f"{row[cpu] or 0:>7.2f} us/{rate[:-6].rstrip('s')}  errors {row['errors']}  "
-                    f"others {row['others_cores']:.2f} cores{' NOISY' if row['noisy'] else ''}  "
+                    f"others {row['others_cores'] or 0:.2f} cores{' NOISY' if row['noisy'] else ''}  "
                     f"({time.monotonic() - started:.1f} s)",
                     file=sys.stderr,
                     flush=True,

@@ -44,7 +44,11 @@ def process_tree(roots: list[int]) -> list[int]:
     """``roots`` and their descendants living now (children are listed per thread)."""
     pids, index, seen = list(roots), 0, set(roots)
     while index < len(pids):
-        for children in Path(f"/proc/{pids[index]}/task").glob("*/children"):
+        try:
+            listings = list(Path(f"/proc/{pids[index]}/task").glob("*/children"))
+        except OSError:
+            listings = []  # the process ended while its threads were listed
+        for children in listings:
             try:
                 found = [int(child) for child in children.read_text().split()]
             except OSError:
@@ -76,7 +80,7 @@ class NoiseWindow:
         self._started_at = self._machine = self._steal = self._ours = 0.0
         self.seconds = 0.0
         self.ours_cores = 0.0
-        self.others_cores = 0.0
+        self.others_cores: float | None = None  # until stop(): a window never closed is not a quiet one
         self.steal_cores = 0.0
 
     def start(self) -> None:
@@ -94,7 +98,7 @@ class NoiseWindow:
         self.steal_cores = (steal - self._steal) / self.seconds
 
     def noisy(self, threshold_cores: float = NOISY_CORES) -> bool:
-        return self.others_cores > threshold_cores
+        return self.others_cores is None or self.others_cores > threshold_cores
 
 
 def rerun_while_noisy(
@@ -105,13 +109,14 @@ def rerun_while_noisy(
     discarded: list[dict[str, Any]] = []
     while True:
         row = measure()
-        row["noisy"] = row["others_cores"] > threshold_cores
+        row["noisy"] = row["others_cores"] is None or row["others_cores"] > threshold_cores
         row["attempt"] = len(discarded)
         if not row["noisy"] or len(discarded) >= retries:
             return row, discarded
         discarded.append(row)
         print(
-            f"{row['scenario']:32} {row['server']:22} noisy: others used {row['others_cores']:.2f} cores; again",
+            f"{row['scenario']:32} {row['server']:22} noisy: others used {row['others_cores'] or 'unknown'} cores; "
+            "again",
             file=sys.stderr,
             flush=True,
         )

@@ -323,6 +323,7 @@ def test_noise_window_blames_a_busy_process_outside_the_tree_and_only_then() -> 
         assert idle.stdin is not None
         idle.stdin.close()
         idle.wait(10)
+    assert ours.others_cores is not None and theirs.others_cores is not None
     busy_cores = float(busy.stdout.split()[-1]) / theirs.seconds
     assert busy_cores > 0.05, "the busy child got no CPU at all"
     # Reaped, the busy child's time is in this process's children time: ours, not others'.
@@ -330,6 +331,14 @@ def test_noise_window_blames_a_busy_process_outside_the_tree_and_only_then() -> 
     assert theirs.others_cores >= busy_cores - 0.05
     assert theirs.others_cores - ours.others_cores == pytest.approx(busy_cores, abs=0.05 + 0.15 * busy_cores)
     assert theirs.noisy(busy_cores / 2) and not theirs.noisy(theirs.others_cores + 0.01)
+
+
+def test_a_window_that_was_never_closed_counts_as_noisy() -> None:
+    window = noise.NoiseWindow([os.getpid()])
+    window.start()  # and no stop(): a row whose end of window failed
+    assert window.noisy(threshold_cores=1e9)
+    row, discarded = noise.rerun_while_noisy(lambda: {"server": "s", "scenario": "t", "others_cores": None}, 0.1, 1)
+    assert row["noisy"] and len(discarded) == 1
 
 
 def test_a_noisy_row_is_run_again_at_most_noise_retries_times() -> None:
