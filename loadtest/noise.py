@@ -33,11 +33,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_CORES = 0.10  # another process using more than 10% of a core during a window flags the row
 
 
-def machine_busy_seconds() -> tuple[float, float]:
-    """(user + nice + system, steal) over every CPU since boot, in seconds."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    user, nice, system, steal = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[8])
-    return (user + nice + system) / TICKS, steal / TICKS
+def machine_seconds() -> tuple[float, float, float]:
+    """(user + nice + system, steal, every state) over every CPU since boot, in seconds."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, steal = fields[0], fields[1], fields[2], fields[7]
+    return (user + nice + system) / TICKS, steal / TICKS, sum(fields) / TICKS
 
 
 def process_tree(roots: list[int]) -> list[int]:
@@ -77,7 +77,7 @@ class NoiseWindow:
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
-        self._started_at = self._machine = self._steal = self._ours = 0.0
+        self._started_at = self._machine = self._steal = self._accounted = self._ours = 0.0
         self.seconds = 0.0
         self.ours_cores = 0.0
         self.others_cores: float | None = None  # until stop(): a window never closed is not a quiet one
@@ -85,17 +85,19 @@ class NoiseWindow:
 
     def start(self) -> None:
         self._started_at = time.monotonic()
-        self._machine, self._steal = machine_busy_seconds()
+        self._machine, self._steal, self._accounted = machine_seconds()
         self._ours = tree_seconds(self.roots)
 
     def stop(self) -> None:
         ours = tree_seconds(self.roots)
-        machine, steal = machine_busy_seconds()
+        machine, steal, accounted = machine_seconds()
         self.seconds = max(1e-9, time.monotonic() - self._started_at)
         self.ours_cores = (ours - self._ours) / self.seconds
+        self.steal_cores = (steal - self._steal) / self.seconds
+        if accounted - self._accounted < 0.5 * self.seconds * (os.cpu_count() or 1):
+            return  # the CPUs' own clocks stood still (a paused VM): nothing known, not quiet
         # Never below zero: tick sampling can put a few of ours on the machine's next tick.
         self.others_cores = max(0.0, (machine - self._machine) - (ours - self._ours)) / self.seconds
-        self.steal_cores = (steal - self._steal) / self.seconds
 
     def noisy(self, threshold_cores: float = NOISY_CORES) -> bool:
         return self.others_cores is None or self.others_cores > threshold_cores
