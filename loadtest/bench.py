@@ -290,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", help="comma-separated indexes into the scenario list (0-7; 5 is TLS, 6 workers, 7 churn)"
     )
     parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
-    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="load generator processes (churn: one per 5,000 connections a second, whatever this says)",
+    )
     parser.add_argument(
         "--churn-rate", type=float, default=2000.0, help="connections offered per second in the churn scenario"
     )
@@ -327,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--servers: unknown {', '.join(sorted(unknown))}")
     if args.warmup < 0 or args.duration <= 0 or args.repeats < 1:
         parser.error("--warmup must be >= 0, --duration > 0 and --repeats >= 1")
-    if args.churn_rate <= 0 or args.noise_threshold < 0 or args.noise_retries < 0:
-        parser.error("--churn-rate must be > 0, --noise-threshold >= 0 and --noise-retries >= 0")
+    for flag, value, low in (("--churn-rate", args.churn_rate, 1e-9), ("--noise-threshold", args.noise_threshold, 0),
+                             ("--noise-retries", args.noise_retries, 0)):  # fmt: skip
+        if value < low:
+            parser.error(f"{flag} must be {'> 0' if low else '>= 0'}, not {value:g}")
     if args.admin_port is not None:
         watch_admin(args.admin_port)
     with tempfile.TemporaryDirectory(prefix="echo-bench-") as build_dir:

@@ -424,3 +424,15 @@ def test_bench_churn_rows_beside_a_busy_neighbour_are_flagged_and_rerun(tmp_path
     assert {"CPU per connection <= 1x asyncio Protocol", "CPU per connection <= 1.05x the baseline"} <= targets
     table = (tmp_path / "results.md").read_text()
     assert "**noisy** 1/1 |" in table and "CPU us/conn" in table
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "why"),
+    [("--churn-rate", "0", "> 0"), ("--noise-threshold", "-0.5", ">= 0"), ("--noise-retries", "-1", ">= 0")],
+)
+def test_a_bad_churn_or_noise_setting_is_one_line_and_exit_2(flag: str, value: str, why: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", flag, value], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].endswith(f"error: {flag} must be {why}, not {float(value):g}")
