@@ -78,16 +78,20 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rate: list[float] = []
             cpu: list[float] = []
             cpu_ratio = "cpu_per_msg"
+            pairs = noisy_pairs = 0
             for (s, name, repeat), theirs in by_key.items():
                 ours = by_key.get((s, OURS, repeat))
                 if s != scenario or name != server or ours is None:
                     continue
+                pairs += 1
+                noisy_pairs += bool(ours.get("noisy") or theirs.get("noisy"))
                 throughput, cpu_figure, cpu_ratio = figures_of(ours)
                 if theirs.get(throughput):
                     rate.append(ours[throughput] / theirs[throughput])
                 if ours.get(cpu_figure) and theirs.get(cpu_figure):
                     cpu.append(ours[cpu_figure] / theirs[cpu_figure])
-            entry: dict[str, Any] = {"scenario": scenario, "versus": server}
+            entry: dict[str, Any] = {"scenario": scenario, "versus": server, "pairs": pairs}
+            entry["noisy_pairs"] = noisy_pairs  # either row of the pair measured beside a busy neighbour
             if rate:
                 entry["throughput"] = _spread(rate)
             if cpu:
@@ -236,16 +240,18 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         "## echo-service / other server, per repeat",
         "",
-        "Median (min-max) over repeats of echo-service's figure divided by the other server's in the same repeat.",
+        "Median (min-max) over repeats of echo-service's figure divided by the other server's in the same repeat; "
+        "noisy pairs counts the pairs in which either row was measured beside a busy neighbour.",
         "",
-        "| scenario | versus | throughput | CPU per message (churn: per connection) |",
-        "| --- | --- | ---: | ---: |",
+        "| scenario | versus | throughput | CPU per message (churn: per connection) | noisy pairs |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
     for entry in document.get("ratios", []):
         rate = _range_text(entry["throughput"]) if "throughput" in entry else "-"
         cpu_ratio = entry.get("cpu_per_msg", entry.get("cpu_per_conn"))
         per_msg = _range_text(cpu_ratio) if cpu_ratio else "-"
-        lines.append(f"| {entry['scenario']} | {entry['versus']} | {rate} | {per_msg} |")
+        noisy = f"{entry['noisy_pairs']}/{entry['pairs']}" if "pairs" in entry else "-"
+        lines.append(f"| {entry['scenario']} | {entry['versus']} | {rate} | {per_msg} | {noisy} |")
     lines += ["", "## Targets", "", "| target | holds | measured |", "| --- | --- | --- |"]
     lines += [f"| {v['target']} | {'yes' if v['holds'] else '**no**'} | {v['detail']} |" for v in document["targets"]]
     return "\n".join(lines) + "\n"

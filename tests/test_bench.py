@@ -372,6 +372,7 @@ def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
     ratio_list = report.ratios(rows)
     [ratio] = ratio_list
     assert ratio["cpu_per_conn"] == {"median": 1.05, "min": 0.9, "max": 1.2} and "cpu_per_msg" not in ratio
+    assert (ratio["pairs"], ratio["noisy_pairs"]) == (2, 1)
     document = {
         "machine": {"cpus": 2, "python": "3.11", "server_cpus": [0], "load_cpus": [1]},
         "settings": {"repeats": 2, "duration_s": 1.0, "noise_threshold_cores": 0.1, "noise_retries": 2,
@@ -383,6 +384,7 @@ def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
     assert "| asyncio-protocol | 500 |" in table and "CPU us/conn" in table
     assert "| CPU per connection <= 1x asyncio Protocol (churn" in table and "| **no** | 1.05x (0.90-1.20) |" in table
     assert summary[0]["reruns"] == 2 and summary[1]["reruns"] == 0
+    assert "| asyncio-protocol | 1.00x (1.00-1.00) | 1.05x (0.90-1.20) | 1/2 |" in table
 
 
 @pytest.mark.slow
