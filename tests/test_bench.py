@@ -416,8 +416,8 @@ def test_bench_churn_rows_beside_a_busy_neighbour_are_flagged_and_rerun(tmp_path
         assert 0 <= row["conns_per_s"] <= 2 * 400 and 0 <= row["late_fraction"] <= 1
         if row["conns_per_s"]:
             assert 1 < row["cpu_us_per_conn"] < 100_000 and row["load_cpu_us_per_conn"] > 1
-        else:  # a busy machine starved the load generator for the whole window, and the row says so
-            assert row["late_fraction"] > 0.5 and row["cpu_us_per_conn"] is None
+        else:  # a busy machine starved the load generator or the server for the whole window
+            assert row["cpu_us_per_conn"] is None  # no figure rather than a made-up one
         assert row["noisy"] and row["attempt"] == 1 and row["others_cores"] > 0.1, row
     assert any(row["conns_per_s"] > 100 for row in rows.values())
     assert sorted(a["server"] for a in document["noisy_attempts"]) == sorted(rows)
