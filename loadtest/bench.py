@@ -195,6 +195,7 @@ def measure(
                     noise.start()
                 window[f"cpu_{edge}"] = server.cpu_seconds()
                 window[f"rss_{edge}_kib"] = server.memory_kib("VmRSS")
+                window[f"log_lines_{edge}"] = server.log_lines
                 if edge == "end":
                     noise.stop()
 
@@ -213,6 +214,10 @@ def measure(
             peak_kib = server.memory_kib("VmHWM")
             cpu_s = window.get("cpu_end", 0.0) - window.get("cpu_start", 0.0)
             named = {"server": server_name, "scenario": scenario.name, "peak_rss_mib": round(peak_kib / 1024, 1)}
+            # Lines the server wrote during the window, per connection completed in it: about 2
+            # for echo-service at info (opened, closed), whether it writes them one by one or batched.
+            lines = window.get("log_lines_end", 0) - window.get("log_lines_start", 0)
+            named["log_lines_per_conn"] = round(lines / churn.completed, 2) if churn.completed else None
             return named | churn.figures(cpu_s, duration_s) | noise_figures(noise)
         spec = loadgen.LoadSpec(
             host=server.address[0],

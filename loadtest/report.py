@@ -185,7 +185,8 @@ def markdown(document: dict[str, Any]) -> str:
             "",
             f"Churn: short connections (connect, echo 16 bytes, close) offered at {settings['churn_rate']:,.0f} a "
             f"second from {settings['churn_processes']} load process(es); CPU us/conn is the server's CPU over the "
-            "window divided by the connections completed in it. Late is the share of connections the load "
+            "window divided by the connections completed in it, log lines/conn the lines the server wrote to "
+            "its output in the window per connection completed. Late is the share of connections the load "
             "generator started more than 5 ms after their time (high: it, not the server, fell behind). "
             "echo-service logs at info (two lines per connection) to a pipe that the bench drains; the reference "
             "servers log nothing.",
@@ -197,9 +198,9 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", f"## {scenario}", ""]
         if churn:
             lines += [
-                "| server | offered conn/s | late | conn/s | p50 ms | p99 ms | CPU us/conn | CPU x C | peak RSS MiB "
-                "| errors | others |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                "| server | offered conn/s | late | conn/s | p50 ms | p99 ms | log lines/conn | CPU us/conn | CPU x C "
+                "| peak RSS MiB | errors | others |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
         else:
             lines += [
@@ -219,6 +220,7 @@ def markdown(document: dict[str, Any]) -> str:
                     f"{_cell(entry, 'offered_per_s', ',.0f')} | {_cell(entry, 'late_fraction', '.0%')} | "
                     f"{_cell(entry, 'conns_per_s', ',.0f')} | "
                     f"{_cell(entry, 'p50_ms', '.3f')} | {_cell(entry, 'p99_ms', '.3f')} | "
+                    f"{_cell(entry, 'log_lines_per_conn', '.2f')} | "
                 )
             else:
                 middle = (
@@ -280,6 +282,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "cpu_us_per_conn",
         "load_cpu_us_per_conn",
         "late_fraction",
+        "log_lines_per_conn",
         "others_cores",
     )
     for (scenario, server), group in groups.items():

@@ -109,12 +109,6 @@ def make_tls_files(build_dir: Path) -> str | None:
     return None
 
 
-def _drain(fd: int) -> None:
-    """Read the pipe ``fd`` until EOF, throwing the bytes away (runs on its own thread)."""
-    while os.read(fd, 65536):
-        pass
-
-
 class ServerUnderTest:
     """A server subprocess; its address comes from its first line of output."""
 
@@ -139,9 +133,15 @@ class ServerUnderTest:
         assert self.proc.stdout is not None
         self.address = self._read_address()
         # Keep reading its output (echo-service's log lines) as a collector would, so a full
-        # pipe never stalls it; the lines are dropped as they come, not kept in memory.
-        self._drain = threading.Thread(target=_drain, args=(self.proc.stdout.fileno(),), daemon=True)
+        # pipe never stalls it; the lines are counted and dropped, not kept in memory.
+        self.log_lines = self.log_bytes = 0  # written by the drain thread only; read as snapshots
+        self._drain = threading.Thread(target=self._drain_output, args=(self.proc.stdout.fileno(),), daemon=True)
         self._drain.start()
+
+    def _drain_output(self, fd: int) -> None:
+        while chunk := os.read(fd, 65536):
+            self.log_lines += chunk.count(b"\n")
+            self.log_bytes += len(chunk)
 
     def _read_address(self) -> tuple[str, int]:
         assert self.proc.stdout is not None

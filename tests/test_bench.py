@@ -364,6 +364,7 @@ def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
             "scenario": churn, "server": server, "repeat": repeat, "offered_per_s": 500.0, "conns_per_s": 498.0,
             "late_fraction": 0.01, "p50_ms": 0.4, "p99_ms": 2.0, "cpu_us_per_conn": cpu, "peak_rss_mib": 20.0,
             "errors": 0, "others_cores": 0.5 if noisy else 0.01, "noisy": noisy, "attempt": 2 if noisy else 0,
+            "log_lines_per_conn": 2.0 if server == "echo-service" else 0.0,
         }  # fmt: skip
 
     rows = [row("echo-service", 0, 120, True), row("asyncio-protocol", 0, 100, False)]
@@ -380,7 +381,8 @@ def test_the_table_flags_noisy_repeats_and_shows_churn_per_connection() -> None:
         "summary": summary, "ratios": ratio_list, "targets": report.targets(summary, ratio_list),
     }  # fmt: skip
     table = report.markdown(document)
-    assert "| echo-service | 500 | 1% | 498 |" in table and "| 0.26 (0.01-0.50) **noisy** 1/2 |" in table
+    assert "| echo-service | 500 | 1% | 498 | 0.400 | 2.000 | 2.00 | 105.00 (90.00-120.00) | - |" in table
+    assert "| 0.26 (0.01-0.50) **noisy** 1/2 |" in table
     assert "| asyncio-protocol | 500 |" in table and "CPU us/conn" in table
     assert "| CPU per connection <= 1x asyncio Protocol (churn" in table and "| **no** | 1.05x (0.90-1.20) |" in table
     assert summary[0]["reruns"] == 2 and summary[1]["reruns"] == 0
@@ -420,6 +422,11 @@ def test_bench_churn_rows_beside_a_busy_neighbour_are_flagged_and_rerun(tmp_path
             assert row["cpu_us_per_conn"] is None  # no figure rather than a made-up one
         assert row["noisy"] and row["attempt"] == 1 and row["others_cores"] > 0.1, row
     assert any(row["conns_per_s"] > 100 for row in rows.values())
+    # echo-service logged at info, two lines a connection (opened, closed); asyncio logs nothing.
+    for name in ("echo-service", servers.BASELINE_SERVER):
+        if rows[name]["conns_per_s"] > 100:
+            assert 1.5 <= rows[name]["log_lines_per_conn"] <= 2.5, rows[name]
+    assert rows["asyncio-protocol"]["log_lines_per_conn"] in (0, None)
     assert sorted(a["server"] for a in document["noisy_attempts"]) == sorted(rows)
     ratios = {r["versus"]: r for r in document["ratios"]}
     assert set(ratios) == {"asyncio-protocol", servers.BASELINE_SERVER}
