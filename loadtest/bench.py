@@ -33,8 +33,14 @@ Scenario 7 is connection churn: short connections (connect, echo 16 bytes, half-
 read the server's EOF, close) at a fixed offered rate (``--churn-rate``, open-loop, from
 loadtest.churn_bench's worker processes: enough of them for the rate), echo-service at
 its default info logging with its log lines on a pipe this process drains, as users run
-it. Per row: connections per second achieved and the server's CPU microseconds per
-connection.
+it. Its warm-up is the same one connection, then ``--warmup`` seconds of the churn load
+itself, the measured window following at once at the same rate. Per row: connections per
+second offered and achieved, the server's CPU microseconds per connection, and the log
+lines it wrote per connection.
+
+``--baseline DIR`` adds echo-service from another checkout to every scenario (whatever
+``--servers`` lists); its rows pair with echo-service's like any other server's, repeat
+by repeat, with targets of no regression beyond 5%.
 
 Noisy rows: during every measured window the CPU that other processes of the machine
 used is sampled (loadtest.noise: /proc/stat minus this process tree, which holds the
