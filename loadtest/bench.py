@@ -9,13 +9,9 @@ across servers so that a noisy minute hurts them alike. Per row: msgs/s, MB/s, l
 percentiles, the server's CPU microseconds per echoed message and its RSS (from /proc),
 errors.
 
-Every server is warmed up the same way before its measured window: one connection is
-opened, echoed and closed (the server saw the close), then the scenario's load runs for
-``--warmup`` seconds and its connections close. Without it, an asyncio server measured
-before its first connection close pays glibc malloc's mmap + mremap + munmap for its
-256 KiB read buffer on every read: freeing the first such buffer at full size (the read
-that returns EOF) is what raises glibc's dynamic mmap threshold. A benchmark that never
-closes a connection before measuring measures that artifact, not the design.
+Every server is warmed up the same way before its measured window (loadtest.warmup says
+why): one connection is opened, echoed and closed (the server saw the close), then the
+scenario's load runs for ``--warmup`` seconds and its connections close.
 
 The practical ceiling is ``c-epoll`` (loadtest/epoll_echo.c), compiled here with ``cc``
 when there is one; without it that server's rows are skipped with a one-line reason.
@@ -65,7 +61,6 @@ import functools
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import threading
@@ -94,8 +89,7 @@ from loadtest.servers import (
     uvloop_missing,
     watch_admin,
 )
-
-WARMUP_TIMEOUT_S = 10.0
+from loadtest.warmup import echo_and_close, warm_up
 
 
 @dataclass(frozen=True)
@@ -130,42 +124,6 @@ def runs_in(name: str, scenario: Scenario) -> bool:
     return name not in (TLS_SERVER, WORKERS_SERVER)
 
 
-def echo_and_close(address: tuple[str, int], size: int) -> None:
-    """One connection: echo ``size`` bytes, half-close, and read until the server closed it."""
-    payload = os.urandom(max(1, size))
-    with socket.create_connection(address, timeout=WARMUP_TIMEOUT_S) as sock:
-        sock.sendall(payload)
-        echoed = bytearray()
-        while len(echoed) < len(payload):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            echoed += chunk
-        if bytes(echoed) != payload:
-            raise RuntimeError(f"warm-up: echo of {len(payload)} bytes came back as {len(echoed)} different bytes")
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(65536):  # the server's FIN: it has seen our EOF and closed its side
-            pass
-
-
-def warm_up(address: tuple[str, int], scenario: Scenario, warmup_s: float, processes: int) -> None:
-    """The same for every server: one connection opened, echoed and closed, then
-    ``warmup_s`` seconds of the scenario's busy load (its connections close at the end)."""
-    echo_and_close(address, scenario.size)
-    if warmup_s > 0:
-        loadgen.run(
-            loadgen.LoadSpec(
-                host=address[0],
-                port=address[1],
-                conns=scenario.conns,
-                size=scenario.size,
-                duration_s=warmup_s,
-                processes=processes,
-                connect_timeout_s=WARMUP_TIMEOUT_S,
-            )
-        )
-
-
 def measure(
     server_name: str,
     scenario: Scenario,
@@ -190,7 +148,7 @@ def measure(
         if scenario.churn:  # then the load's own first warmup_s seconds
             echo_and_close(server.address, scenario.size)
         elif not scenario.tls:
-            warm_up(server.address, scenario, warmup_s, processes)
+            warm_up(server.address, scenario.conns, scenario.size, warmup_s, processes)
         rss_before_kib = server.memory_kib("VmRSS")
         window: dict[str, float] = {}
         lock = threading.Lock()

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import bench, churn_bench, noise, report, servers
+from loadtest import churn_bench, noise, report, servers, warmup
 from tests.helpers import ROOT, closed_port, echo_round_trip, read_exactly
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -133,7 +133,7 @@ def recording_server() -> Iterator[_RecordingEcho]:
 
 def test_warm_up_closes_a_connection_before_any_other_opens(recording_server: _RecordingEcho) -> None:
     address = recording_server.server_address
-    bench.warm_up((str(address[0]), int(address[1])), bench.Scenario("t", 3, 512), 0.2, 1)
+    warmup.warm_up((str(address[0]), int(address[1])), 3, 512, 0.2, 1)
     with recording_server.lock:
         log = list(recording_server.log)
     # The first connection was opened, echoed and closed by the server before the load began.
@@ -154,7 +154,7 @@ def test_echo_and_close_notices_a_server_that_does_not_echo() -> None:
         thread = threading.Thread(target=accept_and_drop)
         thread.start()
         with pytest.raises(RuntimeError, match="warm-up: echo of 64 bytes"):
-            bench.echo_and_close(listener.getsockname()[:2], 64)
+            warmup.echo_and_close(listener.getsockname()[:2], 64)
         thread.join(10)
         for conn in accepted:
             conn.close()
