@@ -75,7 +75,7 @@ def serve_threading(host: str, port: int) -> None:
 
 class _EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's TCPTransport has the interface without the base class.
+        # uvloop's transports are no asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:

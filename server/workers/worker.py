@@ -46,11 +46,12 @@ from server.observe.logger import LEVELS
 from server.observe.stats import Stats
 from server.observe.totals import pack
 from server.workers.shared_limits import SharedLimits
+from server.workers.worker_connections import ASK, answer_question
 
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-DRAIN = "drain"  # the supervisor's one command
+DRAIN = "drain"  # the supervisor's command to stop (the other: a /connections question)
 _UNLIMITED = 1 << 62
 
 
@@ -205,7 +206,7 @@ def main(spec: WorkerSpec) -> None:
     exchange.attach(uplink)
     for listener in spec.listeners:
         listener.sock.setblocking(False)
-    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners)
+    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners, worker=spec.index)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread
@@ -219,7 +220,7 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        _wait_for_stop(spec.control, wake_r, stats, uplink, failed)
+        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server)
         server.shutdown()
         code = 1 if failed else 0
     finally:
@@ -236,8 +237,11 @@ def main(spec: WorkerSpec) -> None:
         raise SystemExit(code)
 
 
-def _wait_for_stop(control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any]) -> None:
-    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives."""
+def _wait_for_stop(
+    control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], server: Any
+) -> None:
+    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives; answer
+    the supervisor's /connections questions meanwhile (worker_connections.py)."""
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
@@ -252,7 +256,10 @@ def _wait_for_stop(control: Pipe, wake: socket.socket, stats: Stats, uplink: Upl
                         pass
                     return  # SIGTERM, or a failure
                 try:
-                    if control.recv() == DRAIN:
-                        return
+                    command = control.recv()
                 except (EOFError, OSError):
                     return  # the supervisor is gone: drain and go
+                if command == DRAIN:
+                    return
+                if isinstance(command, tuple) and command[:1] == (ASK,):
+                    uplink.send(answer_question(server.connections, command))
