@@ -169,7 +169,10 @@ def drive(spec: ChurnSpec, worker: int, load_start: float) -> ChurnResult:
             finish(attempt, "wrong")
         elif len(attempt.echoed) == len(payload):
             attempt.closing = True
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as error:  # reset meanwhile
+                finish(attempt, _error_kind(error))
 
     try:
         while True:
