@@ -290,6 +290,27 @@ def test_churn_load_counts_refused_connections() -> None:
     assert result.errors["refused"] == pytest.approx(result.offered, abs=3)  # those at the window's edges
 
 
+class _CloseAtOnce(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        pass  # the server closes the connection without echoing a byte
+
+
+def test_churn_load_counts_a_server_that_closes_without_echoing() -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CloseAtOnce)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="close-at-once")
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        result = churn_bench.run(churn_bench.ChurnSpec(str(host), int(port), rate=200, duration_s=0.3, warmup_s=0.1))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert result.completed == 0 and result.offered == pytest.approx(60, abs=2)
+    assert set(result.errors) <= {"wrong", "reset"} and sum(result.errors.values()) >= result.offered - 5
+
+
 def test_churn_load_needs_more_processes_for_more_than_one_can_offer() -> None:
     assert churn_bench.processes_for(100) == 1
     assert churn_bench.processes_for(churn_bench.ONE_PROCESS_RATE) == 1
