@@ -1,0 +1,263 @@
+"""What a faulted connection does instead of the plain echo loop, on TCP and TLS alike.
+
+    loop = faulted_loop(fault)            # a transport loop: (sock, conn, buffer, waits) -> task
+    yield from loop(sock, conn, buffer, waits)
+
+Only connections that drew a Fault run this; every other connection runs the plain
+loop (echo.py, tls_echo.py) untouched, so faults off costs the echo path nothing. The
+loop here reads a clock and copies each chunk (it may hold it across a Sleep): it is
+written for clarity, not speed.
+
+    delay      each echoed chunk (or the first only) is held delay_ms +- jitter_ms
+               (uniform, never below 0; from the Fault's seed) before it is sent;
+               nothing more is read meanwhile, so the client's sends back up
+    bandwidth  the echo is paced by a token bucket: bytes_per_s, bursts of 20 ms worth
+    close      after exactly after_bytes echoed bytes, or after_s seconds, whichever
+               comes first (neither: at once): FIN; what the client still sends is
+               read and dropped until it closes, so the close stays a FIN, not an RST
+    reset      the same moments, but RST (SO_LINGER 0, then close)
+    hang       no_read: never read (the client's sends fill the windows);
+               no_echo: read and drop, never echo. Either way the connection is
+               closed idle_timeout after it began (a hung backend does not wake up
+               because a client talks to it), with reason ``fault_hang``
+
+Close reasons: ``fault_close``, ``fault_reset``, ``fault_hang`` when the fault ended the
+connection; otherwise the plain loop's (``eof``, ``idle_timeout``, ``write_stall``,
+``shutdown``). On the server's stop a faulted connection stops reading, sends what it
+owes (still paced or delayed: the abort deadline bounds it) and closes as the plain
+loop does. Socket errors propagate to the caller, which maps them to a reason.
+
+Everything here runs on the connection's scheduler thread only.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable, Generator
+
+from server.engine.echo import Connection, EchoWaits, discard_until_eof, flush
+from server.engine.scheduler import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
+from server.faults.policy import Fault
+
+BURST_S = 0.02  # bandwidth: the bucket holds this long's worth of bytes (at least one)
+FAULT_CLOSE, FAULT_RESET, FAULT_HANG = "fault_close", "fault_reset", "fault_hang"
+
+Clock = Callable[[], float]
+
+
+TransportLoop = Callable[[socket.socket, Connection, memoryview, EchoWaits], TaskGen]
+
+
+def faulted_loop(fault: Fault, clock: Clock = time.monotonic) -> TransportLoop:
+    """The transport loop for a connection that drew ``fault``."""
+
+    def loop(sock: socket.socket, conn: Connection, buffer: memoryview, waits: EchoWaits) -> TaskGen:
+        if fault.kind == "hang":
+            return _hang(sock, conn, buffer, waits, fault.rule.mode == "no_echo", clock)
+        return _echo(sock, conn, buffer, waits, fault, clock)
+
+    return loop
+
+
+class _Ended(Exception):
+    """The fault's moment came (after_bytes or after_s)."""
+
+
+def _echo(
+    sock: socket.socket, conn: Connection, buffer: memoryview, waits: EchoWaits, fault: Fault, clock: Clock
+) -> TaskGen:
+    rule = fault.rule
+    ending = rule.kind in ("close", "reset")
+    budget = rule.after_bytes if ending else None
+    end_at = clock() + rule.after_s if ending and rule.after_s is not None else None
+    if ending and budget is None and end_at is None:
+        budget = 0  # neither: at accept
+    delays = _Delays(fault) if rule.kind == "delay" else None
+    bucket = _Bucket(rule.bytes_per_s, clock()) if rule.kind == "bandwidth" else None
+    pending: Callable[[], int] | None = getattr(sock, "pending", None)
+    idle = waits.read.timeout
+    try:
+        while True:
+            if budget == 0:
+                raise _Ended
+            if pending is None or not pending():
+                wait = waits.read
+                if end_at is not None:
+                    left = end_at - clock()
+                    if left <= 0:
+                        raise _Ended
+                    wait = Wait(READ, left if idle is None else min(idle, left))
+                try:
+                    yield wait
+                except WaitTimeout:
+                    if end_at is not None and clock() >= end_at:
+                        raise _Ended from None
+                    conn.reason = "idle_timeout"
+                    return
+                except Shutdown:
+                    conn.reason = "shutdown"
+                    break
+            try:
+                received = sock.recv_into(buffer, len(buffer) if budget is None else min(len(buffer), budget))
+            except (BlockingIOError, ssl.SSLWantReadError):
+                continue
+            except ssl.SSLWantWriteError:  # a key update: the TLS layer writes first
+                try:
+                    yield waits.write
+                except WaitTimeout:
+                    conn.reason = "write_stall"
+                    reset_on_close(sock)
+                    return
+                except Shutdown:
+                    conn.reason = "shutdown"
+                    break
+                continue
+            if not received:
+                conn.reason = "eof"
+                break
+            conn.bytes_in += received
+            owed = bytes(buffer[:received])  # held across yields: the buffer is the scheduler's
+            if delays is not None and (hold := delays.next()) > 0:
+                try:
+                    yield Sleep(hold)
+                except Shutdown:
+                    conn.reason = "shutdown"  # what was read is still owed: send it, then stop
+            if bucket is not None:
+                sent = yield from _paced(sock, owed, waits, conn, bucket, clock)
+            else:
+                sent = yield from _send(sock, owed, waits, conn)
+            if not sent:
+                reset_on_close(sock)  # write stall: drop what the kernel still holds
+                return
+            conn.bytes_out += received
+            if budget is not None:
+                budget -= received
+            if conn.reason == "shutdown":
+                break
+    except _Ended:
+        if rule.kind == "reset":
+            reset_on_close(sock)
+            conn.reason = FAULT_RESET
+            return
+        conn.reason = FAULT_CLOSE
+    yield from _finish(sock, buffer, waits, linger=conn.reason != "eof")
+
+
+def _send(sock: socket.socket, data: bytes, waits: EchoWaits, conn: Connection) -> Generator[Wait, None, bool]:
+    """Send ``data`` in full: at once if the socket takes it, else echo.flush's way
+    (waiting writable, the write-stall rule, SSL_write's retries); False on a stall."""
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+        sent = 0
+    if sent == len(data):
+        return True
+    return (yield from flush(sock, data[sent:], waits, conn))
+
+
+def _finish(sock: socket.socket, buffer: memoryview, waits: EchoWaits, *, linger: bool) -> TaskGen:
+    """A graceful end: close_notify over TLS, FIN; then, if the client may still be
+    sending (``linger``), drop what it sends until it closes or holds everything
+    (echo.discard_until_eof), so that the close stays a FIN and is no RST."""
+    if isinstance(sock, ssl.SSLSocket):
+        from server.engine.tls_echo import _close_notify  # one goodbye for every TLS loop
+
+        yield from _close_notify(sock, waits)  # type: ignore[arg-type]
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    if linger:
+        yield from discard_until_eof(sock, buffer)
+
+
+def _hang(
+    sock: socket.socket, conn: Connection, buffer: memoryview, waits: EchoWaits, read: bool, clock: Clock
+) -> TaskGen:
+    """Accept and go silent until idle_timeout after the start (see the module docstring)."""
+    bound = waits.read.timeout
+    end_at = None if bound is None else clock() + bound
+    conn.reason = FAULT_HANG
+    try:
+        if not read:
+            if bound is not None:
+                yield Sleep(bound)
+            return
+        while True:
+            left = None if end_at is None else end_at - clock()
+            if left is not None and left <= 0:
+                return
+            try:
+                yield Wait(READ, left)
+            except WaitTimeout:
+                return
+            try:
+                received = sock.recv_into(buffer)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            if not received:
+                return  # the client gave up: nothing owed, nothing more to hang on
+            conn.bytes_in += received
+    except Shutdown:
+        conn.reason = "shutdown"
+
+
+class _Delays:
+    """The hold before each echoed chunk: delay_ms +- jitter_ms, seeded per connection."""
+
+    __slots__ = ("_first_only", "_jitter_s", "_mean_s", "_rng", "_used")
+
+    def __init__(self, fault: Fault) -> None:
+        self._mean_s = fault.rule.delay_ms / 1000.0
+        self._jitter_s = fault.rule.jitter_ms / 1000.0
+        self._first_only = fault.rule.first_only
+        self._rng = random.Random(fault.seed)
+        self._used = False
+
+    def next(self) -> float:
+        if self._first_only and self._used:
+            return 0.0
+        self._used = True
+        if not self._jitter_s:
+            return self._mean_s
+        return max(0.0, self._mean_s + self._rng.uniform(-self._jitter_s, self._jitter_s))
+
+
+class _Bucket:
+    """A token bucket in bytes: ``rate`` a second, at most ``burst`` held; starts full."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * BURST_S)
+        self.tokens = self.burst
+        self.last = now
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+
+
+def _paced(
+    sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection, bucket: _Bucket, clock: Clock
+) -> Generator[Wait | Sleep, None, bool]:
+    """Send ``owed`` at the bucket's pace, one burst at a time; False on a write stall."""
+    view = memoryview(owed)
+    while view:
+        piece = min(len(view), int(bucket.burst))
+        bucket.refill(clock())
+        if bucket.tokens < piece:
+            try:
+                yield Sleep((piece - bucket.tokens) / bucket.rate)
+            except Shutdown:
+                conn.reason = "shutdown"
+            bucket.refill(clock())
+        bucket.tokens -= piece
+        if not (yield from _send(sock, bytes(view[:piece]), waits, conn)):
+            return False
+        view = view[piece:]
+    return True
