@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from server import __version__
-from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
+from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value, parse_values
 from server.core import FINAL_FLUSH_S, STOP_MARGIN_S, EchoServer
 from server.engine.listener import ListenError
 from server.engine.tls import TlsContext, TlsError
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest=spec.name,
             metavar=spec.metadata["metavar"] or None,
             default=None,
+            action="append" if spec.metadata["parse_each"] else "store",
             help=f"{spec.metadata['help']} [env {env_name(spec.name)}; default {shown}]",
         )
     return parser
@@ -105,7 +106,10 @@ def _load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Config, dict
             if text is None:
                 continue
             try:
-                values[spec.name] = parse_value(spec.name, text)
+                if isinstance(text, list):  # a repeatable flag (--fault)
+                    values[spec.name] = parse_values(spec.name, text)
+                else:
+                    values[spec.name] = parse_value(spec.name, text)
             except ConfigError as error:
                 raise UsageError(f"{source}: {error.problem}") from None
             sources[spec.name] = source
