@@ -38,6 +38,7 @@ from server.core import FINAL_FLUSH_S, STOP_MARGIN_S, EchoServer
 from server.engine.listener import ListenError
 from server.engine.tls import TlsContext, TlsError
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.logger import LEVELS, LogActor
 from server.observe.sinks import LogFileError
 from server.observe.stats import Stats
@@ -157,6 +158,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         if config.tls_port is not None:
             TlsContext.load(config)  # the files' problems, named by flag, before anything starts
+        if config.admin_token_file is not None:
+            try:
+                load_token(config.admin_token_file)
+            except ValueError as error:
+                raise UsageError(f"{sources.get('admin_token_file', '--admin-token-file')}: {error}") from None
     except TlsError as error:
         print(
             f"{PROG}: error: {sources.get(error.setting, flag_name(error.setting))}: {error.problem}", file=sys.stderr

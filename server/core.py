@@ -49,15 +49,20 @@ from server.engine.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
 from server.engine.banner import Banner, local_address
 from server.engine.echo import Connection, EchoWaits, echo, proxied_echo
 from server.engine.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
-from server.engine.scheduler import Scheduler, every
+from server.engine.scheduler import Scheduler, TaskGen, every
 from server.engine.tls import TlsContext
 from server.engine.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
 from server.engine.udp import UdpEcho, open_udp
 from server.failure import FailureAttributes, FailureRecord
+from server.faults.behaviours import faulted_loop
+from server.faults.draw import FaultDraw
+from server.faults.policy import FaultPolicy
+from server.faults.refuse import Refusal
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.stats import Stats, StatsSnapshot
 
 log = logging.getLogger("echo.server")
@@ -121,6 +126,11 @@ class EchoServer(FailureAttributes):
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
         self._failures = FailureRecord(log, self.publish, self._unready)
+        # Faults on demand (server/faults/): None when off, and then nothing below looks.
+        self.faults = FaultPolicy(config.faults_rules or (), seed=config.faults_seed) if config.faults == "on" else None
+        self._fault_draw = FaultDraw(self.faults, self.publish) if self.faults is not None else None
+        self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
+        self._refusal: Refusal | None = None
 
     @property
     def draining(self) -> bool:
@@ -201,6 +211,10 @@ class EchoServer(FailureAttributes):
                 sole_owner=self._given_listener is None,  # a worker's is shared with the next generation
             )
             self._proxy_admission = acceptor.proxy_admission
+            if self.faults is not None:
+                refusable = {"tcp": listener, **({"tls": tls_listener} if tls_listener is not None else {})}
+                self._refusal = Refusal(self.faults, refusable, self._acceptor_loop)
+                self._refusal.start()
             if tls_listener is not None and tls is not None:
                 self._spawn_tls_acceptor(tls_listener, tls, acceptor)
             if udp_sock is not None:
@@ -295,6 +309,8 @@ class EchoServer(FailureAttributes):
 
             now = time.monotonic()
             deadline = now + config.shutdown_timeout + STOP_BUDGET_S
+            if self._refusal is not None:
+                self._refusal.stop()
             self._acceptor_loop.request_stop(now, now)
             wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
             grace = now + config.shutdown_timeout
@@ -363,9 +379,23 @@ class EchoServer(FailureAttributes):
         greet = None if self._banner is None else functools.partial(self._greeting, sock)
         if self._proxy_admission is not None:
             task = proxied_echo(sock, conn, loop.buffer, self._waits, self._on_close, self._proxy_admission, greet)
+        elif self._fault_draw is not None and (fault := self._fault_draw(conn_id, peer, ip, "tcp")) is not None:
+            task = self._faulted(faulted_loop(fault)(sock, conn, loop.buffer, self._waits), conn)
         else:
             task = echo(sock, conn, loop.buffer, self._waits, self._on_close, greet(conn) if greet else b"")
         loop.spawn(task, sock, state=conn)
+
+    def _faulted(self, loop: TaskGen, conn: Connection) -> TaskGen:  # the connection's scheduler thread
+        try:
+            yield from loop
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+            conn.reason = "reset"
+        except OSError:
+            conn.reason = "error"
+        finally:
+            if not conn.reason:
+                conn.reason = "shutdown"
+            self._on_close(conn)
 
     def _greeting(self, sock: socket.socket, conn: Connection) -> bytes:  # the connection's scheduler thread
         assert self._banner is not None
