@@ -58,6 +58,7 @@ from server.faults.behaviours import faulted_loop
 from server.faults.draw import FaultDraw
 from server.faults.policy import FaultPolicy
 from server.faults.refuse import Refusal
+from server.faults.udp import UdpFaults
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
@@ -218,7 +219,13 @@ class EchoServer(FailureAttributes):
             if tls_listener is not None and tls is not None:
                 self._spawn_tls_acceptor(tls_listener, tls, acceptor)
             if udp_sock is not None:
-                udp = UdpEcho(udp_sock, self.stats, rate=config.udp_rate, global_rate=config.udp_global_rate)
+                udp = UdpEcho(
+                    udp_sock,
+                    self.stats,
+                    rate=config.udp_rate,
+                    global_rate=config.udp_global_rate,
+                    faults=UdpFaults(self._fault_draw) if self._fault_draw is not None else None,
+                )
                 self._acceptor_loop.spawn_threadsafe(udp.run(), udp_sock, critical=True)
                 self._acceptor_loop.spawn_threadsafe(every(FOLD_INTERVAL_S, udp.fold), daemon=True)
             self._acceptor_loop.spawn_threadsafe(acceptor.run(), listener, daemon=True, critical=True)
