@@ -65,6 +65,7 @@ from loadtest.servers import (
     WORKER_SERVERS,
     WORKERS_SERVER,
     ServerUnderTest,
+    add_baseline,
     build_c_server,
     make_tls_files,
     watch_admin,
@@ -245,7 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="run echo-service's rows with the admin endpoint on this port, to watch /dashboard (default: off)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run echo-service from this checkout (e.g. git worktree add /tmp/base COMMIT): a before/after",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        try:
+            add_baseline(args.baseline.resolve())
+        except ValueError as error:
+            parser.error(f"--baseline: {error}")
     scenarios = [SCENARIOS[int(i)] for i in args.scenarios.split(",")] if args.scenarios else SCENARIOS
     servers = args.servers.split(",") if args.servers else list(SERVERS)
     unknown = set(servers) - set(SERVERS)

@@ -42,9 +42,21 @@ SERVERS = {
     C_SERVER: [],  # filled in by build_c_server()
     TLS_SERVER: [],  # filled in by make_tls_files(): echo-service with --tls-port
 }
+BASELINE_SERVER = "echo-service@baseline"
+SERVER_CWD: dict[str, Path] = {}  # a server run from another checkout (the baseline)
 WORKERS_SERVER = "echo-service-2-workers"
 SERVERS[WORKERS_SERVER] = [*SERVERS["echo-service"], "--workers", "2"]
 WORKER_SERVERS = ("echo-service", WORKERS_SERVER)
+
+
+def add_baseline(checkout: Path) -> str:
+    """echo-service as another checkout has it (``git worktree add DIR COMMIT``), for a
+    same-run before/after: the same command, run from that checkout."""
+    if not (checkout / "server" / "__main__.py").exists():
+        raise ValueError(f"{checkout} is not a checkout of echo-service (no server/__main__.py)")
+    SERVERS[BASELINE_SERVER] = list(SERVERS["echo-service"])
+    SERVER_CWD[BASELINE_SERVER] = checkout
+    return BASELINE_SERVER
 
 
 def watch_admin(port: int) -> None:
@@ -100,7 +112,12 @@ class ServerUnderTest:
                 os.sched_setaffinity(0, server_cpus)
 
         self.proc = subprocess.Popen(
-            SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=pin
+            SERVERS[name],
+            cwd=SERVER_CWD.get(name, ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=pin,
         )
         assert self.proc.stdout is not None
         self.address = self._read_address()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from server.cli import load_config
+from server.arguments import load_config
 from server.config import SETTINGS, Config, env_name
 from server.core import FINAL_FLUSH_S
 from server.tools import healthcheck

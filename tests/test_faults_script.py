@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from server.engine import echo as echo_module
-from server.engine.echo import Connection, EchoWaits
+from server.engine.connection import Connection
+from server.engine.pipeline import EchoWaits
 from server.engine.scheduler import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
 from server.faults.behaviours import BURST_S, faulted_loop
 from server.faults.policy import Fault
 from server.faults.rules import parse_flag
-from tests.test_echo_script import ScriptedSocket, Step
+from tests.test_echo_script import Script, ScriptedSocket
 
 IDLE_S = 300.0
 
@@ -32,7 +33,7 @@ class Run:
     """One faulted loop over a ScriptedSocket; ``ready`` resumes it, and a Sleep the
     task yields advances the fake clock by exactly its length when resumed."""
 
-    def __init__(self, flag: str, reads: Sequence[Step], monkeypatch: pytest.MonkeyPatch, seed: int = 1) -> None:
+    def __init__(self, flag: str, reads: Sequence[Script], monkeypatch: pytest.MonkeyPatch, seed: int = 1) -> None:
         self.sock = ScriptedSocket(list(reads))
         self.conn = Connection(1, "127.0.0.1:9", "127.0.0.1", 0.0)
         self.clock = Clock()

@@ -38,9 +38,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from server.engine.listener import ListenError, format_address
 from server.engine.scheduler import READ, Shutdown, TaskGen, Wait, WaitTimeout
 from server.faults.udp import ECHO, HELD, UdpFaults
+from server.lib.net import ListenError, format_address
 from server.observe.stats import Stats
 from server.observe.throttle import Throttle
 

@@ -38,7 +38,9 @@ import ssl
 import time
 from collections.abc import Callable, Generator
 
-from server.engine.echo import Connection, EchoWaits, discard_until_eof, flush
+from server.engine.connection import Connection
+from server.engine.echo import discard_until_eof, flush
+from server.engine.pipeline import EchoWaits
 from server.engine.scheduler import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.faults.policy import Fault
 
@@ -60,6 +62,15 @@ def faulted_loop(fault: Fault, clock: Clock = time.monotonic) -> TransportLoop:
         return _echo(sock, conn, buffer, waits, fault, clock)
 
     return loop
+
+
+def acts_at_accept(fault: Fault) -> bool:
+    """Does the fault act before any echo (hang; close or reset with neither after_bytes
+    nor after_s)? On a TLS listener those act before the handshake: that is their point."""
+    rule = fault.rule
+    return rule.kind == "hang" or (
+        rule.kind in ("close", "reset") and rule.after_bytes is None and rule.after_s is None
+    )
 
 
 class _Ended(Exception):
@@ -143,7 +154,7 @@ def _echo(
             conn.reason = FAULT_RESET
             return
         conn.reason = FAULT_CLOSE
-    yield from _finish(sock, buffer, waits, linger=conn.reason != "eof")
+    yield from _finish(sock, buffer, waits, linger=conn.reason != "eof", tls=not acts_at_accept(fault))
 
 
 def _send(sock: socket.socket, data: bytes, waits: EchoWaits, conn: Connection) -> Generator[Wait, None, bool]:
@@ -158,14 +169,14 @@ def _send(sock: socket.socket, data: bytes, waits: EchoWaits, conn: Connection) 
     return (yield from flush(sock, data[sent:], waits, conn))
 
 
-def _finish(sock: socket.socket, buffer: memoryview, waits: EchoWaits, *, linger: bool) -> TaskGen:
+def _finish(sock: socket.socket, buffer: memoryview, waits: EchoWaits, *, linger: bool, tls: bool) -> TaskGen:
     """A graceful end: close_notify over TLS, FIN; then, if the client may still be
     sending (``linger``), drop what it sends until it closes or holds everything
     (echo.discard_until_eof), so that the close stays a FIN and is no RST."""
-    if isinstance(sock, ssl.SSLSocket):
+    if tls and isinstance(sock, ssl.SSLSocket):  # (not before a handshake: there was none)
         from server.engine.tls_echo import _close_notify  # one goodbye for every TLS loop
 
-        yield from _close_notify(sock, waits)  # type: ignore[arg-type]
+        yield from _close_notify(sock, waits)
     try:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
@@ -180,6 +191,9 @@ def _hang(
     """Accept and go silent until idle_timeout after the start (see the module docstring)."""
     bound = waits.read.timeout
     end_at = None if bound is None else clock() + bound
+    # A hang acts at accept: on a TLS listener, before the handshake, so read beneath
+    # the TLS layer (which would otherwise answer the ClientHello).
+    raw_recv_into = super(ssl.SSLSocket, sock).recv_into if isinstance(sock, ssl.SSLSocket) else sock.recv_into
     conn.reason = FAULT_HANG
     try:
         if not read:
@@ -195,8 +209,8 @@ def _hang(
             except WaitTimeout:
                 return
             try:
-                received = sock.recv_into(buffer)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                received = raw_recv_into(buffer)
+            except BlockingIOError:
                 continue
             if not received:
                 return  # the client gave up: nothing owed, nothing more to hang on

@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from server.engine.listener import format_address, open_listener
+from server.lib.net import format_address, open_listener
 from server.observe.admin_conn import Conn, Watcher
 from server.observe.exchange import Exchange
 from server.observe.stats import StatsSnapshot

@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from server import __version__
-from server.engine.listener import format_address
+from server.lib.net import format_address
 from server.observe.admin import ServerView
 from server.observe.events import Event
 from server.observe.exchange import Exchange

@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from server.config import Config
+from server.listeners import Listener
 from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
@@ -58,9 +59,7 @@ class WorkerSpec:
     index: int  # the worker's slot, 0 .. workers-1 (the ``worker`` label)
     generation: int
     config: Config
-    listener: socket.socket
-    tls_listener: socket.socket | None  # with --tls-port
-    udp_socket: socket.socket | None  # with --udp-port
+    listeners: tuple[Listener, ...]  # the supervisor's, inherited (listeners.py)
     limits: SharedLimits
     row: int
     uplink: Pipe  # write end: worker -> supervisor
@@ -92,10 +91,10 @@ class GlobalStats(Stats):
         super().__init__()
         self._limits = limits
 
-    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
+    def admit(self, ip: str, max_total: int, max_per_ip: int, listener: str = "tcp") -> str | None:
         reason = self._limits.admit(ip, max_total, max_per_ip)
         if reason is None:
-            return super().admit(ip, _UNLIMITED, _UNLIMITED)  # counts it here
+            return super().admit(ip, _UNLIMITED, _UNLIMITED, listener)  # counts it here
         super().reject(reason)
         return reason
 
@@ -106,10 +105,10 @@ class GlobalStats(Stats):
         super().reject(reason)
         return reason
 
-    def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
+    def admit_reserved(self, ip: str, max_per_ip: int, listener: str = "tcp") -> str | None:
         reason = self._limits.admit_reserved(ip, max_per_ip)
         if reason is None:
-            return super().admit_reserved(ip, _UNLIMITED)
+            return super().admit_reserved(ip, _UNLIMITED, listener)
         super().reject_reserved(reason)
         return reason
 
@@ -204,17 +203,9 @@ def main(spec: WorkerSpec) -> None:
     echo_logger.addHandler(uplink.handler)
     uplink.start()
     exchange.attach(uplink)
-    for sock in (spec.listener, spec.tls_listener, spec.udp_socket):
-        if sock is not None:
-            sock.setblocking(False)
-    server = EchoServer(
-        config,
-        stats=stats,
-        exchange=exchange,
-        listener=spec.listener,
-        tls_listener=spec.tls_listener,
-        udp_socket=spec.udp_socket,
-    )
+    for listener in spec.listeners:
+        listener.sock.setblocking(False)
+    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread

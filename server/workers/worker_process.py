@@ -1,7 +1,7 @@
 """WorkerProcess: the supervisor's handle on one worker process and its two pipes.
 
 ``spawn`` starts ``worker.main`` in a fresh interpreter (multiprocessing's spawn
-context), handing it the listening sockets (echo, and TLS and UDP if on), the shared limits and the child's ends of
+context), handing it the supervisor's listeners (listeners.py: one tuple), the shared limits and the child's ends of
 two one-way pipes; the parent then closes its copies of the child's ends, so that the
 up pipe reaches its end when the worker exits and the down pipe's end tells the worker
 that the supervisor is gone.
@@ -12,17 +12,15 @@ Threads: only the supervisor's monitor thread uses a WorkerProcess.
 from __future__ import annotations
 
 import signal
-import socket
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from server.config import Config
+from server.listeners import Listener
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker import DRAIN, WorkerSpec
 from server.workers.worker import main as worker_main
 
-# The echo listener, and the TLS listener and UDP socket when configured.
-Listeners = tuple[socket.socket, socket.socket | None, socket.socket | None]
 JOIN_S = 1.0  # waiting for an exited process's status (its sentinel said it is gone)
 
 
@@ -59,13 +57,13 @@ class WorkerProcess:
         index: int,
         generation: int,
         config: Config,
-        listeners: Listeners,
+        listeners: tuple[Listener, ...],
         limits: SharedLimits,
         row: int,
     ) -> WorkerProcess:
         up_r, up_w = ctx.Pipe(duplex=False)
         down_r, down_w = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(index, generation, config, *listeners, limits, row, up_w, down_r)
+        spec = WorkerSpec(index, generation, config, listeners, limits, row, up_w, down_r)
         process = ctx.Process(target=worker_main, args=(spec,), name=f"echo-worker-{index}", daemon=True)
         try:
             process.start()
