@@ -320,3 +320,13 @@ def test_refuse_completes_no_handshake_for_for_s_then_accepts_again(make_server:
         except TimeoutError:
             assert time.monotonic() < deadline, "still refusing"
     assert 1.0 <= time.monotonic() - set_at < 2.0
+
+
+def test_the_dashboard_feed_shows_the_active_policy(make_server: ServerFactory) -> None:
+    server, _ = faulty(make_server, "reset:count=2", admin_port=0)
+    assert get(server, "/faults", "PUT", b'[{"kind": "reset", "count": 2}, {"kind": "unready", "for_s": 60}]')[0] == 200
+    feed = json.loads(get(server, "/dashboard.json")[2])
+    assert feed["faults"]["rules"] == [{"kind": "reset", "count": 2}, {"kind": "unready", "for_s": 60}]
+    assert [state["kind"] for state in feed["faults"]["active"]] == ["unready"]
+    plain, _ = make_server(admin_port=0)
+    assert "faults" not in json.loads(get(plain, "/dashboard.json")[2])

@@ -34,6 +34,7 @@ from server.lib.net import format_address
 from server.observe.admin import ServerView
 from server.observe.events import Event
 from server.observe.exchange import Exchange
+from server.observe.faults_api import policy_of
 from server.observe.metrics import CLOSE_REASONS, REJECT_REASONS
 from server.observe.stats import TIMEOUT_REASONS
 
@@ -141,6 +142,8 @@ def feed(view: ServerView, admin_address: Any, since: int) -> str:
         "skipped": skipped,
         "events": events,
     }
+    if (faults := policy_of(view)) is not None:  # --faults on: the active policy
+        document["faults"] = faults.snapshot()
     return json.dumps(document, separators=(",", ":"))
 
 
@@ -205,6 +208,8 @@ td:first-child,th:first-child{text-align:left}
 <div class="card" id="workers-card" hidden><h2>Workers <span class="dim" id="restarts"></span></h2><table id="workers">
 <thead><tr><th>slot</th><th>pid</th><th>gen</th><th>active</th><th>accepted/s</th><th>restarts</th></tr></thead>
 <tbody></tbody></table></div>
+<div class="card" id="faults-card" hidden><h2>Faults <span class="dim" id="faults-active"></span></h2>
+<table id="faults"><thead><tr><th>rule</th><th>fired</th><th>left</th></tr></thead><tbody></tbody></table></div>
 </section>
 <section class="card"><h2>Latest events <span class="dim" id="event-note"></span></h2><ol id="events"></ol></section>
 <script>
@@ -347,6 +352,14 @@ function render(doc) {
     table("workers", workers.map((w) => [w.worker, w.pid, w.generation, num(w.active), num(rate(accepted(w))),
       w.restarts]));
     $("restarts").textContent = "(" + (s.restarts || 0) + " restarts in all)";
+  }
+  const faults = doc.faults;
+  $("faults-card").hidden = !faults;
+  if (faults) {
+    table("faults", faults.rules.map((rule, i) => [JSON.stringify(rule), num(faults.fired[i]),
+      faults.left[i] === null ? "" : num(faults.left[i])]));
+    $("faults-active").textContent = faults.active.map((a) => a.kind + (a.listener ? " " + a.listener : "") +
+      " " + a.remaining_s.toFixed(1) + " s").join(", ");
   }
   addEvents(doc);
   drawCharts();
