@@ -25,6 +25,7 @@ counts, the RNG and the states); ``snapshot`` returns plain data, a copy.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import threading
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.faults.rules import CONNECTION_KINDS, DATAGRAM_KINDS, STATE_KINDS, Rule
+from server.faults.rules import CONNECTION_KINDS, DATAGRAM_KINDS, STATE_KINDS, Rule, rule_from_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class FaultPolicy:
         self._fired: list[int] = []
         self._until: dict[tuple[str, str | None], float] = {}  # (state, listener or None) -> end
         self._injected: Counter[tuple[str, str]] = Counter()  # (kind, listener): this process's life
+        self.version = 0  # which policy this is: +1 per change (a worker takes its supervisor's)
         self._apply(tuple(rules))
         self._on_change = on_change  # told of changes after this one
 
@@ -87,9 +89,10 @@ class FaultPolicy:
     def set_on_change(self, on_change: Callable[[], None] | None) -> None:
         self._on_change = on_change
 
-    def _apply(self, rules: tuple[Rule, ...]) -> None:
+    def _apply(self, rules: tuple[Rule, ...], version: int | None = None) -> None:
         now = self._clock()
         with self._lock:
+            self.version = self.version + 1 if version is None else version
             self._rules = rules
             self._left = [rule.count for rule in rules]
             self._fired = [0] * len(rules)
@@ -104,6 +107,40 @@ class FaultPolicy:
             self._drawn = tuple((i, r) for i, r in enumerate(rules) if r.kind in CONNECTION_KINDS + DATAGRAM_KINDS)
         if self._on_change is not None:
             self._on_change()
+
+    # --- under --workers: the supervisor's policy, carried to each worker -----------------------
+
+    def export(self) -> dict[str, Any]:
+        """The policy as a worker should take it now: its rules, with each state's for_s
+        cut to what is left of it (a new generation does not restart a refuse)."""
+        now = self._clock()
+        with self._lock:
+            rules, until, version = self._rules, dict(self._until), self.version
+        shown = []
+        for rule in rules:
+            document = rule.to_json()
+            if rule.kind in STATE_KINDS:
+                document["for_s"] = max(0.0, until.get((rule.kind, rule.listener), now) - now)
+            shown.append(document)
+        return {"version": version, "rules": shown}
+
+    def install(self, exported: dict[str, Any]) -> None:
+        """Take a policy ``export`` made (a worker, from its supervisor). A state whose time
+        is up by now is kept as a rule but not active."""
+        rules = []
+        for document in exported["rules"]:
+            left = document.get("for_s")
+            if left is not None and left <= 0:  # ended: a for_s that cannot be parsed, kept inert
+                rules.append(dataclasses.replace(rule_from_json({**document, "for_s": 1}), for_s=0.0))
+            else:
+                rules.append(rule_from_json(document))
+        self._apply(tuple(rules), version=int(exported["version"]))
+
+    def report(self) -> tuple[int, list[int], list[int | None], list[tuple[str, str, int]]]:
+        """(version, fired, left, injected) for the supervisor to sum (a worker's uplink)."""
+        with self._lock:
+            injected = [(kind, listener, count) for (kind, listener), count in self._injected.items()]
+            return self.version, list(self._fired), list(self._left), injected
 
     # --- the draw (scheduler threads, the UDP task) ------------------------------------------
 

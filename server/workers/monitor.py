@@ -41,6 +41,7 @@ from server.listeners import Listener
 from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
+from server.workers.faults_relay import RelayedPolicy
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker_counts import WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
@@ -62,6 +63,7 @@ class Owner(Protocol):
     config: Config
     counts: WorkerCounts
     server_address: tuple[Any, ...]
+    faults: RelayedPolicy | None
 
     @property
     def ready(self) -> Any: ...
@@ -151,6 +153,10 @@ class Monitor:
                 self._begin_stop()
             elif command == "reload" and config is not None:
                 self._begin_reload(config)
+            elif command == "faults" and self._owner.faults is not None:
+                policy = self._owner.faults.export()
+                for worker in self._workers.values():
+                    worker.send_faults(policy)
 
     def _tick(self, now: float) -> None:
         if self.config.stats_interval > 0 and now >= self._next_stats:
@@ -183,8 +189,16 @@ class Monitor:
         if row is None:
             log.error("no free row in the shared limits for worker %d; not started", index)
             return
+        faults = self._owner.faults
         worker = WorkerProcess.spawn(
-            self._ctx, index, generation, self._configs[generation], self._listeners, self._limits, row
+            self._ctx,
+            index,
+            generation,
+            self._configs[generation],
+            self._listeners,
+            self._limits,
+            row,
+            faults.export() if faults is not None else None,
         )
         worker.replacing_at = replacing_at
         self._workers[worker.pid] = worker
@@ -231,6 +245,8 @@ class Monitor:
             logging.getLogger(name).handle(record)
         elif kind in ("s", "f"):
             self._owner.counts.update(worker.pid, unpack(message[1]))
+        elif kind == "q" and self._owner.faults is not None:
+            self._owner.faults.note(worker.pid, message[1])
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
@@ -264,6 +280,8 @@ class Monitor:
         self._workers.pop(worker.pid, None)
         lost = self._limits.reclaim(worker.row)
         last = self._owner.counts.retire(worker.pid)
+        if self._owner.faults is not None:
+            self._owner.faults.retire(worker.pid)
         asked = worker.draining or self._stopping
         self._owner.publish(
             event(

@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from server.config import Config
+from server.faults.policy import FaultPolicy
 from server.listeners import Listener
 from server.observe.actor import Actor
 from server.observe.events import Event
@@ -50,7 +51,8 @@ from server.workers.shared_limits import SharedLimits
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-DRAIN = "drain"  # the supervisor's one command
+DRAIN = "drain"  # the supervisor's commands: drain, and (FAULTS, policy) with --faults on
+FAULTS = "faults"
 _UNLIMITED = 1 << 62
 
 
@@ -64,6 +66,7 @@ class WorkerSpec:
     row: int
     uplink: Pipe  # write end: worker -> supervisor
     control: Pipe  # read end: supervisor -> worker
+    faults: dict[str, Any] | None = None  # --faults on: the supervisor's policy now (FaultPolicy.export)
 
 
 def worker_config(config: Config) -> Config:
@@ -79,6 +82,7 @@ def worker_config(config: Config) -> Config:
         workers=1,
         udp_rate=max(config.udp_rate / n, MIN_UDP_RATE),
         udp_global_rate=max(config.udp_global_rate / n, MIN_UDP_RATE),
+        faults_rules=None,  # the supervisor's policy comes in the spec (its states keep their time)
     )
 
 
@@ -206,6 +210,8 @@ def main(spec: WorkerSpec) -> None:
     for listener in spec.listeners:
         listener.sock.setblocking(False)
     server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners)
+    if server.faults is not None and spec.faults is not None:
+        server.faults.install(spec.faults)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread
@@ -219,7 +225,7 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        _wait_for_stop(spec.control, wake_r, stats, uplink, failed)
+        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server.faults)
         server.shutdown()
         code = 1 if failed else 0
     finally:
@@ -236,14 +242,19 @@ def main(spec: WorkerSpec) -> None:
         raise SystemExit(code)
 
 
-def _wait_for_stop(control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any]) -> None:
-    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives."""
+def _wait_for_stop(
+    control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], faults: FaultPolicy | None
+) -> None:
+    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives; take the
+    supervisor's fault policy whenever it changes."""
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
         while not failed:
             ready = selector.select(SNAPSHOT_INTERVAL_S)
             uplink.send(("s", pack(stats.snapshot())))
+            if faults is not None:
+                uplink.send(("q", faults.report()))
             for key, _ in ready:
                 if key.fileobj is wake:
                     try:
@@ -252,7 +263,10 @@ def _wait_for_stop(control: Pipe, wake: socket.socket, stats: Stats, uplink: Upl
                         pass
                     return  # SIGTERM, or a failure
                 try:
-                    if control.recv() == DRAIN:
+                    message = control.recv()
+                    if message == DRAIN:
                         return
+                    if faults is not None and isinstance(message, tuple) and message[0] == FAULTS:
+                        faults.install(message[1])
                 except (EOFError, OSError):
                     return  # the supervisor is gone: drain and go
