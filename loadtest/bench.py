@@ -62,12 +62,14 @@ from loadtest.servers import (
     SERVERS,
     TLS_SERVER,
     TLS_SERVERS,
+    UVLOOP_SERVER,
     WORKER_SERVERS,
     WORKERS_SERVER,
     ServerUnderTest,
     add_baseline,
     build_c_server,
     make_tls_files,
+    uvloop_missing,
     watch_admin,
 )
 
@@ -274,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[C_SERVER] = why
                 servers.remove(C_SERVER)
                 print(f"skipping {C_SERVER}: {why}", file=sys.stderr, flush=True)
+        if UVLOOP_SERVER in servers and (why := uvloop_missing()):
+            skipped[UVLOOP_SERVER] = why
+            servers.remove(UVLOOP_SERVER)
+            print(f"skipping {UVLOOP_SERVER}: {why}", file=sys.stderr, flush=True)
         if TLS_SERVER in servers and any(s.tls for s in scenarios):
             why = make_tls_files(Path(build_dir))
             if why:

@@ -7,6 +7,7 @@ Used by loadtest/bench.py on its main thread only. ``build_c_server`` and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 C_SOURCE = ROOT / "loadtest" / "epoll_echo.c"
 C_SERVER = "c-epoll"
+UVLOOP_SERVER = "uvloop-protocol"
 TLS_SERVER = "echo-service-tls"
 TLS_SERVERS = ("echo-service", TLS_SERVER)
 SERVERS = {
@@ -36,6 +38,7 @@ SERVERS = {
         "15000",
     ],
     "asyncio-protocol": [sys.executable, "-m", "loadtest.reference_servers", "asyncio"],
+    UVLOOP_SERVER: [sys.executable, "-m", "loadtest.reference_servers", "uvloop"],
     "asyncio-streams": [sys.executable, "-m", "loadtest.reference_servers", "streams"],
     "threading-tcpserver": [sys.executable, "-m", "loadtest.reference_servers", "threading"],
     "seed-threadpool-128": [sys.executable, "-m", "loadtest.reference_servers", "seed"],
@@ -57,6 +60,13 @@ def add_baseline(checkout: Path) -> str:
     SERVERS[BASELINE_SERVER] = list(SERVERS["echo-service"])
     SERVER_CWD[BASELINE_SERVER] = checkout
     return BASELINE_SERVER
+
+
+def uvloop_missing() -> str | None:
+    """Why the uvloop row cannot run here, or None (it is a development-only dependency)."""
+    if importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not installed (pip install uvloop; the product never imports it)"
+    return None
 
 
 def watch_admin(port: int) -> None:

@@ -8,6 +8,7 @@ the CLI and may read its parser (the health check does)."""
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,18 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
         ["server.config", "server.engine", "server.config"],
         ["server.engine", "server.config", "server.engine"],
     )
+
+
+def test_the_product_imports_nothing_but_the_standard_library() -> None:
+    """uvloop and the other development tools are the bench's and CI's, never the product's."""
+    allowed = set(sys.stdlib_module_names) | {"server", "client"}
+    for path in sorted([*(ROOT / "server").rglob("*.py"), *(ROOT / "client").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.relative_to(ROOT)} imports {name}"
