@@ -19,7 +19,7 @@ from server.core import EchoServer
 from server.faults.rules import parse_flag
 from server.observe.faults_api import MAX_BODY
 from tests.conftest import ServerFactory
-from tests.helpers import EventRecorder, read_exactly, read_until_eof, wait_readable
+from tests.helpers import EventRecorder, read_exactly, read_until_eof, run_cli, wait_readable
 from tests.test_admin import get, metric
 
 TOKEN = "s3cret-token"
@@ -330,3 +330,30 @@ def test_the_dashboard_feed_shows_the_active_policy(make_server: ServerFactory) 
     assert [state["kind"] for state in feed["faults"]["active"]] == ["unready"]
     plain, _ = make_server(admin_port=0)
     assert "faults" not in json.loads(get(plain, "/dashboard.json")[2])
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--faults", "on", "--fault", "reset:probability=2"], {}, "--fault: 'reset:probability=2': probability:"),
+        (["--faults", "on", "--fault", "explode"], {}, "--fault: 'explode': unknown kind 'explode'"),
+        (["--fault", "reset"], {}, "--fault: fault rules need --faults on"),
+        (["--faults", "maybe"], {}, "--faults: must be one of on, off"),
+        (["--faults-seed", "x"], {}, "--faults-seed: expected a whole number"),
+        (
+            [],
+            {"ECHO_FAULTS": "on", "ECHO_FAULTS_RULES": '[{"kind": "hang", "mode": "x"}]'},
+            "ECHO_FAULTS_RULES: rule 1",
+        ),
+        (
+            ["--faults", "on", "--admin-host", "0.0.0.0"],
+            {},
+            "--admin-token-file: required with --faults on: the admin host 0.0.0.0 is not loopback",
+        ),
+        (["--faults", "on", "--admin-token-file", "/nonexistent/token"], {}, "--admin-token-file: cannot read"),
+    ],
+)
+def test_a_bad_fault_setting_is_one_line_and_exit_2(args: list[str], env: dict[str, str], says: str) -> None:
+    result = run_cli(["--port", "0", "--admin-port", "0", *args], env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and says in result.stderr and "Traceback" not in result.stderr
