@@ -32,12 +32,10 @@ from tests.test_balancers import (
     HAPROXY,
     NGINX,
     Balancer,
-    Bench,
     Kind,
     Replica,
+    bench_with_victim,
     nginx_module,
-    open_held,
-    pick_victim,
     ping,
     read_banner,
     render_haproxy,
@@ -119,10 +117,7 @@ def test_haproxy_marks_a_resetting_replica_down_and_up_again(
 ) -> None:
     balancer = run_balancer(dataclasses.replace(HAPROXY, render=render_haproxy_echo_check), replicas, workdir)
     try:
-        with Bench(balancer.port) as bench:
-            held = open_held(balancer.port, 6)
-            number, victim = pick_victim(replicas, held)
-            bench.wait_for_more(50)
+        with bench_with_victim(balancer, replicas) as (bench, _, number, victim):
             set_at = time.monotonic()
             assert faults_request(victim, "PUT", [{"kind": "reset"}])[0] == 200
             balancer.wait_for(f"echo-{number} is DOWN", 10)
@@ -135,8 +130,6 @@ def test_haproxy_marks_a_resetting_replica_down_and_up_again(
             balancer.wait_for(f"echo-{number} is UP", 10)
             up_s = time.monotonic() - cleared_at
             bench.wait_for_more(100)
-            for sock, _ in held:
-                sock.close()
         report(record_property, "reset_down_up", balancer, bench)
         print(f"HAProxy: DOWN {down_s:.2f} s after PUT reset=100%, UP {up_s:.2f} s after DELETE")
         record_property("haproxy_down_s", round(down_s, 2))
@@ -157,17 +150,13 @@ def test_nginx_skips_a_refusing_replica_without_failing_a_client(
 ) -> None:
     balancer = run_balancer(NGINX, replicas, workdir)
     try:
-        with Bench(balancer.port) as bench:
-            held = open_held(balancer.port, 6)
-            _, victim = pick_victim(replicas, held)
-            bench.wait_for_more(50)
+        with bench_with_victim(balancer, replicas) as (bench, held, _, victim):
             assert faults_request(victim, "PUT", [{"kind": "refuse", "for_s": 6}])[0] == 200
             served_at_refuse = bench.served(victim.local)
             bench.wait_for_more(150)
             served_during = bench.served(victim.local) - served_at_refuse
             for sock, replica in held:  # open connections to the refusing replica keep echoing
                 assert ping(sock), replica
-                sock.close()
         report(record_property, "refuse", balancer, bench)
         assert served_during <= bench.threads  # only those already in flight
         assert bench.failed == 0, bench.failures[:5]
@@ -181,10 +170,7 @@ def test_haproxy_readiness_flip_sends_no_new_connection_while_open_ones_echo(
 ) -> None:
     balancer = run_balancer(HAPROXY, replicas, workdir)
     try:
-        with Bench(balancer.port) as bench:
-            held = open_held(balancer.port, 6)
-            number, victim = pick_victim(replicas, held)
-            bench.wait_for_more(50)
+        with bench_with_victim(balancer, replicas) as (bench, held, number, victim):
             assert faults_request(victim, "PUT", [{"kind": "unready", "for_s": 3}])[0] == 200
             assert victim.readyz() == 503
             balancer.wait_for(f"echo-{number} is DOWN", 10)
@@ -192,10 +178,9 @@ def test_haproxy_readiness_flip_sends_no_new_connection_while_open_ones_echo(
             for sock, replica in held:  # meanwhile its open connections keep echoing
                 assert ping(sock, b"still here"), replica
             balancer.wait_for(f"echo-{number} is UP", 10)
-            assert bench.served(victim.local) == down_served  # nothing new reached it while DOWN
+            # Nothing new reached it while DOWN: at most those in flight at the DOWN finished there.
+            assert bench.served(victim.local) <= down_served + bench.threads
             bench.wait_for_more(100)
-            for sock, _ in held:
-                sock.close()
         report(record_property, "unready", balancer, bench)
         assert bench.failed == 0, bench.failures[:5]
         assert bench.served(victim.local) > down_served  # and it is used again after

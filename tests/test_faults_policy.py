@@ -18,17 +18,10 @@ from server.faults.rules import (
     rule_from_json,
     rules_from_json_text,
 )
+from tests.test_timers import FakeClock
 
 # chi-square, one degree of freedom: P(X > 10.828) = 0.001
 CHI2_1DOF_P001 = 10.828
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_flag_and_json_spellings_make_the_same_rule() -> None:

@@ -17,16 +17,9 @@ from server.faults.behaviours import BURST_S, faulted_loop
 from server.faults.policy import Fault
 from server.faults.rules import parse_flag
 from tests.test_echo_script import Script, ScriptedSocket
+from tests.test_timers import FakeClock
 
 IDLE_S = 300.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Run:
@@ -36,7 +29,8 @@ class Run:
     def __init__(self, flag: str, reads: Sequence[Script], monkeypatch: pytest.MonkeyPatch, seed: int = 1) -> None:
         self.sock = ScriptedSocket(list(reads))
         self.conn = Connection(1, "127.0.0.1:9", "127.0.0.1", 0.0)
-        self.clock = Clock()
+        self.clock = FakeClock()
+        self.clock.now = 0.0  # the task starts at 0: times below read as seconds since
         self.sleeps: list[float] = []
         monkeypatch.setattr(echo_module, "unsent_bytes", lambda _sock: 0)
         loop = faulted_loop(Fault(parse_flag(flag), 0, seed), self.clock)
