@@ -98,11 +98,13 @@ class EchoServer(FailureAttributes):
         specs: tuple[ListenerSpec, ...] | None = None,
         listeners: tuple[Listener, ...] | None = None,
         next_id: Callable[[], int] | None = None,
+        worker: int | None = None,
     ) -> None:
         """``specs``: the listeners to open (default: what ``config`` asks for, see
         listeners.py); ``listeners``: already-open ones to serve instead (a worker's,
         inherited from the supervisor, shared with the next generation); closed at
-        shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...)."""
+        shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...).
+        ``worker``: this server's slot under a supervisor (a fault rule's ``worker``)."""
         self.config = config
         self._specs = specs if specs is not None else listener_specs(config)
         self._given = listeners
@@ -127,7 +129,7 @@ class EchoServer(FailureAttributes):
         self._failures = FailureRecord(log, self.publish, self._unready)
         # Faults on demand (server/faults/): None when off, and then nothing below looks.
         self.faults = FaultPolicy(config.faults_rules or (), seed=config.faults_seed) if config.faults == "on" else None
-        self._fault_draw = FaultDraw(self.faults, self.publish) if self.faults is not None else None
+        self._fault_draw = FaultDraw(self.faults, self.publish, worker) if self.faults is not None else None
         self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
         self._refusal: Refusal | None = None
 

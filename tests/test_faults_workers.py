@@ -104,3 +104,22 @@ def test_one_policy_for_both_workers_summed_and_kept_across_sighup(server: Serve
     eventually(lambda: echo_once(server.address)[0] == b"hello")
     server.signal(signal.SIGTERM)
     assert server.finish() == 0
+
+
+def test_a_rule_can_target_one_worker() -> None:
+    server = ServerProcess("--port=0", "--admin-port=off", "--workers=2", "--faults=on", "--fault=reset:worker=1")
+    try:
+        server.start()
+        outcomes: dict[int, set[str]] = {0: set(), 1: set()}
+        for _ in range(400):
+            if outcomes[0] and outcomes[1]:
+                break
+            echoed, peer = echo_once(server.address)
+            if not peer:
+                continue  # reset before connect() returned: its worker is in the closed event we cannot name
+            closed = server.wait_for("closed", peer=peer)
+            outcomes[closed["worker"]].add(closed["reason"])
+            assert (echoed is None) == (closed["reason"] == "fault_reset")
+        assert outcomes == {0: {"eof"}, 1: {"fault_reset"}}
+    finally:
+        server.stop()

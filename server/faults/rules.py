@@ -161,7 +161,7 @@ KEYS: dict[str, Key] = {
     "count": Key("count", _whole(1, MAX_COUNT), _read_whole),
     "from": Key("source", _network, _read_text),
     "listener": Key("listener", _choice(*LISTENERS), _read_text),
-    "worker": Key("worker", _whole(1, 1024), _read_whole),
+    "worker": Key("worker", _whole(0, 1023), _read_whole),  # the ``worker`` label of events: from 0
     "delay_ms": Key("delay_ms", _number(0.0, MAX_MS), _read_number),
     "jitter_ms": Key("jitter_ms", _number(0.0, MAX_MS), _read_number),
     "first_only": Key("first_only", _flag, _read_flag),

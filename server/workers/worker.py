@@ -209,7 +209,7 @@ def main(spec: WorkerSpec) -> None:
     exchange.attach(uplink)
     for listener in spec.listeners:
         listener.sock.setblocking(False)
-    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners)
+    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners, worker=spec.index)
     if server.faults is not None and spec.faults is not None:
         server.faults.install(spec.faults)
     failed: list[BaseException] = []
