@@ -21,6 +21,7 @@ from server.observe.faults_api import MAX_BODY
 from tests.conftest import ServerFactory
 from tests.helpers import EventRecorder, read_exactly, read_until_eof, run_cli, wait_readable
 from tests.test_admin import get, metric
+from tests.test_faults_policy import CHI2_1DOF_P001
 
 TOKEN = "s3cret-token"
 
@@ -357,3 +358,26 @@ def test_a_bad_fault_setting_is_one_line_and_exit_2(args: list[str], env: dict[s
     result = run_cli(["--port", "0", "--admin-port", "0", *args], env)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and says in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_over_10000_connections_the_reset_fraction_passes_a_chi_square_test(make_server: ServerFactory) -> None:
+    probability, connections = 0.3, 10_000
+    server, _ = faulty(
+        make_server, f"reset:probability={probability}", admin_port=0, max_connections_per_ip=connections
+    )
+    reset = 0
+    for number in range(connections):
+        source = f"127.0.{number // 250 % 40 + 10}.{number % 250 + 1}"  # spread over addresses: no port runs out
+        try:
+            with socket.create_connection(address(server), timeout=5, source_address=(source, 0)) as sock:
+                sock.sendall(b"?")
+                if sock.recv(1) != b"?":
+                    raise AssertionError("an unfaulted connection did not echo")
+        except ConnectionResetError:
+            reset += 1
+    expected = connections * probability
+    chi2 = (reset - expected) ** 2 / expected + (reset - expected) ** 2 / (connections - expected)
+    print(f"\n{reset} of {connections} connections reset (expected {expected:.0f}): chi-square {chi2:.3f}, 1 dof")
+    assert chi2 < CHI2_1DOF_P001
+    assert json.loads(get(server, "/faults")[2])["fired"] == [reset]  # the server's count is the client's
