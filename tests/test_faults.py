@@ -57,6 +57,7 @@ def test_reset_at_accept_is_econnreset_for_the_client(make_server: ServerFactory
     assert event.data["bytes_in"] == 0
     fault = recorder.wait_for(lambda e: e.name == "fault")
     assert (fault.data["kind"], fault.data["rule"], fault.conn_id) == ("reset", 1, event.conn_id)
+    assert fault.data["spec"] == "reset" and fault.peer == event.peer
 
 
 def test_reset_after_n_bytes_echoes_them_then_resets(make_server: ServerFactory) -> None:

@@ -29,6 +29,8 @@ def test_the_flag_and_json_spellings_make_the_same_rule() -> None:
     document = {"kind": "delay", "delay_ms": 200, "jitter_ms": 50, "from": "127.0.0.2/32", "first_only": True}
     assert flag == rule_from_json(document)
     assert flag.to_json() == document  # and it reads back as written
+    assert flag.to_flag() == "delay:from=127.0.0.2/32,delay_ms=200,jitter_ms=50,first_only=true"
+    assert parse_flag(flag.to_flag()) == flag
     assert rule_from_json(flag.to_json()) == flag
 
 

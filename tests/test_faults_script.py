@@ -96,6 +96,19 @@ def test_bandwidth_paces_the_echo_to_bytes_per_second(monkeypatch: pytest.Monkey
     assert run.clock.now == pytest.approx((6400 - burst) / rate, rel=0.01)  # the first burst is free
 
 
+def test_bandwidth_makes_up_for_a_sleep_that_overran(monkeypatch: pytest.MonkeyPatch) -> None:
+    rate = 1000.0
+    run = Run(f"bandwidth:bytes_per_s={rate:g}", [b"x" * 64] * 100 + [b""], monkeypatch)
+    overran = False
+    while run.wait is not None:
+        if isinstance(run.wait, Sleep) and not overran:
+            run.clock.now += 0.2  # the scheduler woke the task 200 ms late (a busy machine)
+            overran = True
+        run.ready()
+    assert overran and bytes(run.sock.sent) == b"x" * 6400
+    assert run.clock.now == pytest.approx((6400 - rate * BURST_S) / rate, rel=0.01)  # still on schedule
+
+
 def test_close_after_exactly_n_echoed_bytes_then_fin(monkeypatch: pytest.MonkeyPatch) -> None:
     run = Run("close:after_bytes=10", [b"abcdefgh", b"ijklmnop", b""], monkeypatch)
     run.run_until_done()

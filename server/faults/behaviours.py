@@ -11,7 +11,8 @@ written for clarity, not speed.
     delay      each echoed chunk (or the first only) is held delay_ms +- jitter_ms
                (uniform, never below 0; from the Fault's seed) before it is sent;
                nothing more is read meanwhile, so the client's sends back up
-    bandwidth  the echo is paced by a token bucket: bytes_per_s, bursts of 20 ms worth
+    bandwidth  the echo is paced by a token bucket: bytes_per_s, in pieces of 20 ms
+               worth; up to 250 ms worth of credit makes up for sleeps that overran
     close      after exactly after_bytes echoed bytes, or after_s seconds, whichever
                comes first (neither: at once): FIN; what the client still sends is
                read and dropped until it closes, so the close stays a FIN, not an RST
@@ -44,7 +45,10 @@ from server.engine.pipeline import EchoWaits
 from server.engine.scheduler import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.faults.policy import Fault
 
-BURST_S = 0.02  # bandwidth: the bucket holds this long's worth of bytes (at least one)
+BURST_S = 0.02  # bandwidth: bytes go out in pieces of this long's worth (at least one byte)
+# and the bucket may hold this long's worth: a sleep that overran (a busy machine) is made
+# up for by the next pieces, so the rate holds over time instead of sagging with the load.
+CREDIT_S = 0.25
 FAULT_CLOSE, FAULT_RESET, FAULT_HANG = "fault_close", "fault_reset", "fault_hang"
 
 Clock = Callable[[], float]
@@ -241,18 +245,20 @@ class _Delays:
 
 
 class _Bucket:
-    """A token bucket in bytes: ``rate`` a second, at most ``burst`` held; starts full."""
+    """A token bucket in bytes: ``rate`` a second, at most CREDIT_S's worth held, spent in
+    pieces of BURST_S's worth; it starts with one piece."""
 
-    __slots__ = ("burst", "last", "rate", "tokens")
+    __slots__ = ("capacity", "last", "piece", "rate", "tokens")
 
     def __init__(self, rate: float, now: float) -> None:
         self.rate = rate
-        self.burst = max(1.0, rate * BURST_S)
-        self.tokens = self.burst
+        self.piece = max(1, int(rate * BURST_S))
+        self.capacity = max(float(self.piece), rate * CREDIT_S)
+        self.tokens = float(self.piece)
         self.last = now
 
     def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
         self.last = now
 
 
@@ -262,7 +268,7 @@ def _paced(
     """Send ``owed`` at the bucket's pace, one burst at a time; False on a write stall."""
     view = memoryview(owed)
     while view:
-        piece = min(len(view), int(bucket.burst))
+        piece = min(len(view), bucket.piece)
         bucket.refill(clock())
         if bucket.tokens < piece:
             try:

@@ -4,7 +4,8 @@
     fault = draw(conn_id, peer, ip, "tcp")       # None for most connections
 
 The draw is ``FaultPolicy.draw`` (see policy.py); when a fault is drawn, a ``fault``
-event (kind, rule position from 1, listener, connection id and peer) is published at
+event (kind, the rule's position from 1 and ``spec``, the rule in --fault syntax,
+listener, connection id and peer) is published at
 most once a second per kind, carrying ``count``: how many faults of that kind it stands
 for since the last one said. So a reset=100% flood costs one event a second, never one
 per connection, and the counts still add up (``echo_faults_injected_total`` counts each).
@@ -52,6 +53,7 @@ class FaultDraw:
                 peer=peer,
                 kind=fault.kind,
                 rule=fault.index + 1,
+                spec=fault.rule.to_flag(),
                 listener=listener,
                 count=held_back + 1,
             )

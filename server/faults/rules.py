@@ -201,6 +201,13 @@ class Rule:
                 document[name] = str(value) if name == "from" else _plain(value)
         return document
 
+    def to_flag(self) -> str:
+        """The rule as --fault would give it: ``reset:probability=0.5,from=127.0.0.2/32``."""
+        document = self.to_json()
+        del document["kind"]
+        shown = ",".join(f"{key}={_flag_text(value)}" for key, value in document.items())
+        return f"{self.kind}:{shown}" if shown else self.kind
+
     def targets(self, listener: str) -> bool:
         """Does this rule apply to connections (or datagrams) on ``listener``?"""
         if self.kind in STATE_KINDS:
@@ -215,6 +222,10 @@ class Rule:
 
 
 _DEFAULTS: dict[str, Any] = {spec.name: spec.default for spec in fields(Rule)}
+
+
+def _flag_text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _plain(value: Any) -> Any:
