@@ -5,6 +5,7 @@ a trickle, silence), joined with the server's closed events and its admin port."
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import statistics
@@ -21,9 +22,11 @@ from server.observe.faults_api import MAX_BODY
 from tests.conftest import ServerFactory
 from tests.helpers import EventRecorder, read_exactly, read_until_eof, run_cli, wait_readable
 from tests.test_admin import get, metric
+from tests.test_dashboard import Browser, admin_url, browser, wait_page
 from tests.test_faults_policy import CHI2_1DOF_P001
 
 TOKEN = "s3cret-token"
+__all__ = ["browser"]  # the fixture, from test_dashboard
 
 
 def faulty(make_server: ServerFactory, *flags: str, **settings: Any) -> tuple[EchoServer, EventRecorder]:
@@ -382,3 +385,22 @@ def test_over_10000_connections_the_reset_fraction_passes_a_chi_square_test(make
     print(f"\n{reset} of {connections} connections reset (expected {expected:.0f}): chi-square {chi2:.3f}, 1 dof")
     assert chi2 < CHI2_1DOF_P001
     assert json.loads(get(server, "/faults")[2])["fired"] == [reset]  # the server's count is the client's
+
+
+def test_the_dashboard_page_shows_the_policy_in_a_browser(make_server: ServerFactory, browser: Browser) -> None:
+    server, _ = faulty(make_server, "reset:count=2", admin_port=0)
+    assert get(server, "/faults", "PUT", b'[{"kind": "reset", "count": 2}, {"kind": "unready", "for_s": 60}]')[0] == 200
+    session = browser.open(admin_url(server, "/dashboard"))
+    wait_page(browser, session, "(v) => v.updates >= 1")
+    shown = browser.call(
+        "Runtime.evaluate",
+        {
+            "expression": "[document.getElementById('faults-card').hidden,"
+            " document.querySelector('#faults tbody').textContent,"
+            " document.getElementById('faults-active').textContent]",
+            "returnByValue": True,
+        },
+        session,
+    )["result"]["value"]
+    hidden, rows, active = shown
+    assert not hidden and '{"kind":"reset","count":2}' in rows and re.fullmatch(r"unready \d+\.\d s", active)
