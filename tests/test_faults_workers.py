@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ServerProcess, address_of, read_until_eof
+from tests.helpers import ServerProcess, address_of, read_exactly, read_until_eof
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +123,30 @@ def test_a_rule_can_target_one_worker() -> None:
         assert outcomes == {0: {"eof"}, 1: {"fault_reset"}}
     finally:
         server.stop()
+
+
+def test_refuse_holds_the_shared_listener_then_lets_go(server: ServerProcess) -> None:
+    admin = address_of(server.wait_for("listening"), "admin_address")
+    server.start()
+    with socket.create_connection(server.address, timeout=5) as open_before:
+        open_before.sendall(b"x")  # a round trip: it drew under the startup rule (3 bytes, then FIN)
+        assert read_exactly(open_before, 1) == b"x"
+        set_at = time.monotonic()
+        assert admin_call(admin, "PUT", "/faults", [{"kind": "refuse", "for_s": 1.5}])[0] == 200
+
+        def refused() -> bool:
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            with probe:
+                try:
+                    probe.connect(server.address)
+                except TimeoutError:
+                    return True  # the SYN went unanswered
+                return False
+
+        eventually(refused, timeout=1.0)  # the workers take the change within milliseconds
+        open_before.sendall(b"yzw")  # it keeps what it drew, and echoes through the refusal
+        assert read_until_eof(open_before) == b"yz"
+    eventually(lambda: not refused(), timeout=5.0)  # a balancer's connect attempts, 0.2 s each
+    assert 1.5 <= time.monotonic() - set_at < 3.5
+    assert echo_once(server.address)[0] == b"hello"  # the PUT replaced the startup rule
