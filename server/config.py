@@ -17,12 +17,14 @@ import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.engine.proxy_protocol import ACCEPT_CHOICES
-from server.faults.rules import FaultRuleError, Rule, parse_flag, rules_from_json_text
 from server.lib.banner_template import check_template, parse_template
 from server.lib.networks import check_networks
+
+if TYPE_CHECKING:
+    from server.faults.rules import Rule
 
 ENV_PREFIX = "ECHO_"
 
@@ -67,6 +69,8 @@ def _optional_text(text: str) -> str | None:
 
 def _fault_rules(text: str) -> tuple[Rule, ...]:
     """ECHO_FAULTS_RULES: a JSON list of rule objects (server/faults/rules.py)."""
+    from server.faults.rules import FaultRuleError, rules_from_json_text  # only when a rule is given
+
     try:
         return rules_from_json_text(text)
     except FaultRuleError as error:
@@ -75,6 +79,8 @@ def _fault_rules(text: str) -> tuple[Rule, ...]:
 
 def _fault_rule(text: str) -> Rule:
     """One --fault KIND[:key=value,...]."""
+    from server.faults.rules import FaultRuleError, parse_flag
+
     try:
         return parse_flag(text)
     except FaultRuleError as error:
@@ -140,7 +146,11 @@ def _seed(value: Any) -> str | None:
 
 
 def _rules(value: Any) -> str | None:
-    if value is None or (isinstance(value, tuple) and all(isinstance(rule, Rule) for rule in value)):
+    if value is None:
+        return None
+    from server.faults.rules import Rule
+
+    if isinstance(value, tuple) and all(isinstance(rule, Rule) for rule in value):
         return None
     return "expected fault rules"
 

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import server
 from server.config import Config
@@ -56,9 +56,6 @@ from server.engine.listener import backlog_capped, fit_fd_limit
 from server.engine.scheduler import Scheduler, every
 from server.engine.tls import TlsContext
 from server.failure import FailureAttributes, FailureRecord
-from server.faults.draw import FaultDraw
-from server.faults.policy import FaultPolicy
-from server.faults.refuse import Refusal
 from server.lib.net import format_address
 from server.listeners import Listener, ListenerSpec, ServerParts, listener_specs, load_tls, open_listeners, serve
 from server.observe import admin as admin_module
@@ -67,6 +64,11 @@ from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
 from server.observe.faults_api import load_token
 from server.observe.stats import Stats, StatsSnapshot
+
+if TYPE_CHECKING:
+    from server.faults.draw import FaultDraw
+    from server.faults.policy import FaultPolicy
+    from server.faults.refuse import Refusal
 
 log = logging.getLogger("echo.server")
 
@@ -128,8 +130,15 @@ class EchoServer(FailureAttributes):
         self._ready_lock = threading.Lock()
         self._failures = FailureRecord(log, self.publish, self._unready)
         # Faults on demand (server/faults/): None when off, and then nothing below looks.
-        self.faults = FaultPolicy(config.faults_rules or (), seed=config.faults_seed) if config.faults == "on" else None
-        self._fault_draw = FaultDraw(self.faults, self.publish, worker) if self.faults is not None else None
+        # (Imported only when on: with faults off, not one module of server/faults/ is loaded.)
+        self.faults: FaultPolicy | None = None
+        self._fault_draw: FaultDraw | None = None
+        if config.faults == "on":
+            from server.faults.draw import FaultDraw
+            from server.faults.policy import FaultPolicy
+
+            self.faults = FaultPolicy(config.faults_rules or (), seed=config.faults_seed)
+            self._fault_draw = FaultDraw(self.faults, self.publish, worker)
         self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
         self._refusal: Refusal | None = None
 
@@ -220,6 +229,8 @@ class EchoServer(FailureAttributes):
                         serving.task, serving.sock, daemon=serving.daemon, critical=serving.critical
                     )
             if self.faults is not None:
+                from server.faults.refuse import Refusal
+
                 refusable = {listener.name: listener.sock for listener in listeners if listener.spec.streams}
                 self._refusal = Refusal(self.faults, refusable, self._acceptor_loop)
                 self._refusal.start()

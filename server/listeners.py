@@ -21,7 +21,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from server.config import Config
 from server.engine.acceptor import Acceptor, ProxyPolicy
@@ -34,12 +34,13 @@ from server.engine.scheduler import Scheduler, TaskGen, every
 from server.engine.tls import TlsContext
 from server.engine.tls_echo import HandshakeFailures, handshake_step, tls_echo, wrapper
 from server.engine.udp import UdpEcho, open_udp
-from server.faults.draw import FaultDraw
-from server.faults.transport import faulted_transport
-from server.faults.udp import UdpFaults
 from server.lib.net import ListenError, open_listener
 from server.observe.events import Event
 from server.observe.stats import Stats
+
+if TYPE_CHECKING:
+    from server.faults.draw import FaultDraw
+    from server.faults.udp import UdpFaults
 
 Kind = Literal["tcp", "tls", "udp"]
 KINDS: tuple[Kind, ...] = ("tcp", "tls", "udp")
@@ -160,7 +161,7 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
             parts.stats,
             rate=config.udp_rate,
             global_rate=config.udp_global_rate,
-            faults=UdpFaults(parts.faults) if parts.faults is not None else None,
+            faults=udp_faults(parts.faults) if parts.faults is not None else None,
         )
         return [
             Serving(udp.run(), listener.sock, daemon=False, critical=True),  # Shutdown ends it
@@ -188,6 +189,12 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
     return [Serving(acceptor.run(), listener.sock, daemon=True, critical=True)]
 
 
+def udp_faults(draw: FaultDraw) -> UdpFaults:
+    from server.faults.udp import UdpFaults  # only with --faults on
+
+    return UdpFaults(draw)
+
+
 def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> Pipeline:
     """A stream listener's connection life: [PROXY] -> [TLS handshake] -> [banner] -> loop."""
     config = parts.config
@@ -205,5 +212,7 @@ def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> 
         steps.append(banner_step(parts.banner, waits))
     transport: Transport = tls_echo if spec.kind == "tls" else plain_echo
     if parts.faults is not None:  # the draw after the PROXY header; unfaulted: this transport
+        from server.faults.transport import faulted_transport  # only with --faults on
+
         transport = faulted_transport(transport, parts.faults)
     return Pipeline(spec.name, tuple(steps), transport, waits, parts.on_close, wrap, gate)

@@ -9,6 +9,8 @@ import re
 import select
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from server.core import EchoServer
 from server.faults.rules import parse_flag
 from server.observe.faults_api import MAX_BODY
 from tests.conftest import ServerFactory
-from tests.helpers import EventRecorder, read_exactly, read_until_eof, run_cli, wait_readable
+from tests.helpers import ROOT, EventRecorder, read_exactly, read_until_eof, run_cli, wait_readable
 from tests.test_admin import get, metric
 from tests.test_dashboard import Browser, admin_url, browser, wait_page
 from tests.test_faults_policy import CHI2_1DOF_P001
@@ -404,3 +406,19 @@ def test_the_dashboard_page_shows_the_policy_in_a_browser(make_server: ServerFac
     )["result"]["value"]
     hidden, rows, active = shown
     assert not hidden and '{"kind":"reset","count":2}' in rows and re.fullmatch(r"unready \d+\.\d s", active)
+
+
+def test_with_faults_off_no_fault_module_is_even_loaded() -> None:
+    program = (
+        "import sys\n"
+        "from server.cli import main\n"
+        "from server.config import Config\n"
+        "from server.core import EchoServer\n"
+        "import server.workers.supervisor, server.workers.worker, server.observe.admin_http\n"
+        "with EchoServer(Config(port=0, admin_port=0, udp_port=0, stats_interval=0)) as server:\n"
+        "    assert server.ready.wait(10)\n"
+        "print(sorted(name for name in sys.modules if name.startswith('server.faults')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -36,13 +36,15 @@ import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.engine.scheduler import READ, Shutdown, TaskGen, Wait, WaitTimeout
-from server.faults.udp import ECHO, HELD, UdpFaults
 from server.lib.net import ListenError, format_address
 from server.observe.stats import Stats
 from server.observe.throttle import Throttle
+
+if TYPE_CHECKING:
+    from server.faults.udp import UdpFaults
 
 log = logging.getLogger("echo.udp")
 
@@ -159,9 +161,9 @@ class UdpEcho:
                     reason = self.admit(str(address[0]), now)
                     if reason is None and faults is not None:
                         verdict = faults.decide(str(address[0]), address, view[:size], now)
-                        if verdict == HELD:
+                        if verdict == faults.HELD:
                             continue  # it keeps its token; it goes out once, later
-                        reason = None if verdict == ECHO else verdict
+                        reason = None if verdict == faults.ECHO else verdict
                     if reason is None:
                         try:
                             sent = sendto(view[:size], address)

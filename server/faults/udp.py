@@ -37,6 +37,8 @@ ECHO, HELD, DROPPED, HELD_FULL = "echo", "held", "fault_drop", "fault_held_full"
 
 
 class UdpFaults:
+    ECHO, HELD = ECHO, HELD  # for the UDP task, which does not import this module with faults off
+
     def __init__(self, draw: FaultDraw) -> None:
         self._draw = draw
         self._held: list[tuple[float, int, bool, bytes, Any]] = []  # (due, seq, reordered, data, address)

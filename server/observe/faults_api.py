@@ -13,38 +13,42 @@ too large) with the reason in one line, and nothing changes. With an admin token
 
 ``answer`` runs on an admin handler thread; the policy is thread-safe, and this module
 keeps no state of its own. Every change is published as a ``faults_changed`` event.
+With faults off the admin imports this module but none of server/faults/ (its imports
+are made where faults are on).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from server.faults.policy import FaultPolicy
-from server.faults.rules import CONNECTION_KINDS, DATAGRAM_KINDS, FaultRuleError, rules_from_json_text
+if TYPE_CHECKING:
+    from server.faults.policy import FaultPolicy
 
 MAX_BODY = 65_536  # a policy of MAX_RULES rules fits many times over
 MAX_TOKEN_BYTES = 4096
 
 Answer = tuple[int, str, dict[str, str]]  # status, body (JSON or one line), extra headers
 
-# Every (kind, listener) a fault can be counted under, so each series exists from the start.
-SERIES = (
-    *((kind, listener) for kind in CONNECTION_KINDS for listener in ("tcp", "tls")),
-    ("delay", "udp"),
-    *((kind, "udp") for kind in DATAGRAM_KINDS),
-    *(("refuse", listener) for listener in ("all", "tcp", "tls")),
-    ("unready", "all"),
-    ("unhealthy", "all"),
-)
+
+def _series() -> tuple[tuple[str, str], ...]:
+    """Every (kind, listener) a fault can be counted under, so each series exists from the start."""
+    from server.faults.rules import CONNECTION_KINDS, DATAGRAM_KINDS
+
+    return (
+        *((kind, listener) for kind in CONNECTION_KINDS for listener in ("tcp", "tls")),
+        ("delay", "udp"),
+        *((kind, "udp") for kind in DATAGRAM_KINDS),
+        *(("refuse", listener) for listener in ("all", "tcp", "tls")),
+        ("unready", "all"),
+        ("unhealthy", "all"),
+    )
 
 
 def policy_of(view: object) -> FaultPolicy | None:
     """The server's fault policy, or None when faults are off."""
-    policy = getattr(view, "faults", None)
-    return policy if isinstance(policy, FaultPolicy) else None
+    return cast("FaultPolicy | None", getattr(view, "faults", None))
 
 
 def load_token(path: str) -> str:
@@ -75,6 +79,8 @@ def answer(
 ) -> Answer:
     """Serve one /faults request; ``header(name)`` is a request header or None (any case),
     ``read_body(n)`` reads exactly n bytes of the body."""
+    from server.faults.rules import FaultRuleError, rules_from_json_text
+
     if method in ("GET", "HEAD"):
         return 200, _json(policy.snapshot()), {}
     if method not in ("PUT", "DELETE"):
@@ -106,6 +112,8 @@ def answer(
 
 
 def _authorized(header: str, token: str) -> bool:
+    import hmac
+
     scheme, _, given = header.strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
@@ -121,7 +129,8 @@ def render_metrics(policy: FaultPolicy) -> str:
         "# HELP echo_faults_injected_total Faults applied: connections or datagrams that drew one, states set.",
         "# TYPE echo_faults_injected_total counter",
     ]
-    for kind, listener in (*SERIES, *sorted(set(counts) - set(SERIES))):
+    series = _series()
+    for kind, listener in (*series, *sorted(set(counts) - set(series))):
         lines.append(
             f'echo_faults_injected_total{{kind="{kind}",listener="{listener}"}} {counts.get((kind, listener), 0)}'
         )

@@ -32,7 +32,7 @@ import socket
 import time
 from collections import deque
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S
@@ -41,10 +41,12 @@ from server.listeners import Listener
 from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
-from server.workers.faults_relay import RelayedPolicy
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker_counts import WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
+
+if TYPE_CHECKING:
+    from server.workers.faults_relay import RelayedPolicy
 
 log = logging.getLogger("echo.supervisor")
 

@@ -45,7 +45,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
@@ -60,10 +60,12 @@ from server.observe.exchange import Exchange, get_exchange
 from server.observe.faults_api import load_token
 from server.observe.stats import Stats, StatsSnapshot
 from server.observe.totals import WorkersSnapshot
-from server.workers.faults_relay import RelayedPolicy
 from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker_counts import WorkerCounts
+
+if TYPE_CHECKING:
+    from server.workers.faults_relay import RelayedPolicy
 
 log = logging.getLogger("echo.supervisor")
 
@@ -100,11 +102,13 @@ class Supervisor(FailureAttributes):
         self._failures = FailureRecord(log, self.publish, self.ready.clear)
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
         # Faults on demand: the one policy, pushed to every worker (faults_relay.py).
-        self.faults = (
-            RelayedPolicy(config.faults_rules or (), seed=config.faults_seed, on_change=self._faults_changed)
-            if config.faults == "on"
-            else None
-        )
+        self.faults: RelayedPolicy | None = None
+        if config.faults == "on":
+            from server.workers.faults_relay import RelayedPolicy
+
+            self.faults = RelayedPolicy(
+                config.faults_rules or (), seed=config.faults_seed, on_change=self._faults_changed
+            )
         self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
         self._monitor: Monitor | None = None
         self._monitor_thread: threading.Thread | None = None

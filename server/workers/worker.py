@@ -35,10 +35,9 @@ import socket
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Config
-from server.faults.policy import FaultPolicy
 from server.listeners import Listener
 from server.observe.actor import Actor
 from server.observe.events import Event
@@ -47,6 +46,9 @@ from server.observe.logger import LEVELS
 from server.observe.stats import Stats
 from server.observe.totals import pack
 from server.workers.shared_limits import SharedLimits
+
+if TYPE_CHECKING:
+    from server.faults.policy import FaultPolicy
 
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
