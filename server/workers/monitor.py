@@ -13,13 +13,15 @@ up pipe and exit sentinel on one selector, and acts on what it hears:
   how it ended, and an exit nobody asked for is replaced at once in the same slot with
   its generation's config, unless it makes CRASH_LOOP_DEATHS within CRASH_LOOP_WINDOW_S
   (then the supervisor fails: the CLI drains the rest and exits 1);
+- /connections questions from admin threads (``ask``): sent down each ready worker's
+  control pipe, their answers handed back as they come (worker_connections.py);
 - commands from the supervisor's lifecycle thread (``post``): ``reload`` starts a new
   generation and, once it is all ready, drains the old one (if it is not ready within
   RELOAD_READY_S, or one of it dies first, it is drained instead and the old one stays);
   ``stop`` drains every worker, closes this process's copy of the listener and, past
   shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S, kills what is left.
 
-Threads: ``post`` from any thread (a queue plus a wake-up socketpair); everything else
+Threads: ``post`` and ``ask`` from any thread (a queue plus a wake-up socketpair); everything else
 on the monitor thread (``run``), which alone touches the worker table and the selector.
 """
 
@@ -42,6 +44,7 @@ from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
 from server.workers.shared_limits import SharedLimits
+from server.workers.worker_connections import ANSWER, Ask
 from server.workers.worker_counts import WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
 
@@ -86,7 +89,8 @@ class Monitor:
         self._ctx = ctx
         self._listeners: tuple[Listener, ...] | None = listeners
         self._limits = limits
-        self._commands: queue.SimpleQueue[tuple[str, Config | None]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, Config | Ask | None]] = queue.SimpleQueue()
+        self._asks: dict[int, Ask] = {}  # /connections questions waiting for workers' answers
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -105,6 +109,14 @@ class Monitor:
     def post(self, command: str, config: Config | None = None) -> None:
         """``stop``, or ``reload`` with its config (any thread)."""
         self._commands.put((command, config))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def ask(self, request: Ask) -> None:
+        """A /connections question for every live worker (any thread; worker_connections.py)."""
+        self._commands.put(("ask", request))
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -151,7 +163,9 @@ class Monitor:
                 command, config = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command == "stop" and not self._stopping:
+            if isinstance(config, Ask):
+                self._ask_workers(config)
+            elif command == "stop" and not self._stopping:
                 self._begin_stop()
             elif command == "reload" and config is not None:
                 self._begin_reload(config)
@@ -159,6 +173,16 @@ class Monitor:
                 policy = self._owner.faults.export()
                 for worker in self._workers.values():
                     worker.send_faults(policy)
+
+    def _ask_workers(self, request: Ask) -> None:
+        """Send the question to each ready worker that is not draining; the rest are
+        not asked, and the asker hears of them by the answers missing."""
+        self._asks = {key: old for key, old in self._asks.items() if not old.done.is_set()}
+        for worker in self._workers.values():
+            if worker.ready and worker.ask(request.message):
+                request.expect(worker.index)
+        self._asks[request.id] = request
+        request.sent_all()
 
     def _tick(self, now: float) -> None:
         if self.config.stats_interval > 0 and now >= self._next_stats:
@@ -249,6 +273,10 @@ class Monitor:
             self._owner.counts.update(worker.pid, unpack(message[1]))
         elif kind == "q" and self._owner.faults is not None:
             self._owner.faults.note(worker.pid, message[1])
+        elif kind == ANSWER:
+            request = self._asks.get(message[1])
+            if request is not None:
+                request.answer(worker.index, message[2])
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True

@@ -46,6 +46,7 @@ from server.observe.logger import LEVELS
 from server.observe.stats import Stats
 from server.observe.totals import pack
 from server.workers.shared_limits import SharedLimits
+from server.workers.worker_connections import ASK, answer_question
 
 if TYPE_CHECKING:
     from server.faults.policy import FaultPolicy
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-DRAIN = "drain"  # the supervisor's commands: drain, and (FAULTS, policy) with --faults on
+DRAIN = "drain"  # the supervisor's commands: drain; (FAULTS, policy) with --faults on; a /connections question
 FAULTS = "faults"
 _UNLIMITED = 1 << 62
 
@@ -227,7 +228,7 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server.faults)
+        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server)
         server.shutdown()
         code = 1 if failed else 0
     finally:
@@ -245,10 +246,11 @@ def main(spec: WorkerSpec) -> None:
 
 
 def _wait_for_stop(
-    control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], faults: FaultPolicy | None
+    control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], server: Any
 ) -> None:
-    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives; take the
-    supervisor's fault policy whenever it changes."""
+    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives; answer
+    the supervisor's /connections questions and take its fault policy meanwhile."""
+    faults: FaultPolicy | None = server.faults
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
@@ -265,10 +267,12 @@ def _wait_for_stop(
                         pass
                     return  # SIGTERM, or a failure
                 try:
-                    message = control.recv()
-                    if message == DRAIN:
-                        return
-                    if faults is not None and isinstance(message, tuple) and message[0] == FAULTS:
-                        faults.install(message[1])
+                    command = control.recv()
                 except (EOFError, OSError):
                     return  # the supervisor is gone: drain and go
+                if command == DRAIN:
+                    return
+                if isinstance(command, tuple) and command[:1] == (ASK,):
+                    uplink.send(answer_question(server.connections, command))
+                elif faults is not None and isinstance(command, tuple) and command[:1] == (FAULTS,):
+                    faults.install(command[1])

@@ -83,6 +83,16 @@ class WorkerProcess:
         except (EOFError, OSError):
             return None
 
+    def ask(self, message: tuple[Any, ...]) -> bool:
+        """Send a /connections question down the control pipe; False if it could not go."""
+        if self.draining:
+            return False
+        try:
+            self._control.send(message)
+        except OSError:
+            return False
+        return True
+
     def drain(self) -> None:
         """Ask the worker to stop accepting and drain (idempotent)."""
         if self.draining:
