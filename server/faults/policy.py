@@ -19,6 +19,10 @@ policy holding them is set and end by themselves ``for_s`` later; a new policy (
 called after every change, on the changing thread, so the owner of a listener can
 follow ``refusing`` without polling; ``next_change`` says when a state ends next.
 
+Under ``--workers`` the supervisor's policy travels as ``export()`` (the rules, each
+state's for_s cut to its time left) and a worker takes it with ``install``; ``report``
+is what a worker sends back to be summed (server/workers/faults_relay.py).
+
 Threads: every method may be called from any thread (one lock guards the rules, their
 counts, the RNG and the states); ``snapshot`` returns plain data, a copy.
 """
