@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import server
 from server.config import Config
@@ -66,7 +66,13 @@ from server.observe.admin import AdminServer
 from server.observe.connections import ASK_TIMEOUT_S, WORKER_ASK_TIMEOUT_S
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.stats import Stats, StatsSnapshot
+
+if TYPE_CHECKING:
+    from server.faults.draw import FaultDraw
+    from server.faults.policy import FaultPolicy
+    from server.faults.refuse import Refusal
 
 log = logging.getLogger("echo.server")
 
@@ -104,7 +110,8 @@ class EchoServer(FailureAttributes):
         listeners.py); ``listeners``: already-open ones to serve instead (a worker's,
         inherited from the supervisor, shared with the next generation); closed at
         shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...).
-        ``worker``: this process's worker slot under --workers (reflection shows it)."""
+        ``worker``: this process's worker slot under --workers (reflection shows it; a
+        fault rule's ``worker`` matches it)."""
         self.config = config
         self._specs = specs if specs is not None else listener_specs(config)
         self._given = listeners
@@ -130,6 +137,18 @@ class EchoServer(FailureAttributes):
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
         self._failures = FailureRecord(log, self.publish, self._unready)
+        # Faults on demand (server/faults/): None when off, and then nothing below looks.
+        # (Imported only when on: with faults off, not one module of server/faults/ is loaded.)
+        self.faults: FaultPolicy | None = None
+        self._fault_draw: FaultDraw | None = None
+        if config.faults == "on":
+            from server.faults.draw import FaultDraw
+            from server.faults.policy import FaultPolicy
+
+            self.faults = FaultPolicy(config.faults_rules or (), seed=config.faults_seed)
+            self._fault_draw = FaultDraw(self.faults, self.publish, worker)
+        self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
+        self._refusal: Refusal | None = None
 
     @property
     def draining(self) -> bool:
@@ -213,12 +232,19 @@ class EchoServer(FailureAttributes):
                 banner=self._banner(config),
                 tls=tls,
                 sole_owner=self._given is None,  # a worker's are shared with the next generation
+                faults=self._fault_draw,
             )
             for index, listener in enumerate(listeners):
                 for serving in serve(listener, parts, first=index == 0):
                     self._acceptor_loop.spawn_threadsafe(
                         serving.task, serving.sock, daemon=serving.daemon, critical=serving.critical
                     )
+            if self.faults is not None:
+                from server.faults.refuse import Refusal
+
+                refusable = {listener.name: listener.sock for listener in listeners if listener.spec.streams}
+                self._refusal = Refusal(self.faults, refusable, self._acceptor_loop)
+                self._refusal.start()
             if config.stats_interval > 0:
                 self._acceptor_loop.spawn_threadsafe(every(config.stats_interval, self._publish_stats), daemon=True)
             self._futures = [self._pool.submit(loop.run) for loop in (self._acceptor_loop, *self._loops)]
@@ -261,6 +287,8 @@ class EchoServer(FailureAttributes):
 
             now = time.monotonic()
             deadline = now + config.shutdown_timeout + STOP_BUDGET_S
+            if self._refusal is not None:
+                self._refusal.stop()  # from here on the listeners' filter is the stop's
             self._acceptor_loop.request_stop(now, now)
             wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
             grace = now + config.shutdown_timeout

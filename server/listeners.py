@@ -21,14 +21,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from server.config import Config
 from server.engine.acceptor import Acceptor, ProxyPolicy
 from server.engine.banner import Banner, banner_step
 from server.engine.connection import Connection
 from server.engine.echo import plain_echo
-from server.engine.pipeline import EchoWaits, Pipeline, Step
+from server.engine.pipeline import EchoWaits, Pipeline, Step, Transport
 from server.engine.proxy_step import proxy_step
 from server.engine.scheduler import Scheduler, TaskGen, every
 from server.engine.tls import TlsContext
@@ -37,6 +37,10 @@ from server.engine.udp import UdpEcho, open_udp
 from server.lib.net import ListenError, open_listener
 from server.observe.events import Event
 from server.observe.stats import Stats
+
+if TYPE_CHECKING:
+    from server.faults.draw import FaultDraw
+    from server.faults.udp import UdpFaults
 
 Kind = Literal["tcp", "tls", "udp"]
 KINDS: tuple[Kind, ...] = ("tcp", "tls", "udp")
@@ -134,6 +138,7 @@ class ServerParts:
     tls: TlsContext | None
     sole_owner: bool  # no other process accepts on these sockets (not a worker's)
     handshake_failures: HandshakeFailures = field(default_factory=HandshakeFailures)
+    faults: FaultDraw | None = None  # --faults on: each connection (datagram) draws (server/faults/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +156,13 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
     listener's acceptor says when the server is ready."""
     spec, config = listener.spec, parts.config
     if spec.kind == "udp":
-        udp = UdpEcho(listener.sock, parts.stats, rate=config.udp_rate, global_rate=config.udp_global_rate)
+        udp = UdpEcho(
+            listener.sock,
+            parts.stats,
+            rate=config.udp_rate,
+            global_rate=config.udp_global_rate,
+            faults=udp_faults(parts.faults) if parts.faults is not None else None,
+        )
         return [
             Serving(udp.run(), listener.sock, daemon=False, critical=True),  # Shutdown ends it
             Serving(every(FOLD_INTERVAL_S, udp.fold), None, daemon=True, critical=False),
@@ -178,6 +189,12 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
     return [Serving(acceptor.run(), listener.sock, daemon=True, critical=True)]
 
 
+def udp_faults(draw: FaultDraw) -> UdpFaults:
+    from server.faults.udp import UdpFaults  # only with --faults on
+
+    return UdpFaults(draw)
+
+
 def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> Pipeline:
     """A stream listener's connection life: [PROXY] -> [TLS handshake] -> [banner] -> loop."""
     config = parts.config
@@ -193,5 +210,9 @@ def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> 
         steps.append(handshake_step(config.tls_handshake_timeout, parts.handshake_failures))
     if parts.banner is not None:
         steps.append(banner_step(parts.banner, waits))
-    transport = tls_echo if spec.kind == "tls" else plain_echo
+    transport: Transport = tls_echo if spec.kind == "tls" else plain_echo
+    if parts.faults is not None:  # the draw after the PROXY header; unfaulted: this transport
+        from server.faults.transport import faulted_transport  # only with --faults on
+
+        transport = faulted_transport(transport, parts.faults)
     return Pipeline(spec.name, tuple(steps), transport, waits, parts.on_close, wrap, gate)

@@ -34,7 +34,7 @@ import socket
 import time
 from collections import deque
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S
@@ -47,6 +47,9 @@ from server.workers.shared_limits import SharedLimits
 from server.workers.worker_connections import ANSWER, Ask
 from server.workers.worker_counts import WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
+
+if TYPE_CHECKING:
+    from server.workers.faults_relay import RelayedPolicy
 
 log = logging.getLogger("echo.supervisor")
 
@@ -65,6 +68,7 @@ class Owner(Protocol):
     config: Config
     counts: WorkerCounts
     server_address: tuple[Any, ...]
+    faults: RelayedPolicy | None
 
     @property
     def ready(self) -> Any: ...
@@ -165,6 +169,10 @@ class Monitor:
                 self._begin_stop()
             elif command == "reload" and config is not None:
                 self._begin_reload(config)
+            elif command == "faults" and self._owner.faults is not None:
+                policy = self._owner.faults.export()
+                for worker in self._workers.values():
+                    worker.send_faults(policy)
 
     def _ask_workers(self, request: Ask) -> None:
         """Send the question to each ready worker that is not draining; the rest are
@@ -207,8 +215,16 @@ class Monitor:
         if row is None:
             log.error("no free row in the shared limits for worker %d; not started", index)
             return
+        faults = self._owner.faults
         worker = WorkerProcess.spawn(
-            self._ctx, index, generation, self._configs[generation], self._listeners, self._limits, row
+            self._ctx,
+            index,
+            generation,
+            self._configs[generation],
+            self._listeners,
+            self._limits,
+            row,
+            faults.export() if faults is not None else None,
         )
         worker.replacing_at = replacing_at
         self._workers[worker.pid] = worker
@@ -255,6 +271,8 @@ class Monitor:
             logging.getLogger(name).handle(record)
         elif kind in ("s", "f"):
             self._owner.counts.update(worker.pid, unpack(message[1]))
+        elif kind == "q" and self._owner.faults is not None:
+            self._owner.faults.note(worker.pid, message[1])
         elif kind == ANSWER:
             request = self._asks.get(message[1])
             if request is not None:
@@ -292,6 +310,8 @@ class Monitor:
         self._workers.pop(worker.pid, None)
         lost = self._limits.reclaim(worker.row)
         last = self._owner.counts.retire(worker.pid)
+        if self._owner.faults is not None:
+            self._owner.faults.retire(worker.pid)
         asked = worker.draining or self._stopping
         self._owner.publish(
             event(

@@ -45,7 +45,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
@@ -57,12 +57,16 @@ from server.listeners import Listener, listener_specs, load_tls, open_listeners
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.stats import Stats, StatsSnapshot
 from server.observe.totals import WorkersSnapshot
 from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker_connections import WorkerConnections
 from server.workers.worker_counts import WorkerCounts
+
+if TYPE_CHECKING:
+    from server.workers.faults_relay import RelayedPolicy
 
 log = logging.getLogger("echo.supervisor")
 
@@ -98,6 +102,15 @@ class Supervisor(FailureAttributes):
         self._draining = False
         self._failures = FailureRecord(log, self.publish, self.ready.clear)
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
+        # Faults on demand: the one policy, pushed to every worker (faults_relay.py).
+        self.faults: RelayedPolicy | None = None
+        if config.faults == "on":
+            from server.workers.faults_relay import RelayedPolicy
+
+            self.faults = RelayedPolicy(
+                config.faults_rules or (), seed=config.faults_seed, on_change=self._faults_changed
+            )
+        self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
         self._monitor: Monitor | None = None
         self.connections: WorkerConnections | None = None
         self._monitor_thread: threading.Thread | None = None
@@ -129,6 +142,10 @@ class Supervisor(FailureAttributes):
 
     def publish(self, record: Event) -> None:
         self.exchange.send(record)
+
+    def _faults_changed(self) -> None:  # the admin handler that changed the policy
+        if self._monitor is not None:
+            self._monitor.post("faults")
 
     # --- lifecycle (the CLI's threads) ------------------------------------------------
 

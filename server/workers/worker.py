@@ -35,7 +35,7 @@ import socket
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Config
 from server.listeners import Listener
@@ -48,10 +48,14 @@ from server.observe.totals import pack
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker_connections import ASK, answer_question
 
+if TYPE_CHECKING:
+    from server.faults.policy import FaultPolicy
+
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-DRAIN = "drain"  # the supervisor's command to stop (the other: a /connections question)
+DRAIN = "drain"  # the supervisor's commands: drain; (FAULTS, policy) with --faults on; a /connections question
+FAULTS = "faults"
 _UNLIMITED = 1 << 62
 
 
@@ -65,6 +69,7 @@ class WorkerSpec:
     row: int
     uplink: Pipe  # write end: worker -> supervisor
     control: Pipe  # read end: supervisor -> worker
+    faults: dict[str, Any] | None = None  # --faults on: the supervisor's policy now (FaultPolicy.export)
 
 
 def worker_config(config: Config) -> Config:
@@ -80,6 +85,7 @@ def worker_config(config: Config) -> Config:
         workers=1,
         udp_rate=max(config.udp_rate / n, MIN_UDP_RATE),
         udp_global_rate=max(config.udp_global_rate / n, MIN_UDP_RATE),
+        faults_rules=None,  # the supervisor's policy comes in the spec (its states keep their time)
     )
 
 
@@ -207,6 +213,8 @@ def main(spec: WorkerSpec) -> None:
     for listener in spec.listeners:
         listener.sock.setblocking(False)
     server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners, worker=spec.index)
+    if server.faults is not None and spec.faults is not None:
+        server.faults.install(spec.faults)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread
@@ -241,13 +249,16 @@ def _wait_for_stop(
     control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], server: Any
 ) -> None:
     """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives; answer
-    the supervisor's /connections questions meanwhile (worker_connections.py)."""
+    the supervisor's /connections questions and take its fault policy meanwhile."""
+    faults: FaultPolicy | None = server.faults
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
         while not failed:
             ready = selector.select(SNAPSHOT_INTERVAL_S)
             uplink.send(("s", pack(stats.snapshot())))
+            if faults is not None:
+                uplink.send(("q", faults.report()))
             for key, _ in ready:
                 if key.fileobj is wake:
                     try:
@@ -263,3 +274,5 @@ def _wait_for_stop(
                     return
                 if isinstance(command, tuple) and command[:1] == (ASK,):
                     uplink.send(answer_question(server.connections, command))
+                elif faults is not None and isinstance(command, tuple) and command[:1] == (FAULTS,):
+                    faults.install(command[1])

@@ -18,7 +18,7 @@ from typing import Any
 from server.config import Config
 from server.listeners import Listener
 from server.workers.shared_limits import SharedLimits
-from server.workers.worker import DRAIN, WorkerSpec
+from server.workers.worker import DRAIN, FAULTS, WorkerSpec
 from server.workers.worker import main as worker_main
 
 JOIN_S = 1.0  # waiting for an exited process's status (its sentinel said it is gone)
@@ -60,10 +60,11 @@ class WorkerProcess:
         listeners: tuple[Listener, ...],
         limits: SharedLimits,
         row: int,
+        faults: dict[str, Any] | None = None,
     ) -> WorkerProcess:
         up_r, up_w = ctx.Pipe(duplex=False)
         down_r, down_w = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(index, generation, config, listeners, limits, row, up_w, down_r)
+        spec = WorkerSpec(index, generation, config, listeners, limits, row, up_w, down_r, faults)
         process = ctx.Process(target=worker_main, args=(spec,), name=f"echo-worker-{index}", daemon=True)
         try:
             process.start()
@@ -99,6 +100,13 @@ class WorkerProcess:
         self.draining = True
         try:
             self._control.send(DRAIN)
+        except OSError:
+            pass  # already gone: its sentinel will say so
+
+    def send_faults(self, policy: dict[str, Any]) -> None:
+        """The supervisor's fault policy changed (FaultPolicy.export)."""
+        try:
+            self._control.send((FAULTS, policy))
         except OSError:
             pass  # already gone: its sentinel will say so
 
