@@ -59,7 +59,16 @@ from server.engine.scheduler import Scheduler, every
 from server.engine.tls import TlsContext
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
-from server.listeners import Listener, ListenerSpec, ServerParts, listener_specs, load_tls, open_listeners, serve
+from server.listeners import (
+    Listener,
+    ListenerAddresses,
+    ListenerSpec,
+    ServerParts,
+    listener_specs,
+    load_tls,
+    open_listeners,
+    serve,
+)
 from server.live_connections import LocalConnections
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
@@ -94,7 +103,7 @@ def admin_close_budget(deadline: float) -> float:
     return min(admin_module.CLOSE_TIMEOUT_S, max(ADMIN_CLOSE_MIN_S, deadline - time.monotonic()))
 
 
-class EchoServer(FailureAttributes):
+class EchoServer(FailureAttributes, ListenerAddresses):
     def __init__(
         self,
         config: Config,
@@ -154,18 +163,6 @@ class EchoServer(FailureAttributes):
     def draining(self) -> bool:
         """True from the moment shutdown begins."""
         return self._draining
-
-    def address_of(self, name: str) -> tuple[Any, ...] | None:
-        """The address listener ``name`` is bound to, once started; None if there is none."""
-        return next((listener.address for listener in self.listeners if listener.name == name), None)
-
-    @property
-    def tls_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("tls")
-
-    @property
-    def udp_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("udp")
 
     def is_ready(self) -> bool:
         return self.ready.is_set()

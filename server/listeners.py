@@ -80,6 +80,25 @@ class Listener:
         return tuple(self.sock.getsockname())
 
 
+class ListenerAddresses:
+    """``address_of(name)`` and the TLS and UDP addresses, for a server that keeps its
+    listeners in ``self.listeners`` (EchoServer, the supervisor)."""
+
+    listeners: tuple[Listener, ...]
+
+    def address_of(self, name: str) -> tuple[Any, ...] | None:
+        """The address listener ``name`` is bound to, once started; None if there is none."""
+        return next((listener.address for listener in self.listeners if listener.name == name), None)
+
+    @property
+    def tls_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("tls")
+
+    @property
+    def udp_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("udp")
+
+
 def listener_specs(config: Config) -> tuple[ListenerSpec, ...]:
     """The listeners ``config`` asks for: the echo port, then TLS and UDP if set.
     --proxy-protocol applies to every stream listener (TCP and TLS alike: a balancer

@@ -53,7 +53,7 @@ from server.engine.listener import refuse_new_connections
 from server.engine.tls import TlsError
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
-from server.listeners import Listener, listener_specs, load_tls, open_listeners
+from server.listeners import Listener, ListenerAddresses, listener_specs, load_tls, open_listeners
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
@@ -86,7 +86,7 @@ RESTART_ONLY = (
 )
 
 
-class Supervisor(FailureAttributes):
+class Supervisor(FailureAttributes, ListenerAddresses):
     def __init__(self, config: Config, *, stats: Stats | None = None, exchange: Exchange | None = None) -> None:
         self.config = config
         self.stats = stats or Stats()  # the supervisor's own: the log's drops, its uptime
@@ -120,18 +120,6 @@ class Supervisor(FailureAttributes):
     @property
     def draining(self) -> bool:
         return self._draining
-
-    def address_of(self, name: str) -> tuple[Any, ...] | None:
-        """The address listener ``name`` is bound to, once started; None if there is none."""
-        return next((listener.address for listener in self.listeners if listener.name == name), None)
-
-    @property
-    def tls_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("tls")
-
-    @property
-    def udp_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("udp")
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._draining
