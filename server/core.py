@@ -137,6 +137,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
         self._pool: ThreadPoolExecutor | None = None
         self._acceptor_loop: Scheduler | None = None
         self._loops: list[Scheduler] = []
+        self._schedulers: tuple[Scheduler, ...] = ()  # every scheduler the pool runs
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
         self.worker = worker
@@ -210,9 +211,24 @@ class EchoServer(FailureAttributes, ListenerAddresses):
                 self.admin.start()
             self.publish(event("listening", **self._addresses()))
 
-            self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
-            self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
-            self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
+            # With one connection scheduler (the default: one interpreter is one core) the
+            # acceptors run on it too: a new connection then costs no wake-up of another
+            # thread and no GIL hand-off (measured: see docs/design.md). With more, the
+            # acceptors get a scheduler of their own, handing connections out round-robin.
+            shared = config.loops == 1
+            self._loops = [
+                Scheduler(
+                    f"loop-{i}",
+                    buffer_size=config.buffer_size,
+                    on_critical_exit=self._failures.fail if shared else None,
+                )
+                for i in range(config.loops)
+            ]
+            self._acceptor_loop = (
+                self._loops[0] if shared else Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
+            )
+            self._schedulers = tuple(self._loops) if shared else (self._acceptor_loop, *self._loops)
+            self._pool = ThreadPoolExecutor(max_workers=len(self._schedulers), thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
             names = tuple(listener.name for listener in listeners if listener.spec.streams)
@@ -230,6 +246,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
                 tls=tls,
                 sole_owner=self._given is None,  # a worker's are shared with the next generation
                 faults=self._fault_draw,
+                home=self._acceptor_loop,
             )
             for index, listener in enumerate(listeners):
                 for serving in serve(listener, parts, first=index == 0):
@@ -244,8 +261,8 @@ class EchoServer(FailureAttributes, ListenerAddresses):
                 self._refusal.start()
             if config.stats_interval > 0:
                 self._acceptor_loop.spawn_threadsafe(every(config.stats_interval, self._publish_stats), daemon=True)
-            self._futures = [self._pool.submit(loop.run) for loop in (self._acceptor_loop, *self._loops)]
-            for loop, future in zip((self._acceptor_loop, *self._loops), self._futures, strict=True):
+            self._futures = [self._pool.submit(loop.run) for loop in self._schedulers]
+            for loop, future in zip(self._schedulers, self._futures, strict=True):
                 future.add_done_callback(functools.partial(self._loop_done, loop.name))
 
     def _addresses(self) -> dict[str, Any]:
@@ -286,10 +303,12 @@ class EchoServer(FailureAttributes, ListenerAddresses):
             deadline = now + config.shutdown_timeout + STOP_BUDGET_S
             if self._refusal is not None:
                 self._refusal.stop()  # from here on the listeners' filter is the stop's
-            self._acceptor_loop.request_stop(now, now)
-            wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
             grace = now + config.shutdown_timeout
             abort = grace + FINAL_FLUSH_S
+            if self._acceptor_loop not in self._loops:
+                self._acceptor_loop.request_stop(now, now)
+                wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
+            # (A shared scheduler closes its acceptors, daemon tasks, at once: the same stop.)
             for loop in self._loops:
                 loop.request_stop(grace, abort)
             _, stuck = wait_futures(self._futures, timeout=abort - time.monotonic() + STOP_MARGIN_S)

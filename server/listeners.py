@@ -158,6 +158,7 @@ class ServerParts:
     sole_owner: bool  # no other process accepts on these sockets (not a worker's)
     handshake_failures: HandshakeFailures = field(default_factory=HandshakeFailures)
     faults: FaultDraw | None = None  # --faults on: each connection (datagram) draws (server/faults/)
+    home: Scheduler | None = None  # the acceptors' scheduler: a hand-off to it is a direct call
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,7 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
         proxy=proxy,
         sole_owner=parts.sole_owner,
         name=spec.name,
+        home=parts.home,
     )
     acceptor.start_connection = pipeline_for(spec, parts, acceptor).start
     return [Serving(acceptor.run(), listener.sock, daemon=True, critical=True)]

@@ -94,13 +94,16 @@ class Acceptor:
         proxy: ProxyPolicy | None = None,
         sole_owner: bool = False,
         name: str = "tcp",
+        home: Scheduler | None = None,
     ) -> None:
         """``start_connection`` (set before ``run``): the hand-off, on the chosen
         scheduler's thread (the listener's Pipeline.start, built once the acceptor's
         ProxyAdmission exists). ``next_id``: the server's one source of connection ids (shared by its listeners).
         ``sole_owner``: no other process accepts on ``listener``, so the stop may make
         the kernel refuse new handshakes on it before taking the backlog (listener.py).
-        ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``."""
+        ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``.
+        ``home``: the scheduler this acceptor runs on; a connection handed to it starts at
+        once, with no trip through its queue."""
         self._listener = listener
         self._sole_owner = sole_owner
         self._named: dict[str, Any] = {} if name == "tcp" else {"listener": name}
@@ -113,6 +116,7 @@ class Acceptor:
         self._on_ready = on_ready
         self._next_scheduler = itertools.cycle(schedulers)
         self._next_id = next_id
+        self._home = home
         self._name = name
         self._reject_throttles: dict[str, Throttle] = {}
         self._reject_lock = threading.Lock()
@@ -206,7 +210,10 @@ class Acceptor:
             self._publish(event("opened", conn_id=conn_id, peer=peer, **self._named))
         scheduler = next(self._next_scheduler)
         assert self.start_connection is not None
-        scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
+        if scheduler is self._home:
+            self.start_connection(scheduler, sock, conn_id, peer, ip)
+        else:
+            scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
 
     def note_rejection(self, reason: str, peer: str, **detail: Any) -> None:
         """Publish a ``rejected`` event at most once a second per reason (any thread)."""
