@@ -4,13 +4,14 @@
         host, port = server.server_address[:2]
         ...                                          # server.ready is set once accepting
 
-The pool hosts ``loops`` connection schedulers plus one acceptor scheduler; each is a
-generator-task loop (see scheduler.py). The server serves a tuple of listeners
-(listeners.py: built from Config, or given: a test's extra listener, a worker's inherited
-sockets); each is served by tasks on the acceptor scheduler (an Acceptor per stream
-listener, handing new connections to the connection schedulers round-robin through each
-scheduler's queue + wake-up, where the listener's Pipeline runs them; one UdpEcho task per
-UDP socket). Connection ids come from one counter for all listeners (``next_id``).
+The pool hosts ``loops`` connection schedulers, and with ``loops`` > 1 one acceptor
+scheduler besides (with one, the acceptors share it); each is a generator-task loop (see
+scheduler.py). The server serves a tuple of listeners (listeners.py: built from Config,
+or given: a test's extra listener, a worker's inherited sockets); each is served by
+tasks on the acceptors' scheduler (an Acceptor per stream listener, starting each new
+connection on its own scheduler directly or handing it to another round-robin through
+that scheduler's queue + wake-up, where the listener's Pipeline runs it; one UdpEcho task
+per UDP socket). Connection ids come from one counter for all listeners (``next_id``).
 ``start`` raises tls.TlsError, before opening anything, if the certificate or key cannot
 be used; ``reload_tls`` (SIGHUP) re-reads them.
 
