@@ -286,8 +286,8 @@ def test_a_misspelt_environment_variable_is_named_with_a_suggestion(server_proce
 
 
 # Run the CLI with a bug injected after start: the acceptor task raising on its first
-# connection, or scheduler loop-0 raising (or blocking for good) when a connection is
-# handed to it.
+# connection, or scheduler loop-0 raising (or blocking for good) in the loop turn that
+# started a connection (outside any task: the thread itself dies or wedges).
 _INJECT = {
     "acceptor": """
 from server.engine import acceptor
@@ -298,22 +298,26 @@ acceptor.Acceptor._accept_batch = broken
 """,
     "scheduler": """
 from server.engine import scheduler
-drain = scheduler.Scheduler._drain_inbox
-def broken(self):
-    if self.name == "loop-0":
+from server.engine.connection import Connection
+turn = scheduler.Scheduler.run_once
+def broken(self, block=True):
+    alive = turn(self, block)
+    if self.name == "loop-0" and any(isinstance(task.state, Connection) for task in self.tasks()):
         raise RuntimeError("injected bug")
-    drain(self)
-scheduler.Scheduler._drain_inbox = broken
+    return alive
+scheduler.Scheduler.run_once = broken
 """,
     "wedged": """
 import threading
 from server.engine import scheduler
-drain = scheduler.Scheduler._drain_inbox
-def wedged(self):
-    if self.name == "loop-0":
+from server.engine.connection import Connection
+turn = scheduler.Scheduler.run_once
+def wedged(self, block=True):
+    alive = turn(self, block)
+    if self.name == "loop-0" and any(isinstance(task.state, Connection) for task in self.tasks()):
         threading.Event().wait()
-    drain(self)
-scheduler.Scheduler._drain_inbox = wedged
+    return alive
+scheduler.Scheduler.run_once = wedged
 """,
 }
 
@@ -364,7 +368,7 @@ def test_a_scheduler_stuck_in_a_bug_does_not_hang_the_exit() -> None:
         assert process.stdout is not None and process.stderr is not None
         log = JsonLines(process.stdout)
         address = address_of(log.wait_for("ready"))
-        with socket.create_connection(address, timeout=10):  # handed to loop-0, which then blocks
+        with socket.create_connection(address, timeout=10):  # started on loop-0, which then blocks
             log.wait_for("opened")
         process.send_signal(signal.SIGTERM)
         assert process.wait(0.5 + FINAL_FLUSH_S + 2 * STOP_MARGIN_S + 5) == 1  # today: never exits
