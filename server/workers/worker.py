@@ -32,6 +32,7 @@ import logging
 import selectors
 import signal
 import socket
+import threading
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
@@ -42,15 +43,18 @@ from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
 from server.observe.logger import LEVELS
-from server.observe.stats import Stats
+from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, Stats
+from server.observe.throttle import Throttle
 from server.observe.totals import pack
-from server.workers.shared_limits import SharedLimits
+from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
 
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
 DRAIN = "drain"  # the supervisor's one command
 _UNLIMITED = 1 << 62
+
+log = logging.getLogger("echo.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,21 +90,27 @@ def worker_config(config: Config) -> Config:
 class GlobalStats(Stats):
     """Stats whose admission asks the shared limits (one check for all workers), then
     counts here what they decided, under the same reason. The same for the two steps
-    of PROXY protocol admission (see stats.py)."""
+    of PROXY protocol admission (see stats.py).
+
+    If the admission lock stays held (shared_limits.BUSY: its holder is stopped or
+    frozen), the connection is rejected as max_connections (fail closed: no server
+    thread waits), and a warning says so at most once a second."""
 
     def __init__(self, limits: SharedLimits) -> None:
         super().__init__()
         self._limits = limits
+        self._busy_lock = threading.Lock()
+        self._busy_throttle = Throttle()
 
     def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
-        reason = self._limits.admit(ip, max_total, max_per_ip)
+        reason = self._settle(self._limits.admit(ip, max_total, max_per_ip), REJECT_MAX_CONNECTIONS)
         if reason is None:
             return super().admit(ip, _UNLIMITED, _UNLIMITED)  # counts it here
         super().reject(reason)
         return reason
 
     def reserve(self, max_total: int) -> str | None:
-        reason = self._limits.reserve(max_total)
+        reason = self._settle(self._limits.reserve(max_total), REJECT_MAX_CONNECTIONS)
         if reason is None:
             return super().reserve(_UNLIMITED)
         super().reject(reason)
@@ -108,6 +118,9 @@ class GlobalStats(Stats):
 
     def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
         reason = self._limits.admit_reserved(ip, max_per_ip)
+        if reason == BUSY:
+            self._limits.unreserve()  # the place goes back, as with any rejection
+        reason = self._settle(reason, REJECT_PER_IP)
         if reason is None:
             return super().admit_reserved(ip, _UNLIMITED)
         super().reject_reserved(reason)
@@ -120,6 +133,21 @@ class GlobalStats(Stats):
     def connection_closed(self, ip: str, *args: Any, **kwargs: Any) -> None:
         super().connection_closed(ip, *args, **kwargs)
         self._limits.release(ip)
+
+    def _settle(self, reason: str | None, busy_as: str) -> str | None:
+        if reason != BUSY:
+            return reason
+        with self._busy_lock:
+            held_back = self._busy_throttle.allow()
+        if held_back is not None:
+            log.warning(
+                "the admission lock stayed held over %.0f ms (a stopped or frozen worker?): "
+                "rejecting as %s (%d times in this worker so far)",
+                CONTENDED_S * 1000,
+                busy_as,
+                self._limits.contended,
+            )
+        return busy_as
 
 
 def wire_event(record: Event) -> tuple[Any, ...]:
