@@ -6,13 +6,22 @@ two one-way pipes; the parent then closes its copies of the child's ends, so tha
 up pipe reaches its end when the worker exits and the down pipe's end tells the worker
 that the supervisor is gone.
 
+The supervisor never blocks on a worker: the up pipe's read end is non-blocking and a
+``FrameReader`` takes whatever bytes are there, keeping a partial frame until the rest
+comes. A worker stopped or frozen mid-frame (SIGSTOP, a debugger, a full disk under its
+log) delays nobody: not another worker's restart, a reload or the stop.
+
 Threads: only the supervisor's monitor thread uses a WorkerProcess.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
 import signal
 import socket
+import struct
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -21,9 +30,62 @@ from server.workers.shared_limits import SharedLimits
 from server.workers.worker import DRAIN, WorkerSpec
 from server.workers.worker import main as worker_main
 
+log = logging.getLogger("echo.supervisor")
+
 # The echo listener, and the TLS listener and UDP socket when configured.
 Listeners = tuple[socket.socket, socket.socket | None, socket.socket | None]
 JOIN_S = 1.0  # waiting for an exited process's status (its sentinel said it is gone)
+READ_BUDGET = 1 << 20  # bytes taken from one worker per wake-up, so that none starves the others
+MAX_FRAME = 16 << 20  # a longer frame is a broken pipe, not a message
+_HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header: the length
+
+
+class FrameError(Exception):
+    """The up pipe carried something that is not a frame: the worker is cut off."""
+
+
+class FrameReader:
+    """multiprocessing.Connection's frames (a 4-byte big-endian length, then a pickle)
+    from a non-blocking file descriptor, however the bytes arrive. Never blocks."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._buffer = bytearray()
+        self.ended = False
+
+    def read(self) -> list[Any]:
+        """The messages of every frame complete so far (``ended`` set at the pipe's end).
+        Raises FrameError on a frame no worker sends (negative, or over MAX_FRAME)."""
+        taken = 0
+        while taken < READ_BUDGET and not self.ended:
+            try:
+                chunk = os.read(self._fd, 65_536)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.ended = True
+            taken += len(chunk)
+            self._buffer += chunk
+        return self._frames()
+
+    def _frames(self) -> list[Any]:
+        buffer = self._buffer
+        messages: list[Any] = []
+        start = 0
+        while len(buffer) - start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, start)
+            if length < 0 or length > MAX_FRAME:
+                raise FrameError(f"a frame of {length} bytes")
+            end = start + _HEADER.size + length
+            if len(buffer) < end:
+                break
+            messages.append(pickle.loads(buffer[start + _HEADER.size : end]))
+            start = end
+        del buffer[:start]
+        return messages
 
 
 def exit_status(code: int | None) -> str:
@@ -46,7 +108,8 @@ class WorkerProcess:
         self.index = index
         self.generation = generation
         self.row = row
-        self.uplink = uplink  # read end
+        self.uplink = uplink  # read end (non-blocking: read through ``_frames`` only)
+        self._frames = FrameReader(uplink.fileno())
         self._control = control  # write end
         self.ready = False
         self.draining = False
@@ -72,17 +135,22 @@ class WorkerProcess:
         finally:
             up_w.close()
             down_r.close()
+        os.set_blocking(down_w.fileno(), False)  # a stopped worker's full pipe: the send fails, not waits
         return cls(process, index, generation, row, up_r, down_w)
 
     def receive(self) -> list[tuple[Any, ...]] | None:
-        """One batch of messages, or None once the worker's pipe has ended."""
-        try:
-            if not self.uplink.poll(0):
-                return None if self.uplink.closed else []
-            batch: list[tuple[Any, ...]] = self.uplink.recv()
-            return batch
-        except (EOFError, OSError):
+        """The messages that have arrived whole (never waits), or None once the worker's
+        pipe has ended (or carried garbage) and everything before that was taken."""
+        if self.uplink.closed:
             return None
+        try:
+            batches = self._frames.read()
+        except FrameError as error:
+            log.error("worker %d sent %s up its pipe: no longer reading it", self.index, error)
+            return None
+        if not batches and self._frames.ended:
+            return None
+        return [message for batch in batches for message in batch]
 
     def drain(self) -> None:
         """Ask the worker to stop accepting and drain (idempotent)."""
