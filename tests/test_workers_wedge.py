@@ -36,9 +36,9 @@ def _pipes(pid: int, access: int, *, nonblocking: bool = False) -> dict[str, int
                 flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
         except OSError:
             continue
-        if fd > 2 and target.startswith("pipe:") and flags & O_ACCMODE == access:
-            if not nonblocking or flags & os.O_NONBLOCK:
-                found[target] = fd
+        wanted = flags & O_ACCMODE == access and (not nonblocking or flags & os.O_NONBLOCK)
+        if fd > 2 and target.startswith("pipe:") and wanted:
+            found[target] = fd
     return found
 
 
