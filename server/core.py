@@ -49,7 +49,7 @@ from server.engine.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
 from server.engine.banner import Banner, local_address
 from server.engine.echo import Connection, EchoWaits, echo, proxied_echo
 from server.engine.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
-from server.engine.scheduler import Scheduler, every
+from server.engine.scheduler import Scheduler, every, most_stalled, stall_problem
 from server.engine.tls import TlsContext
 from server.engine.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
 from server.engine.udp import UdpEcho, open_udp
@@ -129,6 +129,14 @@ class EchoServer(FailureAttributes):
 
     def is_ready(self) -> bool:
         return self.ready.is_set()
+
+    def oldest_loop(self) -> tuple[str, float]:
+        """The scheduler that has gone longest without a turn, and how long (any thread)."""
+        return most_stalled((self._acceptor_loop, *self._loops))
+
+    def stalled(self) -> str | None:
+        """Why /healthz fails for liveness: a loop stalled over heartbeat_timeout (any thread)."""
+        return stall_problem(*self.oldest_loop(), self.config.heartbeat_timeout)
 
     def snapshot(self) -> StatsSnapshot:
         return self.stats.snapshot()

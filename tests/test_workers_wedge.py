@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import time
 
 import pytest
 
-from tests.helpers import ServerProcess
-from tests.test_workers import round_trip, start, worker_pids
+from tests.helpers import ServerProcess, read_exactly
+from tests.test_workers import admin_get, open_echoing, round_trip, start, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def kill_all(pids: list[int]) -> None:
 
 
 def test_a_worker_frozen_mid_frame_delays_no_restart_reload_or_stop() -> None:
-    server: ServerProcess = start(workers=3)
+    server: ServerProcess = start("--worker-timeout", "600", workers=3)
     frozen: list[int] = []
     try:
         pids = worker_pids(server, 3)
@@ -94,3 +95,44 @@ def test_a_worker_frozen_mid_frame_delays_no_restart_reload_or_stop() -> None:
     assert took < 2.0 + 1.0 + 0.3 + 1.0 + 1.0, took
     exited = {r["pid"]: r for r in server.seen if r.get("event") == "worker_exited"}
     assert exited[pids[0]]["status"] == "killed by SIGKILL"
+
+
+def test_a_stopped_worker_fails_healthz_then_is_replaced_and_the_others_serve_on() -> None:
+    server = start("--heartbeat-timeout", "0.5", "--worker-timeout", "1.5")
+    frozen: list[int] = []
+    held: dict[int, list[socket.socket]] = {0: [], 1: []}
+    try:
+        pids = worker_pids(server, 2)
+        while len(held[1]) < 3:  # connections on the worker that stays
+            sock = open_echoing(server.address)
+            worker = server.wait_for("opened", peer=f"127.0.0.1:{sock.getsockname()[1]}")["worker"]
+            held[worker].append(sock)
+        frozen.append(pids[0])
+        os.kill(pids[0], signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        while True:  # /healthz turns once the silence passes --heartbeat-timeout
+            status, body = admin_get(server, "/healthz")
+            if status != 200 or time.monotonic() - stopped_at > 10:
+                break
+        assert status == 503 and body.startswith("stalled: worker 0 has sent nothing for "), body
+        hung = server.wait_for("worker_hung", pid=pids[0], timeout=10)
+        exited = server.wait_for("worker_exited", pid=pids[0], timeout=10)
+        replacement = server.wait_for("worker_ready", worker=0, restarts=1, timeout=10)
+        replaced_after = time.monotonic() - stopped_at
+        for sock in held[1]:
+            sock.sendall(b"still")
+            assert read_exactly(sock, 5) == b"still"
+        assert round_trip(server.address) == b"ping"
+        assert admin_get(server, "/healthz") == (200, "ok\n")
+        server.signal(signal.SIGTERM)
+        assert server.finish(15) == 0
+    finally:
+        for socks in held.values():
+            for sock in socks:
+                sock.close()
+        kill_all(frozen)
+        server.stop()
+    assert hung["level"] == "error" and hung["reason"].startswith("sent nothing for ")
+    assert exited["status"] == "killed by SIGKILL"  # its SIGABRT waited behind the stop
+    assert replacement["pid"] != pids[0]
+    assert 1.5 < replaced_after < 1.5 + 1.0 + 2.0, replaced_after  # timeout, grace, restart

@@ -17,9 +17,14 @@ and every deadline fires in the first loop turn at or after it is due. A task th
 ends drops its socket and state at once; its heap entry goes at its own time or the
 next compaction, whichever comes first.
 
+Heartbeat: ``now`` is read once a turn, after the select; the loop turns at least every
+MAX_IDLE_S even with nothing to do, so ``stalled_for()`` (any thread) is how long the
+loop has been stuck in a task that does not yield: /healthz names such a loop.
+
 Threads: ``run``/``run_once``, ``spawn`` and ``tasks`` belong to the scheduler's own
-thread (tasks run there). ``call_soon_threadsafe`` and ``request_stop`` may be called
-from any thread: they go through a queue plus a socketpair wake-up.
+thread (tasks run there). ``call_soon_threadsafe``, ``request_stop`` and
+``stalled_for`` may be called from any thread: the first two go through a queue plus a
+socketpair wake-up.
 
 Stopping: ``request_stop(grace, abort)`` closes daemon tasks at once, throws Shutdown
 into the others at ``grace`` (they finish on their own terms), and closes whatever is
@@ -37,7 +42,7 @@ import selectors
 import socket
 import struct
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from server.engine.timers import Deadlines
@@ -46,6 +51,8 @@ READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
 log = logging.getLogger("echo.scheduler")
+
+MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
 
 
 class Wait:
@@ -144,6 +151,25 @@ def every(interval_s: float, action: Callable[[], None]) -> TaskGen:
         action()
 
 
+def most_stalled(loops: Iterable[Scheduler | None]) -> tuple[str, float]:
+    """The loop stalled longest and for how long (any thread); ("", 0.0) if none is."""
+    name, worst = "", 0.0
+    for loop in loops:
+        if loop is not None:
+            stalled = loop.stalled_for()
+            if stalled > worst:
+                name, worst = loop.name, stalled
+    return name, worst
+
+
+def stall_problem(name: str, stalled_s: float, limit_s: float) -> str | None:
+    """What /healthz says of a loop stalled ``stalled_s``: None while within ``limit_s``
+    (0: never a problem)."""
+    if limit_s <= 0 or stalled_s <= limit_s:
+        return None
+    return f"{name} has not turned for {stalled_s:.1f} s"
+
+
 class Scheduler:
     """Generator tasks on one selector, in one thread. See the module docstring."""
 
@@ -172,6 +198,7 @@ class Scheduler:
         self._stop: _StopRequest | None = None
         self._shutdown_thrown = False
         self._closing = False  # run() is ending (stopped, or a fault escaped a turn)
+        self._running = False  # inside run(): only then can the loop stall
 
     # --- any thread ---------------------------------------------------------------
 
@@ -198,6 +225,13 @@ class Scheduler:
         (both on the scheduler's clock)."""
         self._inbox.put(_StopRequest(grace, abort))
         self._wake()
+
+    def stalled_for(self) -> float:
+        """Seconds since the running loop last turned, less the idle wait it may take
+        (0 when it is not running). Any thread: a float attribute, read once."""
+        if not self._running:
+            return 0.0
+        return max(0.0, self._clock() - self.now - MAX_IDLE_S)
 
     def _wake(self) -> None:
         try:
@@ -234,10 +268,13 @@ class Scheduler:
 
     def run(self) -> None:
         """Run tasks until a stop was requested and every task has ended."""
+        self.now = self._clock()
+        self._running = True
         try:
             while self.run_once():
                 pass
         finally:
+            self._running = False
             self._close()
 
     def run_once(self, block: bool = True) -> bool:
@@ -348,7 +385,7 @@ class Scheduler:
                 except Exception:
                     log.exception("call on %s failed", self.name)
 
-    def _next_timeout(self) -> float | None:
+    def _next_timeout(self) -> float:
         when = self._deadlines.next_when()
         if self._stop is not None:
             if not self._tasks:
@@ -356,9 +393,9 @@ class Scheduler:
             stop_at = self._stop.abort if self._shutdown_thrown else self._stop.grace
             when = stop_at if when is None else min(when, stop_at)
         if when is None:
-            return None
+            return MAX_IDLE_S
         # self.now was read after this turn's select: no second clock read per turn.
-        return max(0.0, when - self.now)
+        return min(MAX_IDLE_S, max(0.0, when - self.now))
 
     # --- stopping (the scheduler's thread) ------------------------------------------------
 

@@ -31,7 +31,7 @@ ALLOWED = "GET, HEAD"
 LINGER_S = 0.5  # after an error answer, how long to wait for the client to finish sending
 LINGER_READS = 16  # and at most this many reads of up to 64 KiB
 INDEX = """echo-service admin endpoint
-GET /healthz  200 while the process is serving, 503 once a server thread died
+GET /healthz  200 while the process is serving, 503 once a server thread died or a loop stalled
 GET /readyz   200 when accepting, 503 while draining or not yet listening
 GET /metrics  Prometheus text exposition
 GET /stats    connection statistics as JSON
@@ -166,8 +166,13 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
         if path == "/":
             self._send(200, INDEX)
         elif path == "/healthz":
-            healthy = view.healthy
-            self._send(200 if healthy else 503, "ok\n" if healthy else "failed: a server thread died\n")
+            stalled = view.stalled() if view.healthy else None
+            if not view.healthy:
+                self._send(503, "failed: a server thread died\n")
+            elif stalled is not None:
+                self._send(503, f"stalled: {stalled}\n")
+            else:
+                self._send(200, "ok\n")
         elif path == "/readyz":
             ready = view.is_ready() and not view.draining
             self._send(200 if ready else 503, "ready\n" if ready else "not ready\n")

@@ -13,6 +13,12 @@ up pipe and exit sentinel on one selector, and acts on what it hears:
   how it ended, and an exit nobody asked for is replaced at once in the same slot with
   its generation's config, unless it makes CRASH_LOOP_DEATHS within CRASH_LOOP_WINDOW_S
   (then the supervisor fails: the CLI drains the rest and exits 1);
+- a hung worker: one whose loop has not turned, or that has sent nothing, for
+  ``--worker-timeout`` (its snapshots carry its heartbeat, every
+  worker.SNAPSHOT_INTERVAL_S), or that is still draining that long after its drain's
+  bound: ``worker_hung`` names why, it gets SIGABRT (its stacks on stderr) and SIGKILL
+  HUNG_GRACE_S later, and its exit is handled like any other (replaced, and counted by
+  the crash-loop rule, unless it was draining);
 - commands from the supervisor's lifecycle thread (``post``): ``reload`` starts a new
   generation and, once it is all ready, drains the old one (if it is not ready within
   RELOAD_READY_S, or one of it dies first, it is drained instead and the old one stays);
@@ -28,6 +34,7 @@ from __future__ import annotations
 import logging
 import queue
 import selectors
+import signal
 import socket
 import time
 from collections import deque
@@ -41,7 +48,7 @@ from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
 from server.workers.shared_limits import SharedLimits
-from server.workers.worker_counts import WorkerCounts
+from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from server.workers.worker_process import Listeners, WorkerProcess, exit_status
 
 log = logging.getLogger("echo.supervisor")
@@ -51,6 +58,8 @@ CRASH_LOOP_WINDOW_S = 10.0  # ... within this long: give up (exit 1)
 RELOAD_READY_S = 30.0  # a new generation not ready by then is abandoned; the old one stays
 KILL_MARGIN_S = 0.3  # past shutdown_timeout + FINAL_FLUSH_S: then SIGKILL what is left
 REAP_S = 1.0  # after SIGKILL, how long to wait for the exits
+HUNG_GRACE_S = 1.0  # after a hung worker's SIGABRT, its SIGKILL
+LIVENESS_CHECK_S = 0.25  # how often the monitor looks for hung workers
 # Worker events that the supervisor's own events replace.
 _SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
 
@@ -116,7 +125,9 @@ class Monitor:
                         self._take_commands()
                     elif isinstance(key.data, WorkerProcess):
                         self._heard(key.data, key.fileobj)
-                self._tick(time.monotonic())
+                now = time.monotonic()
+                self._owner.counts.turned(now)
+                self._tick(now)
         except Exception as error:
             self._owner.fail("supervisor monitor failed", error)  # logs it, with the traceback
             self._owner.kill_workers()
@@ -133,7 +144,9 @@ class Monitor:
             deadlines.append(self._pending_deadline)
         if self._stopping:
             deadlines.append(self._stop_deadline)
-        return max(0.0, min(deadlines, default=now + 1.0) - now)
+        if self.config.worker_timeout > 0 or any(w.hung_at is not None for w in self._workers.values()):
+            deadlines.append(now + LIVENESS_CHECK_S)
+        return max(0.0, min(deadlines, default=now + MONITOR_IDLE_S) - now)
 
     def _take_commands(self) -> None:
         try:
@@ -166,6 +179,49 @@ class Monitor:
                     self._owner.kill_workers()
             else:
                 self._workers.clear()  # not reaped in time: leave them (they are SIGKILLed)
+        self._check_liveness(now)
+
+    def _check_liveness(self, now: float) -> None:
+        limit = self.config.worker_timeout
+        drain_bound = self.config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S
+        for worker in list(self._workers.values()):
+            if worker.hung_at is not None:
+                if now >= worker.hung_at + HUNG_GRACE_S:
+                    worker.signal(signal.SIGKILL)  # again each check until reaped: harmless
+                continue
+            if limit <= 0:
+                continue
+            silent = now - worker.heard_at
+            if worker.draining:  # it sends no snapshots while it drains
+                if (
+                    not self._stopping
+                    and worker.drained_at is not None
+                    and now - worker.drained_at > drain_bound + limit
+                ):
+                    self._hung(worker, now, f"still draining {now - worker.drained_at:.1f} s after it was asked")
+            elif worker.stalled_s > limit:
+                self._hung(worker, now, f"{worker.stalled_loop} has not turned for {worker.stalled_s:.1f} s")
+            elif silent > limit:
+                self._hung(worker, now, f"sent nothing for {silent:.1f} s")
+
+    def _hung(self, worker: WorkerProcess, now: float, why: str) -> None:
+        worker.hung_at = now
+        self._owner.publish(
+            event(
+                "worker_hung",
+                level="error",
+                worker=worker.index,
+                pid=worker.pid,
+                generation=worker.generation,
+                reason=why,
+                worker_timeout_s=self.config.worker_timeout,
+            )
+        )
+        worker.signal(signal.SIGABRT)
+
+    def _drain(self, worker: WorkerProcess) -> None:
+        worker.drain()
+        self._owner.counts.draining(worker.pid)
 
     def _spawn_generation(self, config: Config) -> int:
         self._generation += 1 if self._pending is None else 0
@@ -208,6 +264,8 @@ class Monitor:
         batch = worker.receive()
         if batch is None:
             return None
+        if batch:
+            worker.heard_at = time.monotonic()
         for message in batch:
             self._take(worker, message)
         return len(batch)
@@ -230,6 +288,9 @@ class Monitor:
             logging.getLogger(name).handle(record)
         elif kind in ("s", "f"):
             self._owner.counts.update(worker.pid, unpack(message[1]))
+            if len(message) >= 4:  # a heartbeat: its loop stalled longest, and how long
+                worker.stalled_loop, worker.stalled_s = message[2], message[3]
+                self._owner.counts.heard(worker.pid, worker.heard_at, worker.stalled_loop, worker.stalled_s)
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
@@ -301,7 +362,7 @@ class Monitor:
         config = self.config
         self._stop_deadline = time.monotonic() + config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S
         for worker in self._workers.values():
-            worker.drain()
+            self._drain(worker)
         self._close_listeners()  # the workers' copies keep them open until they stop accepting
 
     def _close_listeners(self) -> None:
@@ -331,13 +392,13 @@ class Monitor:
         self.config = self._owner.config = self._configs[self._generation]
         for worker in self._workers.values():
             if worker.generation != self._generation:
-                worker.drain()
+                self._drain(worker)
         self._owner.publish(event("reloaded", generation=self._generation, previous=old, workers=self.config.workers))
 
     def _abandon_reload(self, why: str) -> None:
         generation, self._pending = self._pending, None
         for worker in self._workers.values():
             if worker.generation == generation:
-                worker.drain()
+                self._drain(worker)
         log.error("reload failed: generation %s %s; generation %d keeps serving", generation, why, self._generation)
         self._owner.publish(event("reload_failed", level="error", generation=generation, reason=why))

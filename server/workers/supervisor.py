@@ -30,7 +30,7 @@ Threads: the *monitor* thread (monitor.py) owns the worker processes; what it le
 that others read (snapshots, rows, pids) is in ``counts`` (worker_counts.py).
 ``start``, ``reload``, ``shutdown`` and ``kill_workers`` are for the threads that own
 the lifecycle (the CLI's main and stopper threads); they reach the monitor through
-``Monitor.post``. The ServerView methods (``snapshot``, ``is_ready``, ``draining``),
+``Monitor.post``. The ServerView methods (``snapshot``, ``is_ready``, ``draining``, ``stalled``),
 ``fail`` and ``kill_workers`` may be called from any thread. ``failure``, ``healthy`` and
 ``add_failure_callback`` come from failure.py; the callbacks run on the thread that
 failed (the monitor's).
@@ -110,6 +110,11 @@ class Supervisor(FailureAttributes):
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._draining
+
+    def stalled(self) -> str | None:
+        """A stalled loop of a worker, a silent worker, or this process's stalled monitor
+        thread, past heartbeat_timeout, named: /healthz answers 503 with it."""
+        return self.counts.stalled(self.config.heartbeat_timeout)
 
     def snapshot(self) -> WorkersSnapshot:
         """Totals across every worker, past and present, plus one row per live worker."""

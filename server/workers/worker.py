@@ -14,6 +14,9 @@ the process. The worker then runs ``main(spec)``:
   SNAPSHOT_INTERVAL_S and a final one after the drain. Its mailbox is bounded
   (``log_queue``): if the supervisor falls behind, events are dropped and counted, and
   no server thread ever waits for the pipe;
+- the main thread sends, with each snapshot, the heartbeat of its loop stalled longest
+  (``EchoServer.oldest_loop``): the supervisor replaces a worker whose loop stalls, or
+  that stops sending, for ``--worker-timeout`` (monitor.py);
 - the main thread waits for a stop: ``drain`` on the control pipe, the control pipe's
   end (the supervisor is gone), or SIGTERM. Then it drains (EchoServer.shutdown), sends
   its final snapshot and exits 0 (1 if a server thread had failed).
@@ -28,12 +31,15 @@ thread); GlobalStats as Stats (any thread).
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
+import resource
 import selectors
 import signal
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
@@ -215,6 +221,9 @@ def main(spec: WorkerSpec) -> None:
 
     for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+    # A hung worker gets SIGABRT (monitor.py): every thread's stack on stderr, no core file.
+    faulthandler.enable()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
@@ -256,7 +265,7 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        _wait_for_stop(spec.control, wake_r, stats, uplink, failed)
+        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server.oldest_loop)
         server.shutdown()
         code = 1 if failed else 0
     finally:
@@ -273,14 +282,22 @@ def main(spec: WorkerSpec) -> None:
         raise SystemExit(code)
 
 
-def _wait_for_stop(control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any]) -> None:
-    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives."""
+def _wait_for_stop(
+    control: Pipe,
+    wake: socket.socket,
+    stats: Stats,
+    uplink: Uplink,
+    failed: list[Any],
+    oldest_loop: Callable[[], tuple[str, float]],
+) -> None:
+    """Send a snapshot, with the heartbeat of the loop stalled longest, every
+    SNAPSHOT_INTERVAL_S until a reason to stop arrives."""
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
         while not failed:
             ready = selector.select(SNAPSHOT_INTERVAL_S)
-            uplink.send(("s", pack(stats.snapshot())))
+            uplink.send(("s", pack(stats.snapshot()), *oldest_loop()))
             for key, _ in ready:
                 if key.fileobj is wake:
                     try:

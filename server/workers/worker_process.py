@@ -22,6 +22,7 @@ import pickle
 import signal
 import socket
 import struct
+import time
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -114,6 +115,12 @@ class WorkerProcess:
         self.ready = False
         self.draining = False
         self.replacing_at: float | None = None  # monotonic time of the death it replaces
+        # Liveness (monitor.py): when it was last heard, its loop stalled longest then.
+        self.heard_at = time.monotonic()
+        self.stalled_loop = ""
+        self.stalled_s = 0.0
+        self.hung_at: float | None = None  # SIGABRT sent; SIGKILL follows after a grace
+        self.drained_at: float | None = None
 
     @classmethod
     def spawn(
@@ -157,8 +164,15 @@ class WorkerProcess:
         if self.draining:
             return
         self.draining = True
+        self.drained_at = time.monotonic()
         try:
             self._control.send(DRAIN)
+        except OSError:
+            pass  # already gone: its sentinel will say so
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
         except OSError:
             pass  # already gone: its sentinel will say so
 
