@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
+from server.engine.os_names import name_thread
 from server.engine.timers import Deadlines
 
 READ = selectors.EVENT_READ
@@ -270,6 +271,7 @@ class Scheduler:
         """Run tasks until a stop was requested and every task has ended."""
         self.now = self._clock()
         self._running = True
+        name_thread(f"echo {self.name}")  # top -H shows which loop is busy
         try:
             while self.run_once():
                 pass

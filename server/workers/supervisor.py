@@ -51,6 +51,7 @@ from typing import Any
 from server.config import Config
 from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
 from server.engine.listener import ListenError, format_address, open_listener, refuse_new_connections
+from server.engine.os_names import name_process
 from server.engine.tls import TlsContext, TlsError
 from server.engine.udp import open_udp
 from server.failure import FailureAttributes, FailureRecord
@@ -130,6 +131,7 @@ class Supervisor(FailureAttributes):
         with self._lock:
             if self._started:
                 return
+            name_process("echo-supervisor")  # ps -e, top; its workers are "echo-worker N"
             config = self.config
             listener = open_listener(config.host, config.port, config.backlog)
             self.server_address = listener.getsockname()
@@ -153,6 +155,7 @@ class Supervisor(FailureAttributes):
                 self.udp_address = udp_socket.getsockname()
             # Rows for a generation, the one draining behind it, and spares for replacements.
             limits = SharedLimits(rows=3 * max(config.workers, 4), context=self._ctx)
+            self.counts.count_peak_with(limits.peak)
             if config.admin_port is not None:
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)

@@ -45,6 +45,7 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from server.config import Config
+from server.engine.os_names import name_process
 from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
@@ -230,6 +231,7 @@ def main(spec: WorkerSpec) -> None:
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)  # set_wakeup_fd does the telling
 
+    name_process(f"echo-worker {spec.index}")  # as the logs' ``worker`` field
     config = worker_config(spec.config)
     spec.limits.bind(spec.row)
     stats = GlobalStats(spec.limits)

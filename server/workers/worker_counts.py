@@ -5,7 +5,9 @@ once more after its drain), the sum of the workers that have exited (``retired``
 worker killed without a final snapshot counts as of its last one, its open connections
 as closed), one WorkerRow per live worker, and the replacements per worker slot.
 ``snapshot`` adds it all up (totals.py) into the WorkersSnapshot that /stats, /metrics
-and the ``stopped`` event show.
+and the ``stopped`` event show. Its ``peak_active`` is exact once the supervisor hands
+over the shared limits' peak (``count_peak_with``, before the monitor starts), else the
+most of the workers' summed samples (which miss a short peak).
 
 Liveness, for /healthz: when the monitor thread last turned, and for each live worker
 when it was last heard and which of its loops had stalled longest then (``stalled``
@@ -23,6 +25,7 @@ import dataclasses
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import NamedTuple
 
 from server.observe.stats import StatsSnapshot
@@ -47,9 +50,15 @@ class WorkerCounts:
         self._live: dict[int, StatsSnapshot] = {}  # pid -> latest snapshot
         self._rows: dict[int, WorkerRow] = {}  # pid -> row
         self._restarts: Counter[int] = Counter()  # worker slot -> replacements
-        self._peak = 0  # the most connections open at once, summed over workers
+        self._peak = 0  # the most connections open at once, summed over workers' samples
+        self._exact_peak: Callable[[], int] | None = None  # the shared limits' (exact) one
         self._heartbeats: dict[int, Heartbeat] = {}  # pid -> the latest
         self._monitor_turned_at = time.monotonic()
+
+    def count_peak_with(self, peak: Callable[[], int]) -> None:
+        """Take peak_active from ``peak`` (SharedLimits.peak: exact, counted at each
+        admission). The supervisor's start, before any reader."""
+        self._exact_peak = peak
 
     # --- the monitor thread -----------------------------------------------------------
 
@@ -136,7 +145,7 @@ class WorkerCounts:
             totals = total([self._retired, *self._live.values()])
             rows = tuple(sorted(self._rows.values(), key=lambda r: (r.worker, r.generation)))
             restarts = sum(self._restarts.values())
-            peak = max(self._peak, totals.active)
+            peak = max(self._peak, totals.active) if self._exact_peak is None else self._exact_peak()
         totals = dataclasses.replace(
             totals,
             peak_active=peak,
