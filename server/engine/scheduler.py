@@ -6,6 +6,11 @@ waits for and is resumed when that happens:
     yield Wait(READ, timeout)    # its socket is readable (or WaitTimeout is thrown in)
     yield Wait(WRITE, timeout)   # its socket is writable (or WaitTimeout)
     yield Sleep(seconds)         # time passed
+    yield Wait(ACCEPT, timeout)  # as READ, for a listening socket shared by processes
+
+ACCEPT registers the socket with EPOLLEXCLUSIVE where the selector is epoll: when a
+connection arrives on a listener that several workers wait on, the kernel wakes one of
+them (or a few), not all (the thundering herd). Elsewhere it is READ.
 
 A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
 that socket's registration and closes it when the task ends (the task must not close
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import selectors
 import socket
 import struct
@@ -50,6 +56,8 @@ from server.engine.timers import Deadlines
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
+_EXCLUSIVE = 1 << 8  # not a selectors event: the scheduler takes it off (see ACCEPT)
+ACCEPT = READ | _EXCLUSIVE
 
 log = logging.getLogger("echo.scheduler")
 
@@ -315,10 +323,12 @@ class Scheduler:
             events = wait.events
             if events != task.events:
                 assert task.sock is not None, "a Wait needs the task's socket"
-                if task.events:
+                if task.events and not (events | task.events) & _EXCLUSIVE:
                     self._selector.modify(task.sock, events, task)
-                else:
-                    self._selector.register(task.sock, events, task)
+                else:  # EPOLLEXCLUSIVE cannot be modified: register afresh
+                    if task.events:
+                        self._selector.unregister(task.sock)
+                    self._register(task.sock, events, task)
                 task.events = events
             task.sleeping = False
             timeout = wait.timeout
@@ -338,6 +348,16 @@ class Scheduler:
             armed = task.armed
             if armed is None or now + timeout < armed:
                 self._deadlines.arm(task, now + timeout)
+
+    def _register(self, sock: socket.socket, events: int, task: Task) -> None:
+        self._selector.register(sock, events & ~_EXCLUSIVE, task)
+        if events & _EXCLUSIVE:
+            # selectors has no flag for it: re-add the fd to its epoll object, exclusive.
+            epoll = getattr(self._selector, "_selector", None)
+            exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+            if isinstance(epoll, select.epoll) and exclusive:
+                epoll.unregister(sock.fileno())
+                epoll.register(sock.fileno(), select.EPOLLIN | exclusive)
 
     def _end(
         self, task: Task, *, close_gen: bool = False, reset: bool = False, failure: BaseException | None = None
