@@ -1,5 +1,6 @@
 """The child of loadtest.wakeups: a Scheduler whose one task waits on a shared listening
-socket, accepts what there is and closes it, and counts its wake-ups. Kept apart, importing only the scheduler, so that a forkserver can preload it."""
+socket, accepts what there is and closes it, and counts its wake-ups. Kept apart,
+importing only the scheduler, so that a forkserver can preload it."""
 
 from __future__ import annotations
 

@@ -6,9 +6,11 @@
 Each process (loadtest/accept_worker.py) runs a Scheduler whose one task waits on the
 shared listener (ACCEPT: EPOLLEXCLUSIVE, or plain READ) and accepts what it finds.
 Connections are made one at a time, each waited for (the server closes it), so each is
-its own wake-up. Counted: the task's wake-ups (user space) and the processes'
-voluntary context switches (the kernel's wake-ups: a woken process that finds nothing
-is put back to sleep by the kernel, and counts only there).
+its own wake-up, and every process is idle when it arrives (the case where the first
+exclusive waiter would take them all, but for the scheduler's re-queueing). Counted: the
+task's wake-ups (user space) and the processes' voluntary context switches (the kernel's
+wake-ups: a woken process that finds nothing is put back to sleep by the kernel, and
+counts only there).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Wakeups:
     accepted: int
     task_wakeups: int
     context_switches: int
+    spread: tuple[int, ...]  # connections accepted by each process
 
     @property
     def per_accept(self) -> float:
@@ -78,7 +81,8 @@ def measure(workers: int, connections: int, exclusive: bool) -> Wakeups:
             stop_here.close()
             report.close()
         listener.close()
-    return Wakeups(workers, exclusive, sum(c[1] for c in counts), sum(c[0] for c in counts), switched)
+    accepted = tuple(c[1] for c in counts)
+    return Wakeups(workers, exclusive, sum(accepted), sum(c[0] for c in counts), switched, accepted)
 
 
 def main() -> int:
@@ -88,7 +92,8 @@ def main() -> int:
             wait = "ACCEPT (EPOLLEXCLUSIVE)" if exclusive else "READ"
             print(
                 f"N={workers} {wait}: {w.accepted} accepted, {w.task_wakeups} task wake-ups, "
-                f"{w.context_switches} process wake-ups: {w.per_accept:.2f} per accept",
+                f"{w.context_switches} process wake-ups: {w.per_accept:.2f} per accept; "
+                f"accepted by each: {', '.join(map(str, w.spread))}",
                 flush=True,
             )
     return 0

@@ -45,7 +45,7 @@ from typing import Any
 from server.engine.echo import Connection
 from server.engine.listener import format_address, refuse_new_connections
 from server.engine.proxy_protocol import Accept, Network, ProxyHeader, parse_networks, trusted
-from server.engine.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
+from server.engine.scheduler import ACCEPT, Scheduler, Sleep, TaskGen, Wait
 from server.observe.events import Event, event
 from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
 from server.observe.throttle import Throttle
@@ -129,7 +129,7 @@ class Acceptor:
 
     def run(self) -> TaskGen:
         accept = self._listener.accept
-        readable = Wait(READ)
+        readable = Wait(ACCEPT)  # EPOLLEXCLUSIVE: a shared listener wakes one worker
         self._on_ready()
         try:
             while True:

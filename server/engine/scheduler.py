@@ -10,7 +10,10 @@ waits for and is resumed when that happens:
 
 ACCEPT registers the socket with EPOLLEXCLUSIVE where the selector is epoll: when a
 connection arrives on a listener that several workers wait on, the kernel wakes one of
-them (or a few), not all (the thundering herd). Elsewhere it is READ.
+them (or a few), not all (the thundering herd). Elsewhere it is READ. The kernel wakes
+the first idle waiter in its queue, so each ACCEPT wait re-queues the socket at the
+back (two epoll_ctl calls per wake-up): idle workers take turns instead of the first
+one taking every connection while the others sleep.
 
 A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
 that socket's registration and closes it when the task ends (the task must not close
@@ -57,6 +60,7 @@ from server.engine.timers import Deadlines
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _EXCLUSIVE = 1 << 8  # not a selectors event: the scheduler takes it off (see ACCEPT)
+_EPOLLEXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)  # Linux 4.5+
 ACCEPT = READ | _EXCLUSIVE
 
 log = logging.getLogger("echo.scheduler")
@@ -330,6 +334,9 @@ class Scheduler:
                         self._selector.unregister(task.sock)
                     self._register(task.sock, events, task)
                 task.events = events
+            elif events & _EXCLUSIVE:
+                assert task.sock is not None
+                self._requeue_exclusive(task.sock)
             task.sleeping = False
             timeout = wait.timeout
         elif type(wait) is Sleep:
@@ -352,12 +359,15 @@ class Scheduler:
     def _register(self, sock: socket.socket, events: int, task: Task) -> None:
         self._selector.register(sock, events & ~_EXCLUSIVE, task)
         if events & _EXCLUSIVE:
-            # selectors has no flag for it: re-add the fd to its epoll object, exclusive.
-            epoll = getattr(self._selector, "_selector", None)
-            exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
-            if isinstance(epoll, select.epoll) and exclusive:
-                epoll.unregister(sock.fileno())
-                epoll.register(sock.fileno(), select.EPOLLIN | exclusive)
+            self._requeue_exclusive(sock)
+
+    def _requeue_exclusive(self, sock: socket.socket) -> None:
+        """(Re-)add ``sock`` to the epoll object under selectors, exclusive (selectors has
+        no flag for it): at the back of the socket's queue of exclusive waiters."""
+        epoll = getattr(self._selector, "_selector", None)
+        if isinstance(epoll, select.epoll) and _EPOLLEXCLUSIVE:
+            epoll.unregister(sock.fileno())
+            epoll.register(sock.fileno(), select.EPOLLIN | _EPOLLEXCLUSIVE)
 
     def _end(
         self, task: Task, *, close_gen: bool = False, reset: bool = False, failure: BaseException | None = None
