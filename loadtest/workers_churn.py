@@ -42,34 +42,44 @@ def workers_of(pid: int) -> list[int]:
     return found
 
 
-def hammer(address: tuple[str, int], stop: threading.Event, counts: list[int], index: int) -> None:
+def hammer(address: tuple[str, int], stop: threading.Event, counts: list[int]) -> None:
+    """``counts``: this thread's own [echoed, failed]."""
     while not stop.is_set():
-        with socket.create_connection(address, timeout=10) as sock:
-            sock.sendall(b"ping")
-            got = b""
-            while len(got) < 4:
-                chunk = sock.recv(4 - len(got))
-                if not chunk:
-                    raise RuntimeError("EOF before the echo")
-                got += chunk
-        counts[index] += 1
+        try:
+            _echo_once(address)
+        except OSError:
+            counts[1] += 1  # a failure: counted, and the run goes on
+            continue
+        counts[0] += 1
 
 
-def run(address: tuple[str, int], threads: int, seconds: float) -> int:
+def _echo_once(address: tuple[str, int]) -> None:
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"ping")
+        got = b""
+        while len(got) < 4:
+            chunk = sock.recv(4 - len(got))
+            if not chunk:
+                raise ConnectionError("EOF before the echo")
+            got += chunk
+
+
+def run(address: tuple[str, int], threads: int, seconds: float) -> tuple[int, int]:
+    """(connections echoed, connections failed) by ``threads`` threads in ``seconds``."""
     stop = threading.Event()
-    counts = [0] * threads
-    pool = [threading.Thread(target=hammer, args=(address, stop, counts, i)) for i in range(threads)]
+    counts = [[0, 0] for _ in range(threads)]
+    pool = [threading.Thread(target=hammer, args=(address, stop, mine)) for mine in counts]
     for thread in pool:
         thread.start()
     stop.wait(seconds)  # the measurement's length, not a synchronization
     stop.set()
     for thread in pool:
         thread.join(30)
-    return sum(counts)
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def measure(workers: int, threads: int, seconds: float, log_dir: str) -> dict[str, object]:
-    log_file = os.path.join(log_dir, f"workers-{workers}.log")
+    log_file = tempfile.mktemp(prefix=f"workers-{workers}-", suffix=".log", dir=log_dir)
     command = [sys.executable, "-m", "server", "--port", "0", "--admin-port", "off", "--workers", str(workers)]
     command += ["--log-format", "json", "--log-file", log_file, "--log-max-bytes", str(1 << 40)]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,20 +90,25 @@ def measure(workers: int, threads: int, seconds: float, log_dir: str) -> dict[st
         pids = [server.pid, *worker_pids]
         before = [cpu_s(pid) for pid in pids]
         started = time.monotonic()
-        connections = run(address, threads, seconds)
+        connections, failed = run(address, threads, seconds)
         elapsed = time.monotonic() - started
         spent = [cpu_s(pid) - b for pid, b in zip(pids, before, strict=True)]
     finally:
         server.terminate()
         server.wait(30)
     total = sum(spent)
+    records = [json.loads(line) for line in Path(log_file).read_text().splitlines()]
+    problems = sum(1 for r in records if r.get("level") in ("warning", "error"))
     return {
         "workers": workers,
         "connections_per_s": round(connections / elapsed),
         "cpu_us_per_connection": round(total * 1e6 / connections, 1),
         "supervisor_us_per_connection": round(spent[0] * 1e6 / connections, 1) if workers > 1 else None,
         "connections": connections,
+        "failed": failed,
         "seconds": round(elapsed, 2),
+        "log_lines": len(records),
+        "warnings_and_errors": problems,
     }
 
 

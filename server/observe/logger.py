@@ -92,6 +92,15 @@ class LogActor(Actor):
             self._stats.log_event_dropped()
         return delivered
 
+    def send_lines(self, text: str, count: int) -> bool:
+        """Post ``count`` lines formatted elsewhere, written in one piece; never blocks
+        (if the mailbox is full they are dropped and counted, as events are)."""
+        delivered = super().send(Lines(text, count))
+        if not delivered:
+            for _ in range(count):
+                self._stats.log_event_dropped()
+        return delivered
+
     def reopen(self) -> None:
         """Ask for the log file to be reopened (SIGUSR1): lines handled from now on go
         to a file opened afresh at the same path. Never blocks; a no-op but for files."""
@@ -105,6 +114,9 @@ class LogActor(Actor):
             self._reopen()
             if message is _REOPEN:
                 return
+        if type(message) is Lines:  # a worker's batch, formatted there
+            self._write(message.text)
+            return
         if isinstance(message, Event):
             record = message.as_dict()
         elif isinstance(message, logging.LogRecord):
@@ -156,19 +168,35 @@ class LogActor(Actor):
         return ended
 
     def _format(self, record: dict[str, Any]) -> str:
-        if self._json:
-            return json.dumps(record, separators=(",", ":"), default=str) + "\n"
-        name = record.pop("event")
-        if name == "log":  # a logging record: "<ts> <LEVEL> <logger>: <message>"
-            name = record.pop("logger") + ":"
-        head = f"{record.pop('ts')} {record.pop('level').upper():7} {name}"
-        message = record.pop("message", None)
-        exc = record.pop("exc", None)
-        parts = [head] + [f"{key}={_text_value(value)}" for key, value in record.items()]
-        if message is not None:
-            parts.append(str(message))
-        line = " ".join(parts)
-        return line + ("\n" + exc if exc else "") + "\n"
+        return format_record(record, json_lines=self._json)
+
+
+def format_record(record: dict[str, Any], *, json_lines: bool) -> str:
+    """One log line (with its newline) for an event's or a log record's fields: JSON, or
+    text. Any thread (a worker formats its own events' lines with it)."""
+    if json_lines:
+        return json.dumps(record, separators=(",", ":"), default=str) + "\n"
+    name = record.pop("event")
+    if name == "log":  # a logging record: "<ts> <LEVEL> <logger>: <message>"
+        name = record.pop("logger") + ":"
+    head = f"{record.pop('ts')} {record.pop('level').upper():7} {name}"
+    message = record.pop("message", None)
+    exc = record.pop("exc", None)
+    parts = [head] + [f"{key}={_text_value(value)}" for key, value in record.items()]
+    if message is not None:
+        parts.append(str(message))
+    line = " ".join(parts)
+    return line + ("\n" + exc if exc else "") + "\n"
+
+
+class Lines:
+    """Log lines formatted elsewhere (a worker's, in a batch): written as they are."""
+
+    __slots__ = ("count", "text")
+
+    def __init__(self, text: str, count: int) -> None:
+        self.text = text
+        self.count = count
 
 
 def _say(line: str) -> None:

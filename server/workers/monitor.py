@@ -48,6 +48,7 @@ from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
 from server.workers.shared_limits import SharedLimits
+from server.workers.worker import SUMMED_UP
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from server.workers.worker_process import Listeners, WorkerProcess, exit_status
 
@@ -60,8 +61,6 @@ KILL_MARGIN_S = 0.3  # past shutdown_timeout + FINAL_FLUSH_S: then SIGKILL what 
 REAP_S = 1.0  # after SIGKILL, how long to wait for the exits
 HUNG_GRACE_S = 1.0  # after a hung worker's SIGABRT, its SIGKILL
 LIVENESS_CHECK_S = 0.25  # how often the monitor looks for hung workers
-# Worker events that the supervisor's own events replace.
-_SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
 
 
 class Owner(Protocol):
@@ -75,6 +74,14 @@ class Owner(Protocol):
     def ready(self) -> Any: ...
 
     def publish(self, record: Event) -> None: ...
+
+    def publish_unlogged(self, record: Event) -> None: ...
+
+    def write_lines(self, text: str, count: int) -> None: ...
+
+    def log_lines(self) -> bool: ...
+
+    def watched(self) -> bool: ...
 
     def snapshot(self) -> WorkersSnapshot: ...
 
@@ -105,9 +112,11 @@ class Monitor:
         self._stop_deadline = 0.0
         self._killed = False
         self._next_stats = 0.0
+        self._watched = False  # the workers were told that /events has readers
 
     def post(self, command: str, config: Config | None = None) -> None:
-        """``stop``, or ``reload`` with its config (any thread)."""
+        """``stop``, ``reload`` with its config, or ``watch`` (the event readers changed)
+        (any thread)."""
         self._commands.put((command, config))
         try:
             self._wake_w.send(b"\0")
@@ -163,6 +172,8 @@ class Monitor:
                 self._begin_stop()
             elif command == "reload" and config is not None:
                 self._begin_reload(config)
+            elif command == "watch":
+                self._update_watch()
 
     def _tick(self, now: float) -> None:
         if self.config.stats_interval > 0 and now >= self._next_stats:
@@ -180,6 +191,15 @@ class Monitor:
             else:
                 self._workers.clear()  # not reaped in time: leave them (they are SIGKILLed)
         self._check_liveness(now)
+        self._update_watch()
+
+    def _update_watch(self) -> None:
+        """Tell the workers if someone besides the log now reads events (or stopped)."""
+        watched = self._owner.watched()
+        if watched != self._watched:
+            self._watched = watched
+            for worker in self._workers.values():
+                worker.watch(watched)
 
     def _check_liveness(self, now: float) -> None:
         limit = self.config.worker_timeout
@@ -239,8 +259,17 @@ class Monitor:
             log.error("no free row in the shared limits for worker %d; not started", index)
             return
         worker = WorkerProcess.spawn(
-            self._ctx, index, generation, self._configs[generation], self._listeners, self._limits, row
+            self._ctx,
+            index,
+            generation,
+            self._configs[generation],
+            self._listeners,
+            self._limits,
+            row,
+            self._owner.log_lines(),
         )
+        if self._watched:
+            worker.watch(True)
         worker.replacing_at = replacing_at
         self._workers[worker.pid] = worker
         self._selector.register(worker.uplink, selectors.EVENT_READ, worker)
@@ -276,9 +305,15 @@ class Monitor:
             _, name, level, conn_id, peer, data, at = message
             if name == "ready":
                 self._worker_ready(worker)
-            elif name not in _SUMMED_UP:
+            elif name not in SUMMED_UP:
                 fields = MappingProxyType({**data, "worker": worker.index})
                 self._owner.publish(Event(name, level, conn_id, peer, fields, at))
+        elif kind == "L":  # log lines the worker formatted: written as they are
+            self._owner.write_lines(message[1], message[2])
+        elif kind == "w":  # an event whose line the worker wrote: for /events readers only
+            _, name, level, conn_id, peer, data, at = message
+            fields = MappingProxyType({**data, "worker": worker.index})
+            self._owner.publish_unlogged(Event(name, level, conn_id, peer, fields, at))
         elif kind == "l":
             _, name, levelno, text, created = message
             record = logging.makeLogRecord(

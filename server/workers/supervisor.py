@@ -39,6 +39,7 @@ failed (the monitor's).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -58,6 +59,7 @@ from server.failure import FailureAttributes, FailureRecord
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.logger import LogActor
 from server.observe.stats import Stats, StatsSnapshot
 from server.observe.totals import WorkersSnapshot
 from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
@@ -83,8 +85,18 @@ RESTART_ONLY = (
 
 
 class Supervisor(FailureAttributes):
-    def __init__(self, config: Config, *, stats: Stats | None = None, exchange: Exchange | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stats: Stats | None = None,
+        exchange: Exchange | None = None,
+        log_actor: LogActor | None = None,
+    ) -> None:
+        """``log_actor``: the LogActor subscribed to ``exchange``; given, the workers format
+        their events' lines themselves and it writes them in batches (worker.Uplink)."""
         self.config = config
+        self._log = log_actor
         self.stats = stats or Stats()  # the supervisor's own: the log's drops, its uptime
         self.exchange = exchange or get_exchange("events")
         self.ready = threading.Event()
@@ -123,6 +135,24 @@ class Supervisor(FailureAttributes):
 
     def publish(self, record: Event) -> None:
         self.exchange.send(record)
+
+    # --- the monitor thread: the workers' lines and events ----------------------------
+
+    def log_lines(self) -> bool:
+        """Whether workers format their own events' log lines (a LogActor was given)."""
+        return self._log is not None
+
+    def write_lines(self, text: str, count: int) -> None:
+        if self._log is not None:
+            self._log.send_lines(text, count)
+
+    def publish_unlogged(self, record: Event) -> None:
+        """A worker's event whose line it already wrote: to every subscriber but the log."""
+        self.exchange.send_except(record, self._log)
+
+    def watched(self) -> bool:
+        """Someone besides the log reads the events (/events, a test): workers send them."""
+        return self.exchange.subscriber_count > (1 if self._log is not None else 0)
 
     # --- lifecycle (the CLI's threads) ------------------------------------------------
 
@@ -167,6 +197,7 @@ class Supervisor(FailureAttributes):
             self._stream_listeners = tuple(sock for sock in (listener, tls_listener) if sock is not None)
             self._monitor = Monitor(self, self._ctx, (listener, tls_listener, udp_socket), limits)
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
+            self.exchange.on_change = functools.partial(self._monitor.post, "watch")
             self._started = True
             self.publish(
                 event("started", workers=config.workers, loops=config.loops, max_connections=config.max_connections)
@@ -223,6 +254,7 @@ class Supervisor(FailureAttributes):
             assert self._monitor is not None and self._monitor_thread is not None
             self._monitor.post("stop")
             self._monitor_thread.join(config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S + REAP_S + 1.0)
+            self.exchange.on_change = None
             final = self.snapshot()
             fields = StatsSnapshot.as_dict(final)
             self.publish(event("stopped", **fields, workers_restarted=final.restarts))

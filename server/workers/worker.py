@@ -10,14 +10,16 @@ the process. The worker then runs ``main(spec)``:
   off (the supervisor publishes the totals), admitting through ``GlobalStats`` so that
   max_connections and max_connections_per_ip hold for the whole server (shared_limits.py);
 - an ``Uplink`` actor: subscribed to the worker's events Exchange and its ``echo``
-  logger, it sends them in batches up the worker's pipe, plus a stats snapshot every
-  SNAPSHOT_INTERVAL_S and a final one after the drain. Its mailbox is bounded
+  logger, it sends them in batches up the worker's pipe (its events as log lines it
+  formats itself: see Uplink), plus a stats snapshot every SNAPSHOT_INTERVAL_S and a
+  final one after the drain. Its mailbox is bounded
   (``log_queue``): if the supervisor falls behind, events are dropped and counted, and
   no server thread ever waits for the pipe;
 - the main thread sends, with each snapshot, the heartbeat of its loop stalled longest
   (``EchoServer.oldest_loop``): the supervisor replaces a worker whose loop stalls, or
   that stops sending, for ``--worker-timeout`` (monitor.py);
-- the main thread waits for a stop: ``drain`` on the control pipe, the control pipe's
+- the main thread waits for a stop (and hears ``("watch", bool)``: whether the
+  supervisor wants the events themselves): ``drain`` on the control pipe, the control pipe's
   end (the supervisor is gone), or SIGTERM. Then it drains (EchoServer.shutdown), sends
   its final snapshot and exits 0 (1 if a server thread had failed).
 
@@ -38,6 +40,7 @@ import selectors
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +52,7 @@ from server.engine.os_names import name_process
 from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
-from server.observe.logger import LEVELS
+from server.observe.logger import LEVELS, format_record
 from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, Stats
 from server.observe.throttle import Throttle
 from server.observe.totals import pack
@@ -58,7 +61,14 @@ from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-DRAIN = "drain"  # the supervisor's one command
+# Connections' log lines wait up to this long for company, so that the supervisor takes
+# them by the dozen at full churn; anything else (a snapshot: every SNAPSHOT_INTERVAL_S)
+# goes at once and takes them along.
+LINGER_S = 0.05
+DRAIN = "drain"  # the supervisor's command to stop; ("watch", bool) says if events are wanted
+WATCH = "watch"
+# Worker events that the supervisor's own events replace (it acts on them, not logs them).
+SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
 _UNLIMITED = 1 << 62
 
 log = logging.getLogger("echo.worker")
@@ -76,6 +86,7 @@ class WorkerSpec:
     row: int
     uplink: Pipe  # write end: worker -> supervisor
     control: Pipe  # read end: supervisor -> worker
+    log_lines: bool = False  # format its events' log lines itself (Uplink)
 
 
 def worker_config(config: Config) -> Config:
@@ -169,15 +180,42 @@ def wire_log(record: logging.LogRecord) -> tuple[Any, ...]:
 
 
 class Uplink(Actor):
-    """Events, log records and snapshots up the pipe, in batches (see the module docstring)."""
+    """Events, log records and snapshots up the pipe, in batches (see the module docstring).
 
-    def __init__(self, pipe: Pipe, stats: Stats, mailbox_size: int) -> None:
+    With ``log_lines`` (the supervisor has a LogActor), the worker formats its events'
+    log lines itself, as the supervisor's LogActor would (with ``worker``), and sends
+    each batch's lines as one text: the supervisor writes them without unpickling an
+    event, building it again or formatting it (its cost per connection is what bounds a
+    host with many workers). Events go up as events too only while ``watched`` (the
+    supervisor has /events readers), and the lifecycle ones (SUMMED_UP) always: the
+    supervisor acts on them and writes its own lines for them."""
+
+    def __init__(
+        self,
+        pipe: Pipe,
+        stats: Stats,
+        mailbox_size: int,
+        *,
+        worker: int = 0,
+        log_lines: bool = False,
+        log_format: str = "text",
+        log_level: str = "info",
+    ) -> None:
         super().__init__("uplink", mailbox_size)
         self._pipe = pipe
         self._stats = stats
         self._batch: list[tuple[Any, ...]] = []
+        self._lines: list[str] = []
         self._broken = False
+        self._worker = worker
+        self._log_lines = log_lines
+        self._json = log_format == "json"
+        self._threshold = LEVELS[log_level]
+        self.watched = False  # set by the main thread (the supervisor says so)
         self.handler = _UplinkHandler(self)
+        self._urgent = False  # the batch holds more than lines and watchers' events
+        self._since = 0.0  # when the oldest of the batch was taken
+        self._closing = False
 
     def send(self, message: Any) -> bool:  # any thread
         delivered = super().send(message)
@@ -185,17 +223,44 @@ class Uplink(Actor):
             self._stats.log_event_dropped()
         return delivered
 
+    def close(self, timeout: float = 5.0) -> bool:
+        self._closing = True  # the last idle() sends whatever is left
+        return super().close(timeout)
+
     def handle(self, message: Any) -> None:
+        if not self._batch and not self._lines:
+            self._since = time.monotonic()
         if isinstance(message, Event):
-            self._batch.append(wire_event(message))
+            if not self._log_lines or message.name in SUMMED_UP:
+                self._batch.append(wire_event(message))
+                self._urgent = True
+            else:
+                if LEVELS.get(message.level, logging.INFO) >= self._threshold:
+                    record = message.as_dict()
+                    record["worker"] = self._worker
+                    self._lines.append(format_record(record, json_lines=self._json))
+                if self.watched:
+                    self._batch.append(("w", *wire_event(message)[1:]))
         elif isinstance(message, logging.LogRecord):
             self._batch.append(wire_log(message))
+            self._urgent = True
         else:
             self._batch.append(message)
-        if len(self._batch) >= BATCH:
-            self.idle()
+            self._urgent = True
+        if len(self._batch) + len(self._lines) >= BATCH:
+            self._flush()
 
     def idle(self) -> None:
+        """The mailbox ran empty: send now if the batch holds more than connections'
+        lines, or has waited LINGER_S (else the next message or snapshot sends it)."""
+        if self._urgent or self._closing or time.monotonic() - self._since >= LINGER_S:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._urgent = False
+        if self._lines:
+            self._batch.append(("L", "".join(self._lines), len(self._lines)))
+            self._lines = []
         if not self._batch:
             return
         batch, self._batch = self._batch, []
@@ -236,7 +301,15 @@ def main(spec: WorkerSpec) -> None:
     spec.limits.bind(spec.row)
     stats = GlobalStats(spec.limits)
     exchange = Exchange("events")
-    uplink = Uplink(spec.uplink, stats, config.log_queue)
+    uplink = Uplink(
+        spec.uplink,
+        stats,
+        config.log_queue,
+        worker=spec.index,
+        log_lines=spec.log_lines,
+        log_format=config.log_format,
+        log_level=config.log_level,
+    )
     echo_logger = logging.getLogger("echo")
     echo_logger.setLevel(LEVELS[config.log_level])
     echo_logger.propagate = False
@@ -308,7 +381,10 @@ def _wait_for_stop(
                         pass
                     return  # SIGTERM, or a failure
                 try:
-                    if control.recv() == DRAIN:
-                        return
+                    command = control.recv()
                 except (EOFError, OSError):
                     return  # the supervisor is gone: drain and go
+                if command == DRAIN:
+                    return
+                if isinstance(command, tuple) and command[0] == WATCH:
+                    uplink.watched = bool(command[1])

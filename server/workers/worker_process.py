@@ -28,7 +28,7 @@ from typing import Any
 
 from server.config import Config
 from server.workers.shared_limits import SharedLimits
-from server.workers.worker import DRAIN, WorkerSpec
+from server.workers.worker import DRAIN, WATCH, WorkerSpec
 from server.workers.worker import main as worker_main
 
 log = logging.getLogger("echo.supervisor")
@@ -132,10 +132,11 @@ class WorkerProcess:
         listeners: Listeners,
         limits: SharedLimits,
         row: int,
+        log_lines: bool = False,
     ) -> WorkerProcess:
         up_r, up_w = ctx.Pipe(duplex=False)
         down_r, down_w = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(index, generation, config, *listeners, limits, row, up_w, down_r)
+        spec = WorkerSpec(index, generation, config, *listeners, limits, row, up_w, down_r, log_lines)
         process = ctx.Process(target=worker_main, args=(spec,), name=f"echo-worker-{index}", daemon=True)
         try:
             process.start()
@@ -158,6 +159,13 @@ class WorkerProcess:
         if not batches and self._frames.ended:
             return None
         return [message for batch in batches for message in batch]
+
+    def watch(self, watched: bool) -> None:
+        """Tell the worker whether to send its events too (beside their log lines)."""
+        try:
+            self._control.send((WATCH, watched))
+        except OSError:
+            pass  # gone, or a stopped worker's full pipe: it is replaced or drained anyway
 
     def drain(self) -> None:
         """Ask the worker to stop accepting and drain (idempotent)."""
