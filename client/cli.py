@@ -2,8 +2,12 @@
 
     echo-client [HOST] [PORT]                        interactive: stdin -> server, echo -> stdout
     echo-client send (TEXT | --file F) [HOST] [PORT] send, verify, print the echo
-    echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times
+    echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times, then a summary with loss
     echo-client bench [--conns C ...] [HOST] [PORT]  load + latency figures (client.loadgen)
+
+Every mode connects as client.dial_args says: --banner/--expect-banner for a server run
+with --banner, --tls (--ca, --cert/--key, --sni, --alpn, --insecure), --proxy-protocol
+v1|v2 (--proxy-source), and --udp for send and ping.
 
 Every mode takes the server as ``[HOST] [PORT]`` operands, like nc (127.0.0.1 7007 by
 default); ``--host``/``--port`` are accepted as aliases. Options and operands may be
@@ -11,9 +15,10 @@ mixed in any order. Bytes that are not printable text are never written to a ter
 unless ``--force`` says so (a file's bytes could be escape sequences).
 
 Exit codes: 0 fine; 1 the server could not be reached or the connection failed;
-2 bad arguments, a refusal to write binary to a terminal, or (``send``) an echo that
-differed from what was sent. Everything runs on the main thread, but interactive
-mode's stdin pump.
+2 bad arguments, a refusal to write binary to a terminal, an echo that differed from
+what was sent, or a banner line missing or not matching --expect-banner; ``ping`` exits
+1 when any round trip got no echo. Everything runs on the main thread (bench's progress
+ticker aside; its load runs in worker processes).
 """
 
 from __future__ import annotations
@@ -22,24 +27,24 @@ import argparse
 import codecs
 import json
 import os
-import re
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from client import loadgen
-from client.library import EchoClient, EchoError, EchoMismatch
+from client import interactive, loadgen, ping
+from client.dial import CONTROL_CHARACTERS, shown
+from client.dial_args import add_dial_arguments, dial_options
+from client.errors import exit_code
+from client.library import EchoClient, EchoError, UnexpectedBanner
+from client.udp import MAX_DATAGRAM, UdpEchoClient
 from server import __version__
 
 PROG = "echo-client"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SUBCOMMANDS = ("send", "ping", "bench")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7007
-# What a terminal would act on rather than show: C0 and C1 controls but tab, newline, CR.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
 BINARY_REFUSED = "the echo is not printable text; not writing it to a terminal (use --force, or redirect stdout)"
 
 
@@ -104,7 +109,7 @@ def printable(data: bytes, decoder: codecs.IncrementalDecoder | None = None) -> 
         text = decoder.decode(data) if decoder else data.decode()
     except UnicodeDecodeError:
         return False
-    return _CONTROL.search(text) is None
+    return CONTROL_CHARACTERS.search(text) is None
 
 
 def _add_target(parser: argparse.ArgumentParser, operands: str) -> None:
@@ -131,6 +136,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         )
         _add_target(parser, "[HOST] [PORT]")
         parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
+        add_dial_arguments(parser, udp=False)
         return parser
     if command == "send":
         parser = _Parser(
@@ -142,6 +148,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         parser.add_argument("--file", help="send this file's bytes instead of TEXT")
         parser.add_argument("--quiet", "-q", action="store_true", help="print nothing; the exit code says it all")
         parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
+        add_dial_arguments(parser, udp=True)
     elif command == "ping":
         parser = _Parser(
             prog=f"{PROG} ping",
@@ -155,6 +162,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
             "-i", "--interval", type=_non_negative_float, default=0.0, help="seconds between round trips (0)"
         )
         parser.add_argument("--json", action="store_true", help="print the times and summary as JSON")
+        add_dial_arguments(parser, udp=True)
     else:
         parser = _Parser(
             prog=f"{PROG} bench",
@@ -174,6 +182,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         )
         parser.add_argument("--idle", type=_non_negative_int, default=0, help="silent connections held meanwhile (0)")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
+        add_dial_arguments(parser, udp=False)
     return parser
 
 
@@ -199,7 +208,8 @@ def _resolve_target(command: str | None, args: argparse.Namespace) -> None:
         args.host = DEFAULT_HOST
     try:
         args.port = DEFAULT_PORT if args.port is None else parse_port(str(args.port))
-    except UsageError as error:
+        args.dial = dial_options(args)
+    except (UsageError, ValueError) as error:
         raise UsageError(f"{prog}: {error}") from None
 
 
@@ -220,47 +230,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "bench":
             return _bench(args)
         return _interactive(args)
-    except EchoMismatch as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except EchoError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code(error)
     except KeyboardInterrupt:
         return 130
 
 
+def _connected(args: argparse.Namespace) -> EchoClient | UdpEchoClient:
+    """The command's client, connected (banner read and shown if asked)."""
+    if args.dial.udp:
+        return UdpEchoClient(args.host, args.port, timeout=args.timeout).connect()
+    client = EchoClient(args.host, args.port, timeout=args.timeout, options=args.dial).connect()
+    if args.show_banner and client.banner is not None:
+        print(f"{PROG}: banner: {shown(client.banner)}", file=sys.stderr)
+    return client
+
+
 def _interactive(args: argparse.Namespace) -> int:
-    with EchoClient(args.host, args.port, timeout=args.timeout) as client:
-        client.sock.settimeout(None)  # a person may type slowly
-        finished_sending = threading.Event()
+    client = _connected(args)
+    assert isinstance(client, EchoClient)  # no --udp here
+    out = sys.stdout.buffer
+    # Typed input was shown by the terminal already; piped input could be anything.
+    decoder = None if args.force or not out.isatty() or sys.stdin.isatty() else codecs.getincrementaldecoder("utf-8")()
 
-        def pump() -> None:
-            try:
-                while chunk := os.read(sys.stdin.fileno(), 65536):  # returns what a pipe or tty has
-                    client.send(chunk)
-                # Before the half-close: the server's EOF, which the reader waits for, can
-                # only follow it, so the reader never sees EOF before this is set.
-                finished_sending.set()
-                client.close_write()
-            except EchoError:
-                pass  # the reader reports how the connection ended
+    def show(chunk: bytes) -> bool:
+        if decoder is not None and not printable(chunk, decoder):
+            return False
+        out.write(chunk)
+        out.flush()
+        return True
 
-        threading.Thread(target=pump, name="stdin", daemon=True).start()
-        out = sys.stdout.buffer
-        # Typed input was shown by the terminal already; piped input could be anything.
-        decoder = (
-            None if args.force or not out.isatty() or sys.stdin.isatty() else codecs.getincrementaldecoder("utf-8")()
-        )
-        while chunk := client.recv(65536):
-            if decoder is not None and not printable(chunk, decoder):
-                print(f"{PROG}: {BINARY_REFUSED}", file=sys.stderr)
-                return EXIT_USAGE
-            out.write(chunk)
-            out.flush()
-        if not finished_sending.is_set():
-            print(f"{PROG}: the server closed the connection", file=sys.stderr)
-            return EXIT_FAILED
+    with client:
+        ending = interactive.relay(client, sys.stdin.fileno(), show)
+    if ending == interactive.REFUSED:
+        print(f"{PROG}: {BINARY_REFUSED}", file=sys.stderr)
+        return EXIT_USAGE
+    if ending == interactive.SERVER_CLOSED:
+        print(f"{PROG}: the server closed the connection", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -278,7 +286,10 @@ def _send(args: argparse.Namespace) -> int:
     if terminal and not args.force and not printable(data):  # the echo, once verified, is these bytes
         print(f"{PROG} send: {BINARY_REFUSED}", file=sys.stderr)
         return EXIT_USAGE
-    with EchoClient(args.host, args.port, timeout=args.timeout) as client:
+    if args.dial.udp and len(data) > MAX_DATAGRAM:
+        print(f"{PROG} send: --udp: a datagram holds at most {MAX_DATAGRAM} bytes, got {len(data)}", file=sys.stderr)
+        return EXIT_USAGE
+    with _connected(args) as client:
         echoed = client.echo(data)
     if not args.quiet:
         sys.stdout.buffer.write(echoed)
@@ -289,40 +300,11 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _ping(args: argparse.Namespace) -> int:
-    payload = os.urandom(args.size)
-    times_ms: list[float] = []
-    with EchoClient(args.host, args.port, timeout=args.timeout) as client:
-        for sequence in range(1, args.count + 1):
-            started = time.perf_counter()
-            client.echo(payload)
-            times_ms.append((time.perf_counter() - started) * 1000)
-            if not args.json:
-                print(f"{args.size} bytes from {client.target}: seq={sequence} time={times_ms[-1]:.3f} ms")
-            if args.interval > 0 and sequence < args.count:
-                time.sleep(args.interval)  # the pacing the user asked for
-        target = client.target
-    ordered = sorted(times_ms)
-    summary = {
-        "min": ordered[0],
-        "median": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        "max": ordered[-1],
-    }
-    if args.json:
-        document = {
-            "target": target,
-            "size": args.size,
-            "count": args.count,
-            "times_ms": [round(t, 4) for t in times_ms],
-            **{f"{name}_ms": round(value, 4) for name, value in summary.items()},
-        }
-        print(json.dumps(document, indent=2))
-        return EXIT_OK
-    print(
-        f"--- {args.count} round trips: min {summary['min']:.3f} / median {summary['median']:.3f} / "
-        f"p99 {summary['p99']:.3f} / max {summary['max']:.3f} ms"
-    )
-    return EXIT_OK
+    if args.dial.udp and args.size > MAX_DATAGRAM:
+        print(f"{PROG} ping: --udp: a datagram holds at most {MAX_DATAGRAM} bytes, got {args.size}", file=sys.stderr)
+        return EXIT_USAGE
+    with _connected(args) as client:
+        return ping.run(client, args, prog=PROG)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -336,9 +318,15 @@ def _bench(args: argparse.Namespace) -> int:
         processes=args.processes,
         idle=args.idle,
         connect_timeout_s=args.timeout,
+        dial=args.dial,
     )
-    with EchoClient(args.host, args.port, timeout=args.timeout):
-        pass  # fail fast, with one line, if the server is not there
+    with _connected(args) as probe:  # fail fast, with one line, if the server is not there
+        try:
+            probe.echo(b"echo-client bench: probe\n")
+        except UnexpectedBanner:
+            raise  # every connection would fail the same way: say what to pass instead
+        except EchoError:
+            pass  # the run measures and counts what else goes wrong
     show_progress = sys.stderr.isatty() and not args.json
     stop_ticker = threading.Event()
 

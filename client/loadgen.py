@@ -1,13 +1,18 @@
 """The load generator behind ``echo-client bench``: closed-loop echo load from worker
 processes on a ProcessPoolExecutor, every echoed byte verified.
 
-Each worker process (``drive``) opens its share of the connections, non-blocking on one
+Each worker process (``drive``) opens its share of the connections (client.dial: the
+PROXY header, TLS and the banner line as the spec's DialOptions say), non-blocking on one
 selector, keeps ``pipeline`` messages of ``size`` bytes in flight on each, and measures
 from a common start time for ``duration`` seconds. A message's latency runs from when it
 was queued for sending until its last byte came back. Latencies go into a log-bucketed
 histogram (about 2% resolution) so a worker returns kilobytes, not millions of floats.
 At the end each connection is half-closed and read until the server's EOF before it is
 closed (``_wind_down``), so a clean run ends as ``eof`` in the server's logs, not ``reset``.
+Over TLS (``--tls``) the same loop runs on SSL sockets: a want-read/want-write is "not
+yet", a write that wanted the socket is retried with the same bytes first (OpenSSL's
+rule), bytes the TLS layer already decrypted are read without waiting for the selector,
+and the end is "read all that is owed, then close_notify" (TLS has no half-close).
 
 ``run`` is called in the parent: it opens the idle connections (if any), submits the
 workers, reports progress through ``add_done_callback``, and merges their results.
@@ -19,6 +24,7 @@ import os
 import random
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -28,10 +34,13 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from client.dial import PLAIN, DialOptions, open_stream
+from client.errors import EchoError
 from server.observe.histogram import bucket, percentile
 
 SETUP_S_PER_CONNECTION = 0.0005
 STARVED_S = 1.0  # a message in flight longer than this at the end counts as an error
+_NOT_YET = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class LoadSpec:
     processes: int = 1
     idle: int = 0
     connect_timeout_s: float = 5.0
+    dial: DialOptions = PLAIN
 
 
 @dataclass
@@ -97,11 +107,10 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
     live: list[_Conn] = []
     for _ in range(conns):
         try:
-            sock = socket.create_connection((spec.host, spec.port), timeout=spec.connect_timeout_s)
-        except OSError as error:
-            result.errors[f"connect: {error.strerror or error}"] += 1
+            sock = open_stream(spec.host, spec.port, spec.dial, spec.connect_timeout_s).sock
+        except EchoError as error:
+            result.errors[f"connect: {error}"] += 1
             continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         live.append(_Conn(sock))
     result.connected = len(live)
@@ -137,7 +146,7 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
         data = conn.outbox + payload if conn.outbox else payload
         try:
             sent = conn.sock.send(data)
-        except BlockingIOError:
+        except _NOT_YET:
             sent = 0
         except OSError as error:
             fail(conn, f"send: {error.strerror or error}")
@@ -153,17 +162,20 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
         for _ in range(spec.pipeline):
             if not queue_message(conn, now):
                 break
+    decrypted: list[_Conn] = []  # TLS connections holding bytes the selector cannot see
     while True:
-        ready = selector.select(max(0.0, deadline - time.perf_counter()))
+        events = {key.data: mask for key, mask in selector.select(0 if decrypted else deadline - time.perf_counter())}
+        for conn in decrypted:
+            events[conn] = events.get(conn, 0) | selectors.EVENT_READ
+        decrypted = []
         now = time.perf_counter()
         if now >= deadline:
             break
-        for key, mask in ready:
-            conn = key.data
+        for conn, mask in events.items():
             if mask & selectors.EVENT_WRITE and conn.outbox:
                 try:
                     sent = conn.sock.send(conn.outbox)
-                except BlockingIOError:
+                except _NOT_YET:
                     sent = 0
                 except OSError as error:
                     fail(conn, f"send: {error.strerror or error}")
@@ -190,12 +202,14 @@ def drive(spec: LoadSpec, conns: int, start_at: float, seed: int) -> WorkerResul
                 result.messages += 1
                 if not queue_message(conn, now):
                     break
+            if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.fileno() >= 0 and conn.sock.pending():
+                decrypted.append(conn)
     result.elapsed_s = time.perf_counter() - started
     for key in list(selector.get_map().values()):
         conn = key.data
         if conn.sent_at and now - conn.sent_at[0] > STARVED_S:
             result.errors[f"no echo for {STARVED_S:g} s"] += 1  # a server that left it unserved
-    _wind_down(selector, buffer, spec.connect_timeout_s, verify, fail)
+    _wind_down(selector, buffer, spec.connect_timeout_s, verify, fail, size)
     selector.close()
     return result
 
@@ -205,8 +219,10 @@ def _receive(conn: _Conn, buffer: bytearray, fail: Callable[[_Conn, str], None])
     failed (reported through ``fail``, which closes the connection)."""
     try:
         return conn.sock.recv_into(buffer)
-    except BlockingIOError:
+    except _NOT_YET:
         return None
+    except ssl.SSLZeroReturnError:
+        return 0
     except OSError as error:
         fail(conn, f"recv: {error.strerror or error}")
         return None
@@ -218,6 +234,7 @@ def _wind_down(
     timeout_s: float,
     verify: Callable[[_Conn, int], None],
     fail: Callable[[_Conn, str], None],
+    size: int,
 ) -> None:
     """End every connection as a well-behaved client does: half-close (FIN: no more
     messages), read the echo still in flight until the server's EOF, then close.
@@ -225,6 +242,9 @@ def _wind_down(
     of FIN, and the server would count a clean run as resets."""
     for key in list(selector.get_map().values()):
         conn = key.data
+        if isinstance(conn.sock, ssl.SSLSocket):
+            _end_tls(selector, conn, buffer, timeout_s, verify, fail, size)
+            continue
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError as error:
@@ -250,14 +270,45 @@ def _wind_down(
                 conn.sock.close()
 
 
+def _end_tls(
+    selector: selectors.BaseSelector,
+    conn: _Conn,
+    buffer: bytearray,
+    timeout_s: float,
+    verify: Callable[[_Conn, int], None],
+    fail: Callable[[_Conn, str], None],
+    size: int,
+) -> None:
+    """TLS cannot half-close: send what a write left over, read exactly the echo still
+    owed (the client knows how much), then close_notify and wait for the server's."""
+    sock = conn.sock
+    assert isinstance(sock, ssl.SSLSocket)
+    try:
+        sock.settimeout(timeout_s)
+        sock.sendall(conn.outbox)  # the same bytes a write that wanted the socket began
+        owed = len(conn.sent_at) * size - conn.received % size
+        while owed > 0:
+            count = sock.recv_into(buffer, min(owed, len(buffer)))
+            if not count:
+                raise ConnectionError(0, "the server closed before the echo still owed came back")
+            verify(conn, count)
+            owed -= count
+        sock.unwrap()
+    except OSError as error:
+        fail(conn, f"ending TLS: {error.strerror or error}")
+        return
+    selector.unregister(sock)
+    sock.close()
+
+
 def _open_idle(spec: LoadSpec) -> tuple[list[socket.socket], Counter[str]]:
     idle: list[socket.socket] = []
     errors: Counter[str] = Counter()
     for _ in range(spec.idle):
         try:
-            idle.append(socket.create_connection((spec.host, spec.port), timeout=spec.connect_timeout_s))
-        except OSError as error:
-            errors[f"idle connect: {error.strerror or error}"] += 1
+            idle.append(open_stream(spec.host, spec.port, spec.dial, spec.connect_timeout_s).sock)
+        except EchoError as error:
+            errors[f"idle connect: {error}"] += 1
     return idle, errors
 
 
@@ -265,7 +316,7 @@ def _still_open(sock: socket.socket) -> bool:
     sock.setblocking(False)
     try:
         return sock.recv(1) != b""  # data from a silent client's echo server: not expected
-    except BlockingIOError:
+    except _NOT_YET:
         return True
     except OSError:
         return False

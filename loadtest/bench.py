@@ -62,11 +62,14 @@ from loadtest.servers import (
     SERVERS,
     TLS_SERVER,
     TLS_SERVERS,
+    UVLOOP_SERVER,
     WORKER_SERVERS,
     WORKERS_SERVER,
     ServerUnderTest,
+    add_baseline,
     build_c_server,
     make_tls_files,
+    uvloop_missing,
     watch_admin,
 )
 
@@ -245,7 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="run echo-service's rows with the admin endpoint on this port, to watch /dashboard (default: off)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run echo-service from this checkout (e.g. git worktree add /tmp/base COMMIT): a before/after",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        try:
+            add_baseline(args.baseline.resolve())
+        except ValueError as error:
+            parser.error(f"--baseline: {error}")
     scenarios = [SCENARIOS[int(i)] for i in args.scenarios.split(",")] if args.scenarios else SCENARIOS
     servers = args.servers.split(",") if args.servers else list(SERVERS)
     unknown = set(servers) - set(SERVERS)
@@ -263,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[C_SERVER] = why
                 servers.remove(C_SERVER)
                 print(f"skipping {C_SERVER}: {why}", file=sys.stderr, flush=True)
+        if UVLOOP_SERVER in servers and (why := uvloop_missing()):
+            skipped[UVLOOP_SERVER] = why
+            servers.remove(UVLOOP_SERVER)
+            print(f"skipping {UVLOOP_SERVER}: {why}", file=sys.stderr, flush=True)
         if TLS_SERVER in servers and any(s.tls for s in scenarios):
             why = make_tls_files(Path(build_dir))
             if why:

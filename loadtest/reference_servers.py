@@ -7,6 +7,9 @@ KIND is one of:
                connection, blocking recv + sendall
     threading  socketserver.ThreadingTCPServer: a new thread per connection
     asyncio    an asyncio Protocol: data_received -> transport.write
+    uvloop     the same Protocol on uvloop's loop (libuv in C under asyncio's API): the
+               fastest event loop Python has; a development-only dependency of the
+               bench, never of the product (the row is skipped where it is missing)
     streams    asyncio streams: await reader.read(), writer.write(), await writer.drain()
 
 Each prints ``LISTENING HOST PORT`` once it listens, and runs until killed. All use a
@@ -102,11 +105,18 @@ async def _serve_streams(host: str, port: int) -> None:
     await server.serve_forever()
 
 
+def serve_uvloop(host: str, port: int) -> None:
+    import uvloop  # a benchmark reference only: pip install uvloop
+
+    uvloop.run(_serve_asyncio(host, port))
+
+
 SERVERS: dict[str, Callable[[str, int], None]] = {
     "seed": serve_seed,
     "threading": serve_threading,
     "asyncio": lambda host, port: asyncio.run(_serve_asyncio(host, port)),
     "streams": lambda host, port: asyncio.run(_serve_streams(host, port)),
+    "uvloop": serve_uvloop,
 }
 
 

@@ -7,6 +7,7 @@ Used by loadtest/bench.py on its main thread only. ``build_c_server`` and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 C_SOURCE = ROOT / "loadtest" / "epoll_echo.c"
 C_SERVER = "c-epoll"
+UVLOOP_SERVER = "uvloop-protocol"
 TLS_SERVER = "echo-service-tls"
 TLS_SERVERS = ("echo-service", TLS_SERVER)
 SERVERS = {
@@ -36,15 +38,35 @@ SERVERS = {
         "15000",
     ],
     "asyncio-protocol": [sys.executable, "-m", "loadtest.reference_servers", "asyncio"],
+    UVLOOP_SERVER: [sys.executable, "-m", "loadtest.reference_servers", "uvloop"],
     "asyncio-streams": [sys.executable, "-m", "loadtest.reference_servers", "streams"],
     "threading-tcpserver": [sys.executable, "-m", "loadtest.reference_servers", "threading"],
     "seed-threadpool-128": [sys.executable, "-m", "loadtest.reference_servers", "seed"],
     C_SERVER: [],  # filled in by build_c_server()
     TLS_SERVER: [],  # filled in by make_tls_files(): echo-service with --tls-port
 }
+BASELINE_SERVER = "echo-service@baseline"
+SERVER_CWD: dict[str, Path] = {}  # a server run from another checkout (the baseline)
 WORKERS_SERVER = "echo-service-2-workers"
 SERVERS[WORKERS_SERVER] = [*SERVERS["echo-service"], "--workers", "2"]
 WORKER_SERVERS = ("echo-service", WORKERS_SERVER)
+
+
+def add_baseline(checkout: Path) -> str:
+    """echo-service as another checkout has it (``git worktree add DIR COMMIT``), for a
+    same-run before/after: the same command, run from that checkout."""
+    if not (checkout / "server" / "__main__.py").exists():
+        raise ValueError(f"{checkout} is not a checkout of echo-service (no server/__main__.py)")
+    SERVERS[BASELINE_SERVER] = list(SERVERS["echo-service"])
+    SERVER_CWD[BASELINE_SERVER] = checkout
+    return BASELINE_SERVER
+
+
+def uvloop_missing() -> str | None:
+    """Why the uvloop row cannot run here, or None (it is a development-only dependency)."""
+    if importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not installed (pip install uvloop; the product never imports it)"
+    return None
 
 
 def watch_admin(port: int) -> None:
@@ -100,7 +122,12 @@ class ServerUnderTest:
                 os.sched_setaffinity(0, server_cpus)
 
         self.proc = subprocess.Popen(
-            SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=pin
+            SERVERS[name],
+            cwd=SERVER_CWD.get(name, ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=pin,
         )
         assert self.proc.stdout is not None
         self.address = self._read_address()

@@ -22,21 +22,20 @@ and the failure callback (any thread; it only wakes the main thread).
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from server import __version__
-from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
+from server.arguments import PROG, UsageError, load_config, load_with_sources, unknown_environment
+from server.config import Config, flag_name
 from server.core import FINAL_FLUSH_S, STOP_MARGIN_S, EchoServer
-from server.engine.listener import ListenError
-from server.engine.tls import TlsContext, TlsError
+from server.engine.tls import TlsError
+from server.lib.net import ListenError
+from server.listeners import listener_specs, load_tls
 from server.observe.exchange import Exchange, get_exchange
 from server.observe.logger import LEVELS, LogActor
 from server.observe.sinks import LogFileError
@@ -44,7 +43,6 @@ from server.observe.stats import Stats
 from server.signals import Action, Signals, Wakeup
 from server.workers.supervisor import Supervisor
 
-PROG = "echo-server"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOG_DRAIN_S = 5.0  # at exit, how long the log may take to write what it holds
 # Past shutdown_timeout, how long the main thread trusts EchoServer.shutdown() before it
@@ -53,78 +51,6 @@ LOG_DRAIN_S = 5.0  # at exit, how long the log may take to write what it holds
 STOP_WATCHDOG_S = FINAL_FLUSH_S + 2 * STOP_MARGIN_S + 3.0
 
 log = logging.getLogger("echo.cli")
-
-
-class UsageError(Exception):
-    """Bad command line or environment; the message names the setting."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog=PROG,
-        description="TCP echo service (RFC 862): every byte sent comes back, in order.",
-        epilog="Each setting can also be given as the environment variable shown; a flag wins. "
-        "Subcommands: 'healthcheck [--admin-port N]' probes a running server's admin endpoint; "
-        "'analyze FILE...' summarizes JSON logs (rotated .gz too).",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for spec in SETTINGS:
-        unit = spec.metadata["unit"]
-        default = "off" if spec.default is None and spec.name == "admin_port" else spec.default
-        shown = f"{default}{' ' + unit if unit else ''}" if default is not None else "unset"
-        parser.add_argument(
-            flag_name(spec.name),
-            dest=spec.name,
-            metavar=spec.metadata["metavar"] or None,
-            default=None,
-            help=f"{spec.metadata['help']} [env {env_name(spec.name)}; default {shown}]",
-        )
-    return parser
-
-
-def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
-    """Build the Config; raises UsageError naming the flag or variable at fault."""
-    return _load(argv, environ)[0]
-
-
-def _load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Config, dict[str, str]]:
-    """The Config, and for each setting given, the flag or variable it came from."""
-    args = build_parser().parse_args(list(argv))
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for spec in SETTINGS:
-        for source, text in (
-            (env_name(spec.name), environ.get(env_name(spec.name))),
-            (flag_name(spec.name), getattr(args, spec.name)),
-        ):
-            if text is None:
-                continue
-            try:
-                values[spec.name] = parse_value(spec.name, text)
-            except ConfigError as error:
-                raise UsageError(f"{source}: {error.problem}") from None
-            sources[spec.name] = source
-    try:
-        return Config(**values), sources
-    except ConfigError as error:
-        raise UsageError(f"{sources.get(error.setting, flag_name(error.setting))}: {error.problem}") from None
-
-
-def unknown_environment(environ: Mapping[str, str]) -> list[str]:
-    """One warning per ECHO_* variable that is no setting (a typo is otherwise silent)."""
-    known = [env_name(spec.name) for spec in SETTINGS]
-    warnings = []
-    for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            warnings.append(f"ignoring environment variable {name}: no such setting{hint}")
-    return warnings
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -140,7 +66,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return analyze(argv[1:])
     sources: dict[str, str] = {}
     try:
-        config, sources = _load(argv, environ)
+        config, sources = load_with_sources(argv, environ)
         stats = Stats()
         actor = LogActor(
             stats,
@@ -151,8 +77,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             max_bytes=config.log_max_bytes,
             backups=config.log_backups,
         )
-        if config.tls_port is not None:
-            TlsContext.load(config)  # the files' problems, named by flag, before anything starts
+        load_tls(config, listener_specs(config))  # the files' problems, named by flag, before anything starts
     except TlsError as error:
         print(
             f"{PROG}: error: {sources.get(error.setting, flag_name(error.setting))}: {error.problem}", file=sys.stderr

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.banner import check_template, parse_template
-from server.engine.proxy_protocol import ACCEPT_CHOICES, check_networks
+from server.engine.proxy_protocol import ACCEPT_CHOICES
+from server.lib.banner_template import check_template, parse_template
+from server.lib.networks import check_networks
 
 ENV_PREFIX = "ECHO_"
 
@@ -310,11 +311,14 @@ class Config:
         unit="s",
         metavar="SECONDS",
     )
-    # Behind a load balancer (see server/engine/proxy_protocol.py and server/engine/banner.py). The
-    # timeout is generous for a header that arrives in one segment with the connection.
+    # Behind a load balancer (see server/engine/proxy_step.py and server/engine/banner.py). The
+    # timeout is generous for a header that arrives in one segment with the connection. One
+    # setting for every stream listener: a balancer that sends PROXY in front of a TLS
+    # passthrough port sends it to the plain port too, and two settings could disagree.
     proxy_protocol: str = setting(
         "off",
-        "each connection must begin with a PROXY protocol header from a load balancer: off, v1, v2 or any",
+        "each connection (TCP and TLS ports) must begin with a PROXY protocol header from a load balancer:"
+        " off, v1, v2 or any",
         parse=lambda text: text.strip().lower(),
         check=_one_of("off", *ACCEPT_CHOICES),
         metavar="VERSION",
@@ -336,7 +340,8 @@ class Config:
     )
     banner: str | None = setting(
         None,
-        "send this line first on each connection ({hostname} {peer} {local} {conn} {version}); not pure RFC 862",
+        "send this line first on each connection ({hostname} {peer} {local} {conn} {listener} {version});"
+        " not pure RFC 862",
         parse=parse_template,
         check=check_template,
         metavar="TEMPLATE",

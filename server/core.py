@@ -5,12 +5,14 @@
         ...                                          # server.ready is set once accepting
 
 The pool hosts ``loops`` connection schedulers plus one acceptor scheduler; each is a
-generator-task loop (see scheduler.py). New connections go from the acceptor to the
-connection schedulers round-robin, through each scheduler's queue + wake-up.
-Optional listeners run on the same schedulers: TLS (``tls_port``) is a second Acceptor
-task on the acceptor scheduler handing off to tls_echo tasks; UDP (``udp_port``) is one
-udp.UdpEcho task there. ``start`` raises tls.TlsError, before opening anything, if the
-certificate or key cannot be used; ``reload_tls`` (SIGHUP) re-reads them.
+generator-task loop (see scheduler.py). The server serves a tuple of listeners
+(listeners.py: built from Config, or given: a test's extra listener, a worker's inherited
+sockets); each is served by tasks on the acceptor scheduler (an Acceptor per stream
+listener, handing new connections to the connection schedulers round-robin through each
+scheduler's queue + wake-up, where the listener's Pipeline runs them; one UdpEcho task per
+UDP socket). Connection ids come from one counter for all listeners (``next_id``).
+``start`` raises tls.TlsError, before opening anything, if the certificate or key cannot
+be used; ``reload_tls`` (SIGHUP) re-reads them.
 
 Threads: ``start``, ``shutdown``, ``close`` and ``serve_forever`` may be called from
 any thread (a lock orders them); ``shutdown`` is idempotent and blocks until stopped.
@@ -35,25 +37,27 @@ wake (failure.py keeps these rules for EchoServer and Supervisor alike).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
-import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+import server
 from server.config import Config
-from server.engine.acceptor import Acceptor, ProxyAdmission, ProxyPolicy
-from server.engine.banner import Banner, local_address
-from server.engine.echo import Connection, EchoWaits, echo, proxied_echo
-from server.engine.listener import ListenError, backlog_capped, fit_fd_limit, format_address, open_listener
+from server.engine.banner import Banner
+from server.engine.connection import Connection
+from server.engine.listener import backlog_capped, fit_fd_limit
 from server.engine.scheduler import Scheduler, every, most_stalled, stall_problem
 from server.engine.tls import TlsContext
-from server.engine.tls_echo import HandshakeFailures, TlsWaits, start_tls_connection
-from server.engine.udp import UdpEcho, open_udp
 from server.failure import FailureAttributes, FailureRecord
+from server.lib.net import format_address
+from server.listeners import Listener, ListenerSpec, ServerParts, listener_specs, load_tls, open_listeners, serve
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
@@ -87,22 +91,24 @@ class EchoServer(FailureAttributes):
         *,
         stats: Stats | None = None,
         exchange: Exchange | None = None,
-        listener: socket.socket | None = None,
-        tls_listener: socket.socket | None = None,
-        udp_socket: socket.socket | None = None,
+        specs: tuple[ListenerSpec, ...] | None = None,
+        listeners: tuple[Listener, ...] | None = None,
+        next_id: Callable[[], int] | None = None,
     ) -> None:
-        """``listener`` (and ``tls_listener``, ``udp_socket`` with tls_port, udp_port set):
-        already-open sockets to serve (a worker's, inherited from the supervisor) instead of
-        opening them on config.host:port (tls_port, udp_port); closed at shutdown."""
+        """``specs``: the listeners to open (default: what ``config`` asks for, see
+        listeners.py); ``listeners``: already-open ones to serve instead (a worker's,
+        inherited from the supervisor, shared with the next generation); closed at
+        shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...)."""
         self.config = config
-        self._given_listener = listener
-        self._given_tls_listener = tls_listener
-        self._given_udp_socket = udp_socket
+        self._specs = specs if specs is not None else listener_specs(config)
+        self._given = listeners
+        self._next_id = next_id or itertools.count(1).__next__
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self.server_address: tuple[str, int] | tuple[str, int, int, int] = ("", 0)
+        self.listeners: tuple[Listener, ...] = ()
+        self.server_address: tuple[Any, ...] = ("", 0)
         self._lock = threading.Lock()
         self._started = False
         self._draining = False
@@ -111,13 +117,7 @@ class EchoServer(FailureAttributes):
         self._loops: list[Scheduler] = []
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
-        self._waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
-        self._banner = Banner(config.banner) if config.banner is not None else None
-        self._proxy_admission: ProxyAdmission | None = None  # set by start() with --proxy-protocol
-        # The optional listeners (see tls_echo.py, udp.py); their addresses once started.
         self.tls: TlsContext | None = None
-        self.tls_address: tuple[Any, ...] | None = None
-        self.udp_address: tuple[Any, ...] | None = None
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
         self._failures = FailureRecord(log, self.publish, self._unready)
@@ -126,6 +126,18 @@ class EchoServer(FailureAttributes):
     def draining(self) -> bool:
         """True from the moment shutdown begins."""
         return self._draining
+
+    def address_of(self, name: str) -> tuple[Any, ...] | None:
+        """The address listener ``name`` is bound to, once started; None if there is none."""
+        return next((listener.address for listener in self.listeners if listener.name == name), None)
+
+    @property
+    def tls_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("tls")
+
+    @property
+    def udp_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("udp")
 
     def is_ready(self) -> bool:
         return self.ready.is_set()
@@ -147,135 +159,77 @@ class EchoServer(FailureAttributes):
     # --- lifecycle (any thread) -----------------------------------------------------------
 
     def start(self) -> None:
-        """Bind, listen and start the threads. Raises ListenError if the port is taken."""
+        """Bind, listen and start the threads. Raises ListenError if a port is taken."""
         with self._lock:
             if self.stopped.is_set():
                 raise RuntimeError("this EchoServer was shut down; make a new one")
             if self._started:
                 return
-            config, clamped = fit_fd_limit(self.config, self._fd_headroom(self.config))
+            config = self.config
+            max_connections, clamped = fit_fd_limit(config.max_connections, self._fd_headroom(config))
             if clamped:
                 log.warning("%s", clamped)
-            self.config = config
+                config = self.config = dataclasses.replace(config, max_connections=max_connections)
             capped = backlog_capped(config.backlog)
             if capped:
                 log.warning("%s", capped)
-            tls = TlsContext.load(config) if config.tls_port is not None else None  # TlsError: nothing opened yet
-            listener = self._given_listener or open_listener(config.host, config.port, config.backlog)
-            self.server_address = listener.getsockname()
-            tls_listener, udp_sock = self._open_optional_listeners(config, listener)
-            self.tls = tls
+            specs = self._specs if self._given is None else tuple(listener.spec for listener in self._given)
+            tls = load_tls(config, specs)  # TlsError: nothing opened yet
+            listeners = self._given if self._given is not None else open_listeners(specs, config.backlog)
+            self.server_address = listeners[0].address  # (the CLI: the echo port opened, the admin's did not)
             if config.admin_port is not None:
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
                 except OSError:
-                    for sock in (listener, tls_listener, udp_sock):
-                        if sock is not None:
-                            sock.close()
+                    for listener in listeners:
+                        listener.sock.close()
                     raise
+            self.listeners, self.tls = listeners, tls
+            for listener in listeners:
+                self.stats.add_listener(listener.name)
             self._started = True
             self.publish(event("started", loops=config.loops, max_connections=config.max_connections))
-            addresses: dict[str, Any] = {"address": format_address(self.server_address)}
             if self.admin is not None:
-                addresses["admin_address"] = format_address(self.admin.address)
                 self.admin.start()
-            said = " and admin on ".join(addresses.values())
-            for name, address in (("tls_address", self.tls_address), ("udp_address", self.udp_address)):
-                if address is not None:
-                    addresses[name] = format_address(address)
-                    said += f"; {name[:3].upper()} echo on {addresses[name]}"
-            self.publish(event("listening", **addresses))
-            # This and the "stopping"/"stopped" lines below restate their events: DEBUG, so that
-            # at the default level each lifecycle step is one line (the event's).
-            log.debug("echo listening on %s", said)
+            self.publish(event("listening", **self._addresses()))
 
             self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
             self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
             self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
-            acceptor = Acceptor(
-                listener,
-                self._loops,
-                self._start_connection,
+            parts = ServerParts(
+                config=config,
                 stats=self.stats,
                 publish=self.publish,
-                max_connections=config.max_connections,
-                max_connections_per_ip=config.max_connections_per_ip,
+                loops=self._loops,
+                next_id=self._next_id,
+                on_close=self._on_close,
                 on_ready=self._on_ready,
-                proxy=ProxyPolicy.from_settings(
-                    config.proxy_protocol, config.proxy_protocol_timeout, config.proxy_protocol_from
-                ),
-                sole_owner=self._given_listener is None,  # a worker's is shared with the next generation
+                banner=Banner(config.banner, server.__version__) if config.banner is not None else None,
+                tls=tls,
+                sole_owner=self._given is None,  # a worker's are shared with the next generation
             )
-            self._proxy_admission = acceptor.proxy_admission
-            if tls_listener is not None and tls is not None:
-                self._spawn_tls_acceptor(tls_listener, tls, acceptor)
-            if udp_sock is not None:
-                udp = UdpEcho(udp_sock, self.stats, rate=config.udp_rate, global_rate=config.udp_global_rate)
-                self._acceptor_loop.spawn_threadsafe(udp.run(), udp_sock, critical=True)
-                self._acceptor_loop.spawn_threadsafe(every(FOLD_INTERVAL_S, udp.fold), daemon=True)
-            self._acceptor_loop.spawn_threadsafe(acceptor.run(), listener, daemon=True, critical=True)
+            for index, listener in enumerate(listeners):
+                for serving in serve(listener, parts, first=index == 0):
+                    self._acceptor_loop.spawn_threadsafe(
+                        serving.task, serving.sock, daemon=serving.daemon, critical=serving.critical
+                    )
             if config.stats_interval > 0:
                 self._acceptor_loop.spawn_threadsafe(every(config.stats_interval, self._publish_stats), daemon=True)
             self._futures = [self._pool.submit(loop.run) for loop in (self._acceptor_loop, *self._loops)]
             for loop, future in zip((self._acceptor_loop, *self._loops), self._futures, strict=True):
                 future.add_done_callback(functools.partial(self._loop_done, loop.name))
 
-    def _open_optional_listeners(
-        self, config: Config, listener: socket.socket
-    ) -> tuple[socket.socket | None, socket.socket | None]:
-        """The TLS listener and the UDP socket, if configured; on failure nothing stays open."""
-        opened: list[socket.socket] = [listener]
-        try:
-            tls_listener = udp_sock = None
-            if config.tls_port is not None:
-                try:
-                    tls_listener = self._given_tls_listener or open_listener(
-                        config.host, config.tls_port, config.backlog
-                    )
-                except ListenError as error:
-                    raise ListenError(error.errno, error.strerror, "the TLS port") from None
-                opened.append(tls_listener)
-                self.tls_address = tls_listener.getsockname()
-            if config.udp_port is not None:
-                udp_sock = self._given_udp_socket or open_udp(config.host, config.udp_port)
-                self.udp_address = udp_sock.getsockname()
-            return tls_listener, udp_sock
-        except OSError:
-            for sock in opened:
-                sock.close()
-            raise
-
-    def _spawn_tls_acceptor(self, tls_listener: socket.socket, tls: TlsContext, acceptor: Acceptor) -> None:
-        """A second Acceptor on the same scheduler, same limits, handing off to TLS tasks."""
-        assert self._acceptor_loop is not None
-        config = self.config
-        start = functools.partial(
-            self._start_tls_connection,
-            tls=tls,
-            waits=TlsWaits.for_tls(config.idle_timeout, config.write_stall_timeout, config.tls_handshake_timeout),
-            on_close=self._on_close,
-            failures=HandshakeFailures(),
-        )
-        tls_acceptor = Acceptor(
-            tls_listener,
-            self._loops,
-            start,
-            stats=self.stats,
-            publish=self.publish,
-            max_connections=config.max_connections,
-            max_connections_per_ip=config.max_connections_per_ip,
-            on_ready=lambda: None,
-            sole_owner=self._given_tls_listener is None,
-            name="tls",
-        )
-        tls_acceptor._ids = acceptor._ids  # one numbering of connections for both listeners
-        self._acceptor_loop.spawn_threadsafe(tls_acceptor.run(), tls_listener, daemon=True, critical=True)
-
-    def _start_tls_connection(self, loop: Scheduler, *args: Any, **kwargs: Any) -> None:  # loop's thread
-        self.stats.listener_accepted("tls")
-        start_tls_connection(loop, *args, **kwargs)
+    def _addresses(self) -> dict[str, Any]:
+        """The ``listening`` event's fields: ``address`` (the first listener's), each other
+        listener's as ``NAME_address``, and the admin's."""
+        addresses: dict[str, Any] = {"address": format_address(self.server_address)}
+        if self.admin is not None:
+            addresses["admin_address"] = format_address(self.admin.address)
+        for listener in self.listeners[1:]:
+            addresses[f"{listener.name}_address"] = format_address(listener.address)
+        return addresses
 
     def reload_tls(self) -> bool:
         """SIGHUP (main thread): re-read the TLS certificate and key for new connections.
@@ -366,27 +320,14 @@ class EchoServer(FailureAttributes):
     def _publish_stats(self) -> None:  # acceptor thread
         self.publish(event("stats", **self.stats.snapshot().as_dict()))
 
-    def _start_connection(self, loop: Scheduler, sock: socket.socket, conn_id: int, peer: str, ip: str) -> None:
-        conn = Connection(conn_id, peer, ip, time.monotonic())
-        greet = None if self._banner is None else functools.partial(self._greeting, sock)
-        if self._proxy_admission is not None:
-            task = proxied_echo(sock, conn, loop.buffer, self._waits, self._on_close, self._proxy_admission, greet)
-        else:
-            task = echo(sock, conn, loop.buffer, self._waits, self._on_close, greet(conn) if greet else b"")
-        loop.spawn(task, sock, state=conn)
-
-    def _greeting(self, sock: socket.socket, conn: Connection) -> bytes:  # the connection's scheduler thread
-        assert self._banner is not None
-        return self._banner.render(conn.id, conn.peer, functools.partial(local_address, sock))
-
     def _on_close(self, conn: Connection) -> None:  # the connection's scheduler thread
         duration = time.monotonic() - conn.opened_at
-        listener: str = getattr(conn, "listener", "tcp")
+        listener = conn.listener
         extra: dict[str, str] = {}
         if listener != "tcp":
             extra["listener"] = listener
-            if getattr(conn, "detail", ""):
-                extra["detail"] = conn.detail  # type: ignore[attr-defined]
+        if conn.detail:
+            extra["detail"] = conn.detail
         self.stats.connection_closed(
             conn.ip,
             conn.reason,
@@ -416,7 +357,7 @@ class EchoServer(FailureAttributes):
         for task in loop.tasks():
             conn = task.state
             if isinstance(conn, Connection):
-                counts = traffic.setdefault(getattr(conn, "listener", "tcp"), [0, 0])
+                counts = traffic.setdefault(conn.listener, [0, 0])
                 counts[0] += conn.bytes_in - conn.folded_in
                 counts[1] += conn.bytes_out - conn.folded_out
                 conn.folded_in = conn.bytes_in

@@ -15,6 +15,7 @@ from server.config import Config
 from server.core import EchoServer
 from server.observe.exchange import Exchange
 from tests.helpers import EventRecorder
+from tests.pki import pki  # noqa: F401  (a fixture: the TLS tests share one throwaway PKI per module)
 
 
 class _ErrorCollector(logging.Handler):

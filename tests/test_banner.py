@@ -8,7 +8,9 @@ import socket
 import pytest
 
 import server
-from server.engine.banner import Banner, check_template, parse_template
+from server.engine.banner import Banner
+from server.engine.connection import Connection
+from server.lib.banner_template import check_template, parse_template
 from tests.conftest import ServerFactory
 from tests.helpers import read_until_eof, run_cli
 
@@ -27,7 +29,10 @@ def test_escapes_are_decoded_and_empty_means_off() -> None:
         ("{}", "unknown field {}"),
         ("{peer:{conn}}", "the format of {peer} may not hold another field"),
         ("{peer:{x}}", "the format of {peer} may not hold another field"),
-        ("{conn:>5000000}", "renders to up to 5000000 characters; at most 1024"),
+        ("{conn:>5000000}", "the width of {conn} may be at most 1024"),
+        ("{conn:>999999999999999999999}", "the width of {conn} may be at most 1024"),
+        ("{conn:c}", "not a valid template"),
+        ("{peer:>1000}{hostname:>100}", "renders to up to 1100 characters; at most 1024"),
         ("{peer", "not a valid template"),
         ("{conn:q}", "not a valid template"),
         ("x" * 513, "at most 512 characters"),
@@ -38,17 +43,21 @@ def test_a_bad_template_says_why(template: str, problem: str) -> None:
 
 
 def test_render_fills_every_field_and_ends_the_line() -> None:
-    banner = Banner("{hostname} {peer} {local} {conn} {version}", hostname="replica-1")
-    line = banner.render(7, "192.0.2.1:5555", lambda: "10.0.0.5:7007")
-    assert line == f"replica-1 192.0.2.1:5555 10.0.0.5:7007 7 {server.__version__}\n".encode()
-    asked: list[str] = []
+    banner = Banner("{hostname} {peer} {local} {conn} {listener} {version}", server.__version__, hostname="replica-1")
+    conn = Connection(7, "192.0.2.1:5555", "192.0.2.1", 0.0, "tls")
+    with socket.create_server(("127.0.0.1", 0)) as local:
+        line = banner.render(conn, local)
+        here = f"127.0.0.1:{local.getsockname()[1]}"
+    assert line == f"replica-1 192.0.2.1:5555 {here} 7 tls {server.__version__}\n".encode()
 
-    def local() -> str:
-        asked.append("local")
-        return ""
 
-    assert Banner("{peer}\n").render(1, "p", local) == b"p\n"
-    assert asked == []  # the local address is looked up only when the template uses it
+def test_the_local_address_is_looked_up_only_when_the_template_uses_it() -> None:
+    class NoAddress:
+        def getsockname(self) -> tuple[str, int]:
+            raise AssertionError("asked for the local address")
+
+    conn = Connection(1, "p", "p", 0.0)
+    assert Banner("{peer}\n", "1").render(conn, NoAddress()) == b"p\n"  # type: ignore[arg-type]
 
 
 def _first_line_then_echo(address: tuple[str, int], send: bytes) -> tuple[bytes, bytes]:
@@ -82,7 +91,7 @@ def test_a_bad_banner_is_a_one_line_error_naming_the_flag() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "echo-server: error: --banner: unknown field {client}; the fields are "
-        "{hostname}, {peer}, {local}, {conn}, {version}"
+        "{hostname}, {peer}, {local}, {conn}, {listener}, {version}"
     ]
     result = run_cli(["--port", "0"], env={"ECHO_BANNER": "{peer!z}"})
     assert result.returncode == 2 and result.stderr.startswith("echo-server: error: ECHO_BANNER: ")

@@ -12,7 +12,7 @@ import tracemalloc
 import pytest
 
 from server.config import Config
-from server.engine.echo import Connection
+from server.engine.connection import Connection
 from server.engine.timers import COMPACT_MIN
 from tests.conftest import ServerFactory
 from tests.helpers import read_exactly

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
@@ -134,7 +135,13 @@ def test_ping_reports_round_trip_times(make_server: ServerFactory) -> None:
     lines = result.stdout.decode().splitlines()
     assert result.returncode == 0
     assert sum("seq=" in line for line in lines) == 5
-    assert lines[-1].startswith("--- 5 round trips: min") and "p99" in lines[-1]
+    target = f"127.0.0.1:{server.server_address[1]}"
+    assert lines[-3] == f"--- {target} echo statistics ---"
+    assert re.fullmatch(r"5 sent, 5 received, 0% loss, time \d+ ms", lines[-2]), lines[-2]
+    figures = re.fullmatch(r"rtt min/avg/max/p99 = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", lines[-1])
+    assert figures, lines[-1]
+    low, average, high, p99 = map(float, figures.groups())
+    assert 0 < low <= average <= high and low <= p99 <= high
 
 
 def bench_json(address: tuple[Any, ...], *, conns: int, size: int, pipeline: int, idle: int) -> dict[str, Any]:
@@ -337,3 +344,16 @@ def test_a_clean_bench_ends_every_connection_with_eof(make_server: ServerFactory
     recorder.wait_for(lambda _: len(recorder.named("closed")) >= total)
     reasons = [e.data["reason"] for e in recorder.named("closed")]
     assert reasons == ["eof"] * total
+
+
+def test_interactive_mode_reads_a_regular_file_on_stdin(make_server: ServerFactory, tmp_path: Path) -> None:
+    server, recorder = make_server()
+    source = _write(tmp_path / "lines.txt", b"one line of many\n" * 20000)  # no selector takes a file
+    with source.open("rb") as stdin:
+        result = subprocess.run(
+            [sys.executable, "-m", "client", *map(str, server.server_address[:2])],
+            cwd=ROOT, stdin=stdin, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, b"") and result.stdout == source.read_bytes()
+    closed = recorder.wait_for(lambda e: e.name == "closed")
+    assert closed.data["reason"] == "eof" and closed.data["bytes_in"] == len(result.stdout)

@@ -13,6 +13,7 @@ never sleeps. Without Debian's ``chromium`` the browser tests skip with the reas
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import select
@@ -346,7 +347,13 @@ def test_dashboard_in_a_browser_follows_the_traffic(make_server: ServerFactory, 
             client.close()
         limited = wait_page(browser, session, "(v) => v.rejected === 3")
         assert limited["accepted"] == 24
-        timed_out = wait_page(browser, session, "(v) => v.timeouts === 4 && v.active === 0", timeout_s=15)
+        # The totals are the snapshot's; the charts follow within a second (the next sample).
+        timed_out = wait_page(
+            browser,
+            session,
+            "(v) => v.timeouts === 4 && v.active === 0 && Math.max(...v.history.timed_out) > 0",
+            timeout_s=15,
+        )
         assert max(timed_out["history"]["active"]) == 4
         assert max(timed_out["history"]["rejected"]) > 0 and max(timed_out["history"]["timed_out"]) > 0
         assert "rejected" in timed_out["events"]
@@ -360,6 +367,71 @@ def test_dashboard_in_a_browser_follows_the_traffic(make_server: ServerFactory, 
     )["result"]["value"]
     assert 0 < rows <= dashboard.EVENT_ROWS
     screenshot(browser, session, "dashboard.png")
+
+
+STATE_JS = """(() => {
+  const d = window.dashboard;
+  return {samples: d.samples, history: d.history, stats: d.prev,
+    captions: Object.fromEntries([...document.querySelectorAll(".legend")].map((n) => [n.id, n.textContent])),
+    maxima: Object.fromEntries([...document.querySelectorAll(".legend")].map((n) => [n.id, Number(n.dataset.value)]))};
+})()"""
+
+
+def page_state(browser: Browser, session: str) -> dict[str, Any]:
+    result = browser.call("Runtime.evaluate", {"expression": STATE_JS, "returnByValue": True}, session)
+    state: dict[str, Any] = result["result"]["value"]
+    return state
+
+
+def test_a_new_tab_shows_the_servers_history_and_its_rates_add_up_to_stats(
+    make_server: ServerFactory, browser: Browser
+) -> None:
+    """Traffic before any tab is open is in the charts of a tab opened afterwards. The
+    samples are /stats's counters; connections per second are the difference of two
+    neighbouring samples, so integrated over the history they give exactly what /stats
+    counted, and the newest is at most a second behind /stats; bytes per second are taken
+    over three samples."""
+    server, recorder = make_server(admin_port=0)
+    assert server.admin is not None
+    blank = browser.open(admin_url(server, "/dashboard"))
+    wait_page(browser, blank, "(v) => v.updates >= 1")
+    quiet = page_state(browser, blank)
+    assert quiet["maxima"]["legend-accepts"] == 0 and quiet["captions"]["legend-accepts"].startswith("max 0/s over")
+
+    echo_some(server, 20, 10_000)
+    recorder.wait_for(lambda e: len(recorder.named("closed")) == 20)
+    assert server.admin.history.wait_for(lambda s: s.accepted == 20 and s.bytes_sent == 200_000, timeout=5)
+
+    session = browser.open(admin_url(server, "/dashboard"))
+    wait_page(browser, session, "(v) => v.accepted === 20 && Math.max(...v.history.accepted) > 0")
+    state = page_state(browser, session)
+    stats = json.loads(get(server, "/stats")[2])
+    samples, history = state["samples"], state["history"]
+    assert 2 <= len(samples) <= dashboard.HISTORY_POINTS + 1
+    steps = [later["t"] - earlier["t"] for earlier, later in itertools.pairwise(samples)]
+    assert len(history["accepted"]) == len(steps)
+    # The samples are /stats's counters; connections per second integrate to exactly what
+    # /stats counted between the first and last sample.
+    integral = sum(rate * step for rate, step in zip(history["accepted"], steps, strict=True))
+    assert integral == pytest.approx(samples[-1]["accepted"] - samples[0]["accepted"], rel=1e-9)
+    assert (samples[-1]["accepted"], samples[-1]["in"]) == (stats["accepted"], stats["bytes_received"]) == (20, 200_000)
+    assert samples[-1]["listeners"]["tcp"][:2] == [20, 200_000]
+    # Bytes per second: over the last three samples (they fold in once a second).
+    for i, rate in enumerate(history["in"], start=1):
+        earlier, later = samples[max(0, i - 3)], samples[i]
+        assert rate == pytest.approx((later["in"] - earlier["in"]) / (later["t"] - earlier["t"]), rel=1e-9)
+    assert max(history["in"]) > 0
+    # The newest sample is at most a second older than the snapshot served with it (plus
+    # the sampler's scheduling on a loaded machine), and so behind /stats.
+    assert 0 <= state["stats"]["uptime_s"] - samples[-1]["t"] <= 1.5
+    assert samples[-1]["t"] <= stats["uptime_s"]
+    # The captions: the real maximum over the history held, with its unit.
+    assert state["maxima"]["legend-accepts"] == max(history["accepted"]) > 0
+    captions = state["captions"]
+    assert captions["legend-accepts"].startswith("max ") and "/s over the last" in captions["legend-accepts"]
+    assert state["maxima"]["legend-bytes"] == max(history["in"] + history["out"])
+    assert "iB/s over the last" in captions["legend-bytes"]
+    assert state["maxima"]["legend-active"] == max(history["active"])
 
 
 def test_dashboard_fits_a_phone_and_follows_dark_mode(make_server: ServerFactory, browser: Browser) -> None:
@@ -383,6 +455,15 @@ def test_dashboard_fits_a_phone_and_follows_dark_mode(make_server: ServerFactory
         assert wide["result"]["value"] == [], f"{scheme}: cards wider than the screen"
         colours[scheme] = colour
     assert colours == {"light": "rgb(246, 247, 249)", "dark": "rgb(13, 17, 23)"}
+    # A closed event's row is long on a phone: it wraps, and its reason is not cut off.
+    echo_some(server, 1, 100)
+    wait_page(browser, session, "(v) => v.events.includes('closed')")
+    rows = "[...document.querySelectorAll('#events li')].map((li) => [li.textContent, li.scrollWidth > li.clientWidth,"
+    rows += " li.getBoundingClientRect().right <= innerWidth])"
+    shown = browser.call("Runtime.evaluate", {"expression": rows, "returnByValue": True}, session)["result"]["value"]
+    closed = [row for row in shown if " closed " in row[0]]
+    assert len(closed) == 1 and "reason=eof" in closed[0][0] and len(closed[0][0]) > 60, shown
+    assert all(not cut and inside for _, cut, inside in shown), shown
     screenshot(browser, session, "dashboard-phone-dark.png")
 
 
@@ -398,7 +479,10 @@ def test_dashboard_shows_each_worker(browser: Browser) -> None:
         try:
             for client in held:
                 assert client.echo(b"x") == b"x"  # admitted and served by some worker
-            seen = wait_page(browser, session, "(v) => v.active === 6 && v.accepted === 6")
+            # The supervisor keeps the history of the totals over all workers.
+            seen = wait_page(
+                browser, session, "(v) => v.active === 6 && v.accepted === 6 && Math.max(...v.history.active) === 6"
+            )
             cells = "[...document.querySelectorAll('#workers tbody tr')].map((tr) => tr.cells[3].textContent)"
             rows = browser.call("Runtime.evaluate", {"expression": cells, "returnByValue": True}, session)
             rows = rows["result"]["value"]
@@ -414,8 +498,11 @@ def test_dashboard_shows_each_worker(browser: Browser) -> None:
 
 BOUNDS_JS = """(async () => {
   const doc = await (await fetch("/dashboard.json?since=0")).json();
+  const first = doc.samples[doc.samples.length - 1] || {seq: 0, t: 0, accepted: 0, in: 0};
   for (let i = 1; i <= %d; i++) {
     doc.stats.uptime_s += 1000; doc.stats.accepted += i; doc.stats.bytes_received += 1000 * i;
+    doc.samples = [{...first, seq: first.seq + i, t: first.t + i, accepted: first.accepted + i,
+      in: first.in + 1000 * i}];
     doc.seq += 3;
     doc.events = [0, 1, 2].map((k) => ({seq: doc.seq + k, ts: "2026-01-01T00:00:00.000Z", level: "info",
       event: "closed", conn: 3 * i + k, reason: "eof"}));
@@ -423,13 +510,14 @@ BOUNDS_JS = """(async () => {
   }
   const h = window.dashboard.history;
   return {points: Object.values(h).map((series) => series.length), rows: document.querySelectorAll("#events li").length,
+    samples: window.dashboard.samples.length,
     newest: document.querySelector("#events li").textContent};
 })()"""
 
 
 def test_a_page_left_open_keeps_bounded_state(make_server: ServerFactory, browser: Browser) -> None:
-    """A thousand updates (17 minutes' worth, fed to the page's own render function)
-    leave at most HISTORY_POINTS points per chart and EVENT_ROWS event rows."""
+    """A thousand updates (17 minutes' worth of samples, fed to the page's own render
+    function) leave at most HISTORY_POINTS points per chart and EVENT_ROWS event rows."""
     server, _ = make_server(admin_port=0)
     session = browser.open(admin_url(server, "/dashboard"))
     wait_page(browser, session, "(v) => v.updates >= 1")
@@ -440,6 +528,6 @@ def test_a_page_left_open_keeps_bounded_state(make_server: ServerFactory, browse
     )
     assert "exceptionDetails" not in result, result
     state = result["result"]["value"]
-    assert state["points"] == [dashboard.HISTORY_POINTS] * 6
+    assert state["points"] == [dashboard.HISTORY_POINTS] * 6 and state["samples"] == dashboard.HISTORY_POINTS + 1
     assert state["rows"] == dashboard.EVENT_ROWS
     assert f"#{3 * updates + 2}" in state["newest"]

@@ -17,18 +17,53 @@ from typing import Any
 
 import pytest
 
-from server.cli import load_config
+from server.arguments import load_config
 from server.config import SETTINGS, Config, env_name
 from server.core import FINAL_FLUSH_S
 from server.tools import healthcheck
 from tests.conftest import ServerFactory
 from tests.helpers import ROOT
+from tests.test_balancers import HAPROXY, Balancer, connect, ping, read_banner, start_replica
 
 
-def _manifests() -> dict[str, Any]:
+def _manifests(name: str = "kubernetes.yaml") -> dict[str, Any]:
     yaml = pytest.importorskip("yaml")
-    with open(ROOT / "deploy" / "kubernetes.yaml") as source:
+    with open(ROOT / "deploy" / name) as source:
         return {doc["kind"]: doc for doc in yaml.safe_load_all(source)}
+
+
+def _restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What Pod Security's "restricted" profile (and "baseline" under it) would refuse in
+    a pod spec: the checks of Kubernetes' pod-security-admission, for the fields used here."""
+    found = []
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            found.append(field)
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim"}
+    allowed_volumes |= {"projected", "secret", "name"}
+    for volume in pod.get("volumes", []):
+        found += [f"volume type {kind}" for kind in volume if kind not in allowed_volumes]
+    pod_context = pod.get("securityContext", {})
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        context = container.get("securityContext", {})
+        name = container["name"]
+        if context.get("privileged"):
+            found.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation must be false")
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot must be true")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities must drop ALL")
+        found += [f"{name}: adds {cap}" for cap in capabilities.get("add", []) if cap != "NET_BIND_SERVICE"]
+        found += [f"{name}: hostPort" for port in container.get("ports", []) if port.get("hostPort")]
+    return found
 
 
 def test_the_pod_runs_as_the_images_user_with_real_settings() -> None:
@@ -146,10 +181,14 @@ def _tool(name: str, install: str) -> str:
     return found
 
 
-def test_the_manifests_pass_kubernetes_validate_strict() -> None:
+MANIFESTS = ["kubernetes.yaml", "kubernetes-smoke.yaml"]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_the_manifests_pass_kubernetes_validate_strict(manifest: str) -> None:
     validate = _tool("kubernetes-validate", "pip install kubernetes-validate; it ships its schemas, no network")
     result = subprocess.run(
-        [validate, "--strict", "--quiet", str(ROOT / "deploy" / "kubernetes.yaml")],
+        [validate, "--strict", "--quiet", str(ROOT / "deploy" / manifest)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -158,13 +197,14 @@ def test_the_manifests_pass_kubernetes_validate_strict() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
-    checkov = _tool("checkov", "pip install checkov; see the README's Kubernetes section")
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_checkov_finds_nothing_and_every_skip_says_why(manifest: str) -> None:
+    checkov = _tool("checkov", "pip install checkov in its own virtualenv, as .ci/run does")
     result = subprocess.run(
         [
             checkov,
             "-f",
-            "deploy/kubernetes.yaml",
+            f"deploy/{manifest}",
             "--framework",
             "kubernetes",
             "--skip-download",
@@ -183,7 +223,7 @@ def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert summary["failed"] == 0 and result.returncode == 0, failed
     assert summary["passed"] > 50  # it really checked
-    for doc in _manifests().values():
+    for doc in _manifests(manifest).values():
         for key, value in doc["metadata"].get("annotations", {}).items():
             if key.startswith("checkov.io/skip"):
                 check, _, reason = value.partition("=")
@@ -194,6 +234,7 @@ def test_the_pod_meets_the_restricted_profile_and_the_image_is_a_placeholder() -
     manifests = _manifests()
     assert manifests["Namespace"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    assert _restricted_violations(pod) == []
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     container = pod["containers"][0]
@@ -215,6 +256,39 @@ def test_the_commented_proxy_example_names_real_settings() -> None:
     assert named <= {env_name(spec.name) for spec in SETTINGS}
     for value in re.findall(r"name: ECHO_\w+, value: \"?([^\"}]+)", comments):
         assert value.strip()
+
+
+def test_the_restricted_check_refuses_what_the_old_smoke_test_ran() -> None:
+    """The header's old smoke test, kubectl run --image=busybox, gives a pod spec with no
+    security context at all: the check must refuse it, as the Namespace would."""
+    bare = {"containers": [{"name": "nc", "image": "busybox"}]}
+    assert len(_restricted_violations(bare)) == 4
+
+
+def test_the_smoke_pod_passes_restricted_and_its_command_checks_a_real_echo(make_server: ServerFactory) -> None:
+    smoke = _manifests("kubernetes-smoke.yaml")["Pod"]
+    deployment = _manifests()
+    assert smoke["metadata"]["namespace"] == deployment["Namespace"]["metadata"]["name"]
+    pod = smoke["spec"]
+    assert _restricted_violations(pod) == []
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["image"] == deployment["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    # The command, aimed at the Service by name; run here against a live server instead.
+    command = container["command"]
+    service = deployment["Service"]["metadata"]["name"]
+    assert command[:3] == ["python", "-m", "client"] and command[-2:] == [service, str(Config().port)]
+    server, _ = make_server()
+    host, port = server.server_address[:2]
+    local = [sys.executable, *command[1:-2], str(host), str(port)]
+    result = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "hello", result
+    assert server.stats.snapshot().accepted == 1
+    server.shutdown()
+    failed = subprocess.run(local, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    assert failed.returncode == 1, failed  # and the pod fails when nothing echoes
+    header = (ROOT / "deploy" / "kubernetes.yaml").read_text().split("\napiVersion:", 1)[0]
+    assert "busybox" not in header and "kubernetes-smoke.yaml" in header
 
 
 # --- compose: three replicas behind HAProxy -------------------------------------------------
@@ -267,3 +341,57 @@ def test_the_haproxy_config_is_valid() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_haproxy_logs_each_connection_with_client_server_timings_and_termination(tmp_path: Path) -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    replicas = []
+    try:
+        for _ in range(3):
+            replicas.append(start_replica())
+        balancer = Balancer(HAPROXY, replicas, tmp_path)
+        try:
+            with connect(balancer.port, "127.0.0.2") as sock:
+                client = f"127.0.0.2:{sock.getsockname()[1]}"
+                banner = read_banner(sock)
+                assert banner is not None and ping(sock, b"logged")
+            line = balancer.wait_for(re.escape(client) + " ", timeout=10)
+        finally:
+            balancer.stop()
+    finally:
+        for replica in replicas:
+            replica.process.stop()
+    fields = re.fullmatch(
+        r"(?P<client>\S+) \[[^]]+\] echo replicas/(?P<server>echo-\d) (?P<address>\S+) "
+        r"(?P<wait>-?\d+)/(?P<connect>-?\d+)/(?P<total>\d+) (?P<up>\d+)/(?P<down>\d+) (?P<state>\S\S) \S+ \S+\n",
+        line,
+    )
+    assert fields is not None, line
+    served_by = next(replica for replica in replicas if replica.local == banner[1])
+    assert fields["client"] == client and fields["address"] == served_by.local
+    assert int(fields["connect"]) >= 0 and int(fields["total"]) >= int(fields["connect"])
+    # What the client sent up (plus the PROXY header) and what came down (banner + echo).
+    assert int(fields["up"]) >= len(b"logged") and int(fields["down"]) >= len(b"logged") + len(banner[0])
+    assert fields["state"] == "--", line
+
+
+def test_compose_images_can_be_replaced_for_an_air_gapped_build() -> None:
+    """PYTHON_IMAGE reaches the Dockerfile's build argument and HAPROXY_IMAGE names the
+    balancer, both with the documented defaults (interpolated as podman-compose does)."""
+    yaml = pytest.importorskip("yaml")
+    podman_compose = pytest.importorskip("podman_compose")
+    raw = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    dockerfile_default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert dockerfile_default is not None
+    cases = [
+        ({}, dockerfile_default.group(1), "haproxy:2.8"),
+        ({"PYTHON_IMAGE": "localhost/py:1", "HAPROXY_IMAGE": "localhost/hap:2"}, "localhost/py:1", "localhost/hap:2"),
+    ]
+    for environment, base, balancer in cases:
+        resolved = podman_compose.rec_subs(raw, environment)
+        for name in ("echo-1", "echo-2", "echo-3"):
+            assert resolved["services"][name]["build"]["args"] == {"PYTHON_IMAGE": base}
+        assert resolved["services"]["haproxy"]["image"] == balancer
+    readme = (ROOT / "README.md").read_text()
+    assert "HAPROXY_IMAGE=" in readme and "PYTHON_IMAGE=" in readme

@@ -15,18 +15,20 @@ from collections.abc import Callable
 import pytest
 
 from server.engine import echo as echo_module
-from server.engine.echo import Connection, EchoWaits, echo
+from server.engine.connection import Connection
+from server.engine.echo import plain_echo
+from server.engine.pipeline import STALL_CHECKS, EchoWaits, Pipeline, Step, Transport
 from server.engine.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout
 
-Step = bytes | int | BaseException  # recv: data (b"" = EOF) or an error; send: bytes taken or an error
+Script = bytes | int | BaseException  # recv: data (b"" = EOF) or an error; send: bytes taken or an error
 
 
 class ScriptedSocket:
     """Plays back scripted results; records what was sent, shut down and set."""
 
-    def __init__(self, reads: list[Step], sends: list[Step] | None = None) -> None:
-        self.reads: deque[Step] = deque(reads)
-        self.sends: deque[Step] = deque(sends or [])
+    def __init__(self, reads: list[Script], sends: list[Script] | None = None) -> None:
+        self.reads: deque[Script] = deque(reads)
+        self.sends: deque[Script] = deque(sends or [])
         self.sent = bytearray()
         self.shut_write = False
         self.linger_reset = False
@@ -41,7 +43,7 @@ class ScriptedSocket:
         return len(step)
 
     def send(self, data: memoryview) -> int:
-        step: Step = self.sends.popleft() if self.sends else len(data)
+        step: Script = self.sends.popleft() if self.sends else len(data)
         if isinstance(step, BaseException):
             raise step
         assert isinstance(step, int)
@@ -61,13 +63,20 @@ class ScriptedSocket:
 class Run:
     """One echo task over a ScriptedSocket, resumed by hand."""
 
-    def __init__(self, sock: ScriptedSocket, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self,
+        sock: ScriptedSocket,
+        monkeypatch: pytest.MonkeyPatch,
+        steps: tuple[Step, ...] = (),
+        transport: Transport = plain_echo,
+    ) -> None:
         self.sock = sock
         self.conn = Connection(1, "127.0.0.1:9", "127.0.0.1", 0.0)
         self.closed: list[Connection] = []
         monkeypatch.setattr(echo_module, "unsent_bytes", lambda _sock: self.sock.unsent)
-        waits = EchoWaits.from_timeouts(300.0, 30.0)
-        self.gen: TaskGen = echo(sock, self.conn, memoryview(bytearray(64)), waits, self.closed.append)  # type: ignore[arg-type]
+        self.waits = EchoWaits.from_timeouts(300.0, 30.0)
+        pipeline = Pipeline("tcp", steps, transport, self.waits, self.closed.append)
+        self.gen: TaskGen = transport(sock, self.conn, memoryview(bytearray(64)), pipeline)  # type: ignore[arg-type]
         self.wait: Wait | None = self._advance(lambda: next(self.gen))
 
     def _advance(self, resume: Callable[[], object]) -> Wait | None:
@@ -151,7 +160,9 @@ def test_a_peer_that_takes_nothing_is_a_write_stall_closed_with_reset(monkeypatc
     sock.unsent = 4096
     run = Run(sock, monkeypatch)
     run.ready()
-    run.throw(WaitTimeout(30.0))
+    for _ in range(STALL_CHECKS - 1):  # each look a quarter of the timeout: nothing taken yet
+        assert run.throw(WaitTimeout(7.5)) is not None and run.wait is run.waits.write_check
+    run.throw(WaitTimeout(7.5))  # a whole timeout with nothing taken: a stall
     assert run.wait is None
     assert run.conn.reason == "write_stall" and sock.linger_reset and run.conn.bytes_out == 0
 
@@ -161,11 +172,35 @@ def test_a_slow_but_steady_reader_is_not_a_write_stall(monkeypatch: pytest.Monke
     sock.unsent = 100_000
     run = Run(sock, monkeypatch)
     run.ready()
-    for _ in range(5):  # each write-stall period, the peer took a little
+    for _ in range(5):  # within each write-stall period, the peer took a little
+        for _ in range(STALL_CHECKS - 1):
+            assert run.throw(WaitTimeout(7.5)) is not None
         sock.unsent -= 8192
-        assert run.throw(WaitTimeout(30.0)) is not None
-    run.throw(WaitTimeout(30.0))  # then a whole period with nothing taken: a stall
+        assert run.throw(WaitTimeout(7.5)) is not None
+    for _ in range(STALL_CHECKS):  # then a whole period with nothing taken: a stall
+        run.throw(WaitTimeout(7.5))
     assert run.conn.reason == "write_stall"
+
+
+def test_a_reader_that_stops_is_reset_within_a_quarter_past_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound: between 1 and 1.25 write-stall timeouts after the peer last took
+    anything, however early in a look's period it took it (looking once per timeout, as
+    before, a peer that took some just after the flush began was reset 2 timeouts later)."""
+    sock = ScriptedSocket([b"abcdef"], sends=[2])
+    sock.unsent = 10_000
+    run = Run(sock, monkeypatch)
+    run.ready()  # the flush begins
+    look = run.waits.write_check.timeout
+    assert look is not None and look * STALL_CHECKS == run.waits.write.timeout
+    sock.unsent = 9_000  # the peer takes some, just after the flush began
+    looks = 0
+    while run.wait is not None:
+        run.throw(WaitTimeout(look))
+        looks += 1
+    assert run.conn.reason == "write_stall"
+    # The progress is seen at the first look; then STALL_CHECKS looks without any.
+    assert looks == 1 + STALL_CHECKS  # reset 1.25 timeouts after the flush began, at most
+    assert STALL_CHECKS * look <= looks * look <= (1 + 1 / STALL_CHECKS) * STALL_CHECKS * look
 
 
 def test_a_slow_reader_that_drains_completes_the_echo(monkeypatch: pytest.MonkeyPatch) -> None:

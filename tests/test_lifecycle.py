@@ -10,13 +10,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
+from server import listeners as listeners_module
 from server.config import Config
 from server.core import EchoServer
 from server.engine.acceptor import Acceptor
+from server.engine.connection import Connection
+from server.engine.pipeline import Pipeline
 from server.observe.exchange import Exchange
 from tests.helpers import EventRecorder, read_exactly, read_until_eof
 
@@ -99,13 +103,27 @@ def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLo
     assert len(failures) == 1  # the stop is not a second failure
 
 
-def test_a_task_that_dies_of_a_bug_is_counted_as_an_error_and_the_server_goes_on(error_log: ErrorLog) -> None:
+def test_a_task_that_dies_of_a_bug_is_counted_as_an_error_and_the_server_goes_on(
+    error_log: ErrorLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bug = threading.Event()
+    bug.set()
+
+    def buggy_step(sock: socket.socket, conn: Connection) -> Generator[Any, None, None]:
+        if bug.is_set():
+            # The bug: the step yields something that is no Wait, so the scheduler throws a
+            # TypeError into it, where the task's own code was running.
+            yield "not a Wait"
+
+    build = listeners_module.pipeline_for
+
+    def with_a_buggy_step(*args: Any) -> Pipeline:
+        pipeline = build(*args)
+        return dataclasses.replace(pipeline, steps=(buggy_step, *pipeline.steps))
+
+    monkeypatch.setattr(listeners_module, "pipeline_for", with_a_buggy_step)
     server, recorder, _, failures = start_server()
     try:
-        good_waits = server._waits
-        # The bug: the task yields something that is no Wait, so the scheduler throws a
-        # TypeError into it, where the task's own code was running.
-        server._waits = dataclasses.replace(good_waits, read="not a Wait")  # type: ignore[arg-type]
         with socket.create_connection(server.server_address[:2], timeout=5) as sock:
             assert read_until_eof(sock) == b""  # closed, neither echoed nor left hanging
         closed = recorder.wait_for(lambda e: e.name == "closed")
@@ -114,7 +132,7 @@ def test_a_task_that_dies_of_a_bug_is_counted_as_an_error_and_the_server_goes_on
         assert stats.errors == 1 and stats.closed_by_reason == {"error": 1} and stats.active == 0
         tracebacks = [r for r in error_log.records if r.exc_info]
         assert len(tracebacks) == 1 and "not a Wait" in tracebacks[0].getMessage() + str(tracebacks[0].exc_info)
-        server._waits = good_waits
+        bug.clear()
         with socket.create_connection(server.server_address[:2], timeout=5) as sock:
             sock.sendall(b"after")
             assert read_exactly(sock, 5) == b"after"  # one task's bug is that task's end only

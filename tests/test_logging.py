@@ -155,3 +155,8 @@ def test_text_log_shows_each_lifecycle_step_once() -> None:
         saying = [line for line in lines if step in line]
         assert len(saying) == 1, f"{step}: {saying}"
     assert sum("received SIGTERM" in line for line in lines) == 1
+    # Nested statistics are dotted key=value pairs, never a Python repr.
+    stopped = next(line for line in lines if " stopped " in line)
+    assert not any(mark in stopped for mark in "{}'"), stopped
+    fields = dict(part.split("=", 1) for part in stopped.split()[3:])
+    assert fields["listeners.tcp.accepted"] == "0" and fields["closed_by_reason"] == "-", stopped

@@ -16,7 +16,6 @@ from typing import cast
 import pytest
 
 from server.core import EchoServer
-from server.engine.echo import ProxyRejected, read_proxy_header
 from server.engine.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_MAX_LENGTH,
@@ -26,10 +25,10 @@ from server.engine.proxy_protocol import (
     ProxyProtocolError,
     examine,
     parse,
-    parse_networks,
-    trusted,
 )
+from server.engine.proxy_step import ProxyRejected, read_proxy_header
 from server.engine.scheduler import Shutdown, Wait, WaitTimeout
+from server.lib.networks import parse_networks, trusted
 from server.observe.events import Event
 from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
 from tests.conftest import ServerFactory
@@ -531,7 +530,7 @@ class ScriptedSocket:
 def _drive(sock: ScriptedSocket, pieces: list[bytes], accept: Accept = "any") -> ProxyHeader:
     """Run read_proxy_header as the scheduler does: each piece arrives, and the reader is
     woken while anything is unread (a level-triggered selector)."""
-    reader = read_proxy_header(cast(socket.socket, sock), accept, 5.0, clock=lambda: 0.0)
+    reader = read_proxy_header(sock.recv, accept, 5.0, clock=lambda: 0.0)
     wait = next(reader)
     try:
         for piece in pieces:
@@ -574,7 +573,7 @@ def test_the_step_waits_again_on_eagain_and_rejects_on_reset_eof_and_time() -> N
     assert rejected.value.kind == "truncated"
 
     for thrown in (WaitTimeout(5.0), Shutdown()):
-        reader = read_proxy_header(cast(socket.socket, ScriptedSocket()), "v1", 5.0, clock=lambda: 0.0)
+        reader = read_proxy_header(ScriptedSocket().recv, "v1", 5.0, clock=lambda: 0.0)
         next(reader)
         with pytest.raises(ProxyRejected) as rejected:
             reader.throw(thrown)
@@ -582,7 +581,7 @@ def test_the_step_waits_again_on_eagain_and_rejects_on_reset_eof_and_time() -> N
 
     now = [0.0]
     trickle = ScriptedSocket()
-    reader = read_proxy_header(cast(socket.socket, trickle), "v1", 5.0, clock=lambda: now[0])
+    reader = read_proxy_header(trickle.recv, "v1", 5.0, clock=lambda: now[0])
     next(reader)
     trickle.inbox += b"P"
     now[0] = 5.0  # a trickle: each wake-up brings too little, and the one deadline passes

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.listener import backlog_capped, open_listener, refuse_new_connections
+from server.engine.listener import backlog_capped, refuse_new_connections
+from server.lib.net import open_listener
 from tests.helpers import ServerProcess, address_of, wait_readable
 
 

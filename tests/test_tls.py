@@ -17,8 +17,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,67 +25,15 @@ import pytest
 from server.engine.tls import TlsContext, TlsError, build_context
 from tests.conftest import ServerFactory
 from tests.helpers import ServerProcess, address_of, read_exactly, run_cli
+from tests.pki import Pki, client_context, openssl, tls_client
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
 BIG = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-    client_cert: Path
-    client_key: Path
-    other_cert: Path  # a second server certificate (reload), same CA
-    other_key: Path
-
-
-def _openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _issue(directory: Path, name: str, subject: str, extensions: str, serial: int) -> tuple[Path, Path]:
-    ext = directory / f"{name}.ext"
-    ext.write_text(extensions + "\n")
-    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.pem"
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", *ec, "-keyout", key, "-out", csr, "-subj", subject, cwd=directory)
-    _openssl(
-        "x509", "-req", "-in", csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", str(serial),
-        "-days", "2", "-extfile", ext, "-out", cert, cwd=directory,
-    )  # fmt: skip
-    return cert, key
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA", cwd=d)
-    server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
-    cert, key = _issue(d, "server", "/CN=localhost", server_ext, 1001)
-    other_cert, other_key = _issue(d, "other", "/CN=localhost", server_ext, 1002)
-    client_cert, client_key = _issue(d, "client", "/CN=echo client", "extendedKeyUsage=clientAuth", 1003)
-    return Pki(d / "ca.pem", cert, key, client_cert, client_key, other_cert, other_key)
-
-
-def _client_context(pki: Pki, *, with_cert: bool = False) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    if with_cert:
-        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
-    return context
-
-
-@contextmanager
-def _tls_client(address: tuple[str, int], pki: Pki, *, with_cert: bool = False) -> Iterator[ssl.SSLSocket]:
-    """A verified TLS connection to the server (with the client certificate if asked)."""
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        _client_context(pki, with_cert=with_cert).wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        yield tls
+_client_context = client_context
+_tls_client = tls_client
 
 
 def _tls_server(make_server: ServerFactory, pki: Pki, **settings: Any) -> tuple[Any, Any, tuple[str, int]]:
@@ -287,7 +233,7 @@ def test_bad_files_are_named_by_setting(pki: Pki, tmp_path: Path) -> None:
 
 def test_an_encrypted_key_is_refused_without_a_prompt(pki: Pki, tmp_path: Path) -> None:
     encrypted = tmp_path / "encrypted.key"
-    _openssl("pkey", "-in", pki.key, "-aes256", "-passout", "pass:secret", "-out", encrypted, cwd=tmp_path)
+    openssl("pkey", "-in", pki.key, "-aes256", "-passout", "pass:secret", "-out", encrypted, cwd=tmp_path)
     with pytest.raises(TlsError) as caught:
         build_context(str(pki.cert), str(encrypted), None)
     assert caught.value.setting == "tls_key"
@@ -298,9 +244,8 @@ def test_reload_keeps_the_old_context_when_the_new_files_are_bad(pki: Pki, tmp_p
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     shutil.copy(pki.cert, cert)
     shutil.copy(pki.key, key)
-    from server.config import Config
 
-    tls = TlsContext.load(Config(tls_port=0, tls_cert=str(cert), tls_key=str(key)))
+    tls = TlsContext.load(str(cert), str(key), None)
     first = tls.context
     key.write_text("garbage\n")
     assert tls.reload() is False

@@ -475,7 +475,7 @@ def test_udp_is_served_by_every_worker_within_the_whole_servers_rate(cleanup: li
 
 
 def test_workers_setting_auto_and_bad_values() -> None:
-    from server.cli import load_config
+    from server.arguments import load_config
 
     assert load_config(["--workers", "auto"], {}).workers == len(os.sched_getaffinity(0))
     assert load_config([], {"ECHO_WORKERS": "3"}).workers == 3

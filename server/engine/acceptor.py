@@ -12,7 +12,7 @@ wait until the listener is readable, accept a batch, and for each connection eit
 With PROXY protocol on (``proxy=ProxyPolicy(...)``), admission is split (see stats.py
 for the rule): at accept, a source outside --proxy-protocol-from is rejected at once
 (reason ``proxy_protocol``, detail ``untrusted``) and the others only reserve a place
-under max_connections; the connection's task reads the header (echo.proxied_echo), then
+under max_connections; the connection's task reads the header (proxy_step.py), then
 calls ``ProxyAdmission.admit`` (the per-address check by the header's address, then
 ``opened`` with ``peer`` = the client and ``via`` = the balancer) or ``.reject``.
 
@@ -42,10 +42,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.echo import Connection
-from server.engine.listener import format_address, refuse_new_connections
-from server.engine.proxy_protocol import Accept, Network, ProxyHeader, parse_networks, trusted
+from server.engine.connection import Connection
+from server.engine.listener import refuse_new_connections
+from server.engine.proxy_protocol import Accept, ProxyHeader
 from server.engine.scheduler import ACCEPT, Scheduler, Sleep, TaskGen, Wait
+from server.lib.net import peer_text
+from server.lib.networks import Network, parse_networks, trusted
 from server.observe.events import Event, event
 from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
 from server.observe.throttle import Throttle
@@ -59,14 +61,6 @@ _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 
 # Hand-off target: called on the chosen scheduler's thread with the new connection.
 StartConnection = Callable[[Scheduler, socket.socket, int, str, str], None]
-
-
-def peer_text(address: tuple[object, ...]) -> tuple[str, str]:
-    """(ip, "ip:port") for a peer address; IPv4-mapped IPv6 shown as IPv4."""
-    ip = str(address[0])
-    if ip.startswith("::ffff:") and "." in ip:
-        ip = ip[7:]
-    return ip, format_address((ip, address[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,44 +84,49 @@ class Acceptor:
         self,
         listener: socket.socket,
         schedulers: Sequence[Scheduler],
-        start_connection: StartConnection,
         *,
         stats: Stats,
         publish: Callable[[Event], None],
         max_connections: int,
         max_connections_per_ip: int,
         on_ready: Callable[[], None],
+        next_id: Callable[[], int],
         proxy: ProxyPolicy | None = None,
         sole_owner: bool = False,
         name: str = "tcp",
     ) -> None:
-        """``sole_owner``: no other process accepts on ``listener``, so the stop may make
+        """``start_connection`` (set before ``run``): the hand-off, on the chosen
+        scheduler's thread (the listener's Pipeline.start, built once the acceptor's
+        ProxyAdmission exists). ``next_id``: the server's one source of connection ids (shared by its listeners).
+        ``sole_owner``: no other process accepts on ``listener``, so the stop may make
         the kernel refuse new handshakes on it before taking the backlog (listener.py).
-        ``name``: the listener, named in its ``rejected`` events unless it is plain TCP."""
+        ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``."""
         self._listener = listener
         self._sole_owner = sole_owner
         self._named: dict[str, Any] = {} if name == "tcp" else {"listener": name}
         self._schedulers = schedulers
-        self._start_connection = start_connection
+        self.start_connection: StartConnection | None = None
         self._stats = stats
         self._publish = publish
         self._max_connections = max_connections
         self._max_per_ip = max_connections_per_ip
         self._on_ready = on_ready
         self._next_scheduler = itertools.cycle(schedulers)
-        self._ids = itertools.count(1)
+        self._next_id = next_id
+        self._name = name
         self._reject_throttles: dict[str, Throttle] = {}
         self._reject_lock = threading.Lock()
         self._proxy = proxy
         self.proxy_admission = (
             None
             if proxy is None
-            else ProxyAdmission(proxy, stats, publish, max_connections_per_ip, self.note_rejection)
+            else ProxyAdmission(proxy, stats, publish, max_connections_per_ip, self.note_rejection, name)
         )
         self._pause_throttle = Throttle()
         self._paused_errno = 0
 
     def run(self) -> TaskGen:
+        assert self.start_connection is not None, "set start_connection before run()"
         accept = self._listener.accept
         readable = Wait(ACCEPT)  # EPOLLEXCLUSIVE: a shared listener wakes one worker
         self._on_ready()
@@ -184,7 +183,7 @@ class Acceptor:
         ip, peer = peer_text(address)
         proxy = self._proxy
         if proxy is None:
-            reason = self._stats.admit(ip, self._max_connections, self._max_per_ip)
+            reason = self._stats.admit(ip, self._max_connections, self._max_per_ip, self._name)
         elif not trusted(ip, proxy.networks):
             self._stats.reject(REJECT_PROXY_PROTOCOL)
             sock.close()
@@ -202,11 +201,12 @@ class Acceptor:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # the peer may already be gone; its task will find out
-        conn_id = next(self._ids)
+        conn_id = self._next_id()
         if proxy is None:  # else once the header has named the client
-            self._publish(event("opened", conn_id=conn_id, peer=peer))
+            self._publish(event("opened", conn_id=conn_id, peer=peer, **self._named))
         scheduler = next(self._next_scheduler)
-        scheduler.call_soon_threadsafe(self._start_connection, scheduler, sock, conn_id, peer, ip)
+        assert self.start_connection is not None
+        scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
 
     def note_rejection(self, reason: str, peer: str, **detail: Any) -> None:
         """Publish a ``rejected`` event at most once a second per reason (any thread)."""
@@ -261,6 +261,7 @@ class ProxyAdmission:
         publish: Callable[[Event], None],
         max_connections_per_ip: int,
         note_rejection: Callable[..., None],
+        listener: str = "tcp",
     ) -> None:
         self.accept = policy.accept
         self.timeout_s = policy.timeout_s
@@ -268,20 +269,22 @@ class ProxyAdmission:
         self._publish = publish
         self._max_per_ip = max_connections_per_ip
         self._note_rejection = note_rejection
+        self._listener = listener
+        self._named: dict[str, Any] = {} if listener == "tcp" else {"listener": listener}
 
     def admit(self, conn: Connection, header: ProxyHeader) -> bool:
         """Make the header's client the connection's peer and admit it; False if rejected."""
         if header.source is not None:
             conn.via = conn.peer
             conn.ip, conn.peer = peer_text(header.source)
-        reason = self._stats.admit_reserved(conn.ip, self._max_per_ip)
+        reason = self._stats.admit_reserved(conn.ip, self._max_per_ip, self._listener)
         if reason is not None:
             self._note_rejection(reason, conn.peer, **({"via": conn.via} if conn.via else {}))
             return False
         if conn.via:
-            self._publish(event("opened", conn_id=conn.id, peer=conn.peer, via=conn.via))
+            self._publish(event("opened", conn_id=conn.id, peer=conn.peer, via=conn.via, **self._named))
         else:  # LOCAL/UNKNOWN: the balancer's own connection (a health check)
-            self._publish(event("opened", conn_id=conn.id, peer=conn.peer, proxy="local"))
+            self._publish(event("opened", conn_id=conn.id, peer=conn.peer, proxy="local", **self._named))
         return True
 
     def reject(self, conn: Connection, kind: str, problem: str) -> None:

@@ -1,46 +1,22 @@
-"""The operating-system resources the server starts from: its listening socket and
-enough file descriptors for ``max_connections``.
+"""The operating-system limits a server starts within: enough file descriptors for
+``max_connections``, the kernel's cap on the listen backlog, and refusing new handshakes
+on a listener that is about to close. (Opening listeners: lib/net.py, server/listeners.py.)
 
 Called by EchoServer.start() on the thread that starts the server, before any other
-thread of the server exists.
+thread of the server exists; ``refuse_new_connections`` by the acceptor at the stop.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import os
 import resource
 import socket
 import struct
-
-from server.config import Config
 
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux; Python names it only on some builds
 # One classic-BPF instruction, "ret #0": keep no byte of any packet, i.e. drop it.
 _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
-
-
-class ListenError(OSError):
-    """The echo port could not be bound (in use, no such address, no permission)."""
-
-
-def open_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """A non-blocking listening socket; '::' is dual-stack where the OS allows it."""
-    try:
-        if host == "::" and socket.has_dualstack_ipv6():
-            sock = socket.create_server((host, port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True)
-        else:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            sock = socket.create_server((host, port), family=family, backlog=backlog)
-    except socket.gaierror as error:
-        raise ListenError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
-    except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        raise ListenError(error.errno, f"cannot listen on {host}:{port}: {reason}") from None
-    sock.setblocking(False)
-    return sock
 
 
 def refuse_new_connections(listener: socket.socket) -> bool:
@@ -62,12 +38,6 @@ def refuse_new_connections(listener: socket.socket) -> bool:
     return True
 
 
-def format_address(address: tuple[object, ...]) -> str:
-    """ "host:port", or "[host]:port" for IPv6."""
-    host = str(address[0])
-    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-
-
 def backlog_capped(backlog: int, path: str = SOMAXCONN_PATH) -> str | None:
     """Why the kernel will give a smaller listen backlog than asked, or None."""
     try:
@@ -80,25 +50,25 @@ def backlog_capped(backlog: int, path: str = SOMAXCONN_PATH) -> str | None:
     return f"listen backlog {backlog} is capped at {cap} by net.core.somaxconn; raise that sysctl for bursts"
 
 
-def fit_fd_limit(config: Config, headroom: int) -> tuple[Config, str | None]:
+def fit_fd_limit(max_connections: int, headroom: int) -> tuple[int, str | None]:
     """Raise the soft RLIMIT_NOFILE to fit max_connections plus ``headroom`` (the
     server's other descriptors) if the hard limit allows; otherwise clamp
-    max_connections. Returns the config to use and, if clamped, why."""
-    needed = config.max_connections + headroom
+    max_connections. Returns the max_connections to use and, if clamped, why."""
+    needed = max_connections + headroom
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
-        return config, None
+        return max_connections, None
     target = needed if hard == resource.RLIM_INFINITY or hard >= needed else hard
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):
         target = soft
     if target >= needed:
-        return config, None
+        return max_connections, None
     clamped = max(1, target - headroom)
     reason = (
-        f"max_connections {config.max_connections} needs {needed} file descriptors "
+        f"max_connections {max_connections} needs {needed} file descriptors "
         f"({headroom} for the server itself) but "
         f"RLIMIT_NOFILE allows {target}; using max_connections {clamped}"
     )
-    return dataclasses.replace(config, max_connections=clamped), reason
+    return clamped, reason

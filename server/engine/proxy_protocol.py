@@ -4,7 +4,7 @@ without a kernel: bytes in, a ProxyHeader or a ProxyProtocolError out.
 A balancer that speaks it sends one header at the very start of the connection, before
 any client byte: the client's address and port (and the balancer's frontend address).
 This module owns the rules of that header; it never touches a socket, a clock or a log.
-The socket side (bounded reads, the deadline, admission) is echo.read_proxy_header.
+The socket side (bounded reads, the deadline, admission) is proxy_step.read_proxy_header.
 
 How a reader uses it, so that no echo payload is ever consumed into the header:
 
@@ -231,46 +231,3 @@ def _skip_tlvs(tlvs: memoryview) -> None:
         offset += _TLV_HEAD.size + size
         if offset > len(tlvs):
             raise ProxyProtocolError("malformed", "v2: a TLV longer than the header")
-
-
-# --- trust ------------------------------------------------------------------------------
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(text: str) -> tuple[Network, ...] | None:
-    """``any`` -> None (every source trusted); else comma-separated CIDRs (a bare
-    address is a /32 or /128). Raises ValueError naming the bad entry."""
-    text = text.strip()
-    if text.lower() == "any":
-        return None
-    networks = []
-    for item in text.split(","):
-        item = item.strip()
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"expected 'any' or CIDR[,CIDR...], got {item!r}") from None
-    return tuple(networks)
-
-
-def trusted(ip: str, networks: tuple[Network, ...] | None) -> bool:
-    """May a connection from ``ip`` send a header?"""
-    if networks is None:
-        return True
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
-def check_networks(value: object) -> str | None:
-    """The --proxy-protocol-from setting's check: why ``value`` is not usable, or None."""
-    if not isinstance(value, str):
-        return f"expected text, got {value!r}"
-    try:
-        parse_networks(value)
-    except ValueError as error:
-        return str(error)
-    return None

@@ -1,6 +1,6 @@
 """The TLS server context: certificate and key loaded and checked, optional client CA, reload.
 
-    tls = TlsContext.load(config)      # raises TlsError naming the setting at fault
+    tls = TlsContext.load(cert, key, client_ca)   # raises TlsError naming the setting at fault
     tls.context                        # the ssl.SSLContext new connections are wrapped with
     tls.reload()                       # SIGHUP: re-read the files; keep the old ones if bad
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-
-from server.config import Config
 
 log = logging.getLogger("echo.tls")
 
@@ -95,13 +93,14 @@ class TlsContext:
         self.context = context
 
     @classmethod
-    def load(cls, config: Config) -> TlsContext:
-        if config.tls_cert is None:
+    def load(cls, cert: str | None, key: str | None, client_ca: str | None) -> TlsContext:
+        """The files of --tls-cert, --tls-key and --tls-client-ca (plain values: the
+        engine never reads Config)."""
+        if cert is None:
             raise TlsError("tls_cert", "required with --tls-port (a PEM certificate file)")
-        if config.tls_key is None:
+        if key is None:
             raise TlsError("tls_key", "required with --tls-port (a PEM private key file)")
-        context = build_context(config.tls_cert, config.tls_key, config.tls_client_ca)
-        return cls(config.tls_cert, config.tls_key, config.tls_client_ca, context)
+        return cls(cert, key, client_ca, build_context(cert, key, client_ca))
 
     def reload(self) -> bool:
         """Re-read the files for new connections; on a problem keep the current ones and

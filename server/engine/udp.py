@@ -33,8 +33,8 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
-from server.engine.listener import ListenError, format_address
 from server.engine.scheduler import READ, Shutdown, TaskGen, Wait
+from server.lib.net import ListenError, format_address
 from server.observe.stats import Stats
 from server.observe.throttle import Throttle
 

@@ -62,9 +62,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from server.engine.listener import format_address, open_listener
+from server.lib.net import format_address, open_listener
 from server.observe.admin_conn import Conn, Watcher
 from server.observe.exchange import Exchange
+from server.observe.history import History, HistorySampler
 from server.observe.stats import StatsSnapshot
 from server.observe.throttle import Throttle
 
@@ -135,6 +136,9 @@ class AdminServer:
         self._paused_errno = 0
         self._serve_connection: Callable[[AdminServer, Conn], None] = lambda admin, conn: None
         self._thread = threading.Thread(target=self._serve, name="admin", daemon=True)
+        # The dashboard's last five minutes, kept whether or not anyone is watching.
+        self.history = History()
+        self._sampler = HistorySampler(view.snapshot, self.history)
 
     @property
     def view(self) -> ServerView:
@@ -145,11 +149,13 @@ class AdminServer:
 
         self._serve_connection = serve_connection
         self._thread.start()
+        self._sampler.start()
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Stop within ``timeout`` seconds in all (see the module docstring)."""
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        self._sampler.stop(timeout / 4)
         with self._lock:
             self._closing = True
             for conn in list(self._conns):

@@ -37,7 +37,8 @@ GET /metrics  Prometheus text exposition
 GET /stats    connection statistics as JSON
 GET /events   live server events, one JSON object per line (curl -N)
 GET /dashboard       a live page for a browser: rates, charts, latest events
-GET /dashboard.json  its feed: stats, listeners and the events after ?since=SEQ
+GET /dashboard.json  its feed: stats, listeners, the events after ?since=SEQ and the
+                     history's samples after &samples=SEQ
 """
 
 
@@ -187,11 +188,11 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
         elif path == "/dashboard":
             self._send(200, dashboard.PAGE, content_type="text/html; charset=utf-8", extra=dashboard.PAGE_HEADERS)
         elif path == "/dashboard.json":
-            since = dashboard.parse_since(query)
-            if since is None:
-                self._send(400, "since: expected a non-negative integer\n")
+            since, samples = dashboard.parse_since(query), dashboard.parse_since(query, "samples")
+            if since is None or samples is None:
+                self._send(400, f"{'since' if since is None else 'samples'}: expected a non-negative integer\n")
                 return
-            body = dashboard.feed(view, self.admin.address, since)
+            body = dashboard.feed(view, self.admin.address, since, self.admin.history, samples)
             self._send(200, body, content_type="application/json", extra=dashboard.FEED_HEADERS)
         else:
             self._send(404, "not found; GET / lists the endpoints\n")

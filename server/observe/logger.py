@@ -27,7 +27,7 @@ import logging
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from server.observe.actor import Actor
@@ -182,7 +182,7 @@ def format_record(record: dict[str, Any], *, json_lines: bool) -> str:
     head = f"{record.pop('ts')} {record.pop('level').upper():7} {name}"
     message = record.pop("message", None)
     exc = record.pop("exc", None)
-    parts = [head] + [f"{key}={_text_value(value)}" for key, value in record.items()]
+    parts = [head] + [f"{k}={v}" for key, value in record.items() for k, v in _text_fields(key, value)]
     if message is not None:
         parts.append(str(message))
     line = " ".join(parts)
@@ -218,10 +218,23 @@ def _stdout_sink(report: Callable[[str, int], None]) -> LogSink:
     return FdSink(fd, report, owns=False)
 
 
-def _text_value(value: Any) -> str:
-    if isinstance(value, dict):
-        return ",".join(f"{k}:{v}" for k, v in value.items()) or "-"
-    return str(value)
+def _text_fields(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    """``key=value`` pairs for the text format: a mapping (or a list of them, as the
+    supervisor's ``workers``) is flattened into dotted keys, ``listeners.tcp.accepted=4``,
+    so a line never carries a Python repr; an empty one is ``key=-``."""
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, (list, tuple)) and any(isinstance(item, Mapping) for item in value):
+        items = enumerate(value)
+    else:
+        yield key, str(value)
+        return
+    empty = True
+    for inner_key, inner in items:
+        empty = False
+        yield from _text_fields(f"{key}.{inner_key}", inner)
+    if empty:
+        yield key, "-"
 
 
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 
 from server import __version__
 from server.observe.stats import (
-    LISTENERS,
     REJECT_MAX_CONNECTIONS,
     REJECT_PER_IP,
     REJECT_PROXY_PROTOCOL,
@@ -136,9 +135,11 @@ def _worker_lines(s: StatsSnapshot) -> list[str]:
 
 
 def _listener_lines(s: StatsSnapshot) -> list[str]:
-    """The totals above split by listener (tcp, tls, udp), and UDP's datagram counts."""
+    """The totals above split by listener (tcp, tls, udp and any other), and UDP's datagrams."""
 
-    def by_listener(key: str, names: tuple[str, ...] = LISTENERS) -> list[tuple[str, float]]:
+    streams = tuple(name for name in s.listeners if name != "udp")  # UDP accepts no connections
+
+    def by_listener(key: str, names: tuple[str, ...] = tuple(s.listeners)) -> list[tuple[str, float]]:
         return [(f'{{listener="{n}"}}', s.listeners.get(n, {}).get(key, 0)) for n in names]
 
     lines: list[str] = []
@@ -146,7 +147,7 @@ def _listener_lines(s: StatsSnapshot) -> list[str]:
         "echo_listener_connections_accepted_total",
         "counter",
         "Connections admitted, by listener.",
-        by_listener("accepted", ("tcp", "tls")),
+        by_listener("accepted", streams),
     )
     lines += _family(
         "echo_listener_received_bytes_total", "counter", "Bytes read, by listener.", by_listener("bytes_received")

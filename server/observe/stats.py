@@ -43,8 +43,8 @@ REJECT_MAX_CONNECTIONS = "max_connections"
 REJECT_PER_IP = "max_connections_per_ip"
 REJECT_PROXY_PROTOCOL = "proxy_protocol"
 
-# Per-listener counters: ``tls`` and ``udp`` are counted as such, ``tcp`` is the rest of
-# the totals (so the plain-TCP hot path pays nothing for the split).
+# The listeners every snapshot names (zero where not configured), so that dashboards and
+# alerts see the same series whatever the flags; ``add_listener`` names more.
 LISTENERS = ("tcp", "tls", "udp")
 
 
@@ -121,7 +121,7 @@ TIMEOUT_REASONS = frozenset({"idle_timeout", "write_stall"})
 class Stats:
     """Lock-protected counters; see the module docstring for the threading contract."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, listeners: tuple[str, ...] = LISTENERS) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._started = self._clock()
@@ -142,11 +142,17 @@ class Stats:
         self._duration_sum = 0.0
         self._bytes_counts = [0] * (len(BYTES_BUCKETS) + 1)
         self._bytes_sum = 0
-        self._listener_counts: dict[str, Counter[str]] = {"tls": Counter(), "udp": Counter()}
+        # listener name -> its share of accepted and bytes (the totals are their sums)
+        self._listener_counts: dict[str, Counter[str]] = {name: Counter() for name in listeners}
         self._udp_dropped: Counter[str] = Counter()
 
-    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
-        """Count a new connection from ``ip`` if both limits allow it.
+    def add_listener(self, name: str) -> None:
+        """Count a listener by name from now on (EchoServer names each of its listeners)."""
+        with self._lock:
+            self._listener_counts.setdefault(name, Counter())
+
+    def admit(self, ip: str, max_total: int, max_per_ip: int, listener: str = "tcp") -> str | None:
+        """Count a new connection from ``ip`` on ``listener`` if both limits allow it.
 
         Returns None when admitted, else the rejection reason (already counted).
         An admitted connection must later be passed to ``connection_closed``.
@@ -155,9 +161,9 @@ class Stats:
             if self._active + self._pending >= max_total:
                 self._rejected[REJECT_MAX_CONNECTIONS] += 1
                 return REJECT_MAX_CONNECTIONS
-            return self._admit_per_ip(ip, max_per_ip)
+            return self._admit_per_ip(ip, max_per_ip, listener)
 
-    def _admit_per_ip(self, ip: str, max_per_ip: int) -> str | None:
+    def _admit_per_ip(self, ip: str, max_per_ip: int, listener: str) -> str | None:
         """Under the lock: the per-address check, then count the admitted connection."""
         if self._per_ip[ip] >= max_per_ip:
             self._rejected[REJECT_PER_IP] += 1
@@ -165,6 +171,7 @@ class Stats:
         self._accepted += 1
         self._active += 1
         self._per_ip[ip] += 1
+        self._listener_counts.setdefault(listener, Counter())["accepted"] += 1
         if self._active > self._peak_active:
             self._peak_active = self._active
         return None
@@ -179,11 +186,11 @@ class Stats:
             self._pending += 1
             return None
 
-    def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
+    def admit_reserved(self, ip: str, max_per_ip: int, listener: str = "tcp") -> str | None:
         """The header named client ``ip``: admit (None) or reject (the reason, counted)."""
         with self._lock:
             self._pending -= 1
-            return self._admit_per_ip(ip, max_per_ip)
+            return self._admit_per_ip(ip, max_per_ip, listener)
 
     def reject_reserved(self, reason: str) -> None:
         """A reserved connection closed without being admitted."""
@@ -206,18 +213,12 @@ class Stats:
         with self._lock:
             self._bytes_received += received
             self._bytes_sent += sent
-            if listener != "tcp":
-                self._add_listener_bytes(listener, received, sent)
+            self._add_listener_bytes(listener, received, sent)
 
     def _add_listener_bytes(self, listener: str, received: int, sent: int) -> None:  # under the lock
-        counts = self._listener_counts[listener]
+        counts = self._listener_counts.setdefault(listener, Counter())
         counts["bytes_received"] += received
         counts["bytes_sent"] += sent
-
-    def listener_accepted(self, listener: str) -> None:
-        """One of the connections ``admit`` counted came in on ``listener`` (not tcp)."""
-        with self._lock:
-            self._listener_counts[listener]["accepted"] += 1
 
     def add_udp(self, received: int, sent: int, bytes_in: int, bytes_out: int, dropped: Mapping[str, int]) -> None:
         """Fold the UDP task's counts in (datagrams, bytes, drops by reason)."""
@@ -225,7 +226,7 @@ class Stats:
             self._bytes_received += bytes_in
             self._bytes_sent += bytes_out
             self._add_listener_bytes("udp", bytes_in, bytes_out)
-            counts = self._listener_counts["udp"]
+            counts = self._listener_counts.setdefault("udp", Counter())
             counts["datagrams_received"] += received
             counts["datagrams_sent"] += sent
             self._udp_dropped.update(dropped)
@@ -250,8 +251,7 @@ class Stats:
                 self._errors += 1
             self._bytes_received += received
             self._bytes_sent += sent
-            if listener != "tcp":
-                self._add_listener_bytes(listener, received, sent)
+            self._add_listener_bytes(listener, received, sent)
             self._duration_counts[duration_slot] += 1
             self._duration_sum += duration_s
             self._bytes_counts[bytes_slot] += 1
@@ -273,16 +273,12 @@ class Stats:
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
             closed_by_reason = dict(self._closed_by_reason)
-            listeners = {name: dict(counts) for name, counts in self._listener_counts.items()}
-            tcp = {
-                key: total - sum(counts.get(key, 0) for counts in listeners.values())
-                for key, total in (
-                    ("accepted", self._accepted),
-                    ("bytes_received", self._bytes_received),
-                    ("bytes_sent", self._bytes_sent),
-                )
+            keys = ("accepted", "bytes_received", "bytes_sent")
+            listeners = {
+                name: MappingProxyType({key: counts.get(key, 0) for key in keys})
+                for name, counts in self._listener_counts.items()
             }
-            udp = listeners["udp"]
+            udp = self._listener_counts.get("udp", Counter())
             return StatsSnapshot(
                 accepted=self._accepted,
                 active=self._active,
@@ -299,13 +295,7 @@ class Stats:
                 duration_s=Histogram(DURATION_BUCKETS_S, tuple(self._duration_counts), self._duration_sum),
                 bytes_per_connection=Histogram(BYTES_BUCKETS, tuple(self._bytes_counts), float(self._bytes_sum)),
                 uptime_s=self._clock() - self._started,
-                listeners=MappingProxyType(
-                    {
-                        "tcp": MappingProxyType(tcp),
-                        "tls": MappingProxyType({k: listeners["tls"].get(k, 0) for k in tcp}),
-                        "udp": MappingProxyType({k: udp.get(k, 0) for k in tcp}),
-                    }
-                ),
+                listeners=MappingProxyType(listeners),
                 udp_datagrams_received=udp.get("datagrams_received", 0),
                 udp_datagrams_sent=udp.get("datagrams_sent", 0),
                 udp_dropped=MappingProxyType(dict(self._udp_dropped)),

@@ -67,7 +67,7 @@ def server_arguments(cmdline: bytes) -> list[str] | None:
 def _from_server_cmdline(args: Sequence[str]) -> dict[str, str]:
     """The probed flags from the server's own argv, parsed by the server's own parser
     (so ``--port=1``, ``--port 1`` and abbreviations mean what they meant to it)."""
-    from server.cli import UsageError, build_parser
+    from server.arguments import UsageError, build_parser
 
     try:
         parsed = build_parser().parse_args(list(args))

@@ -43,14 +43,15 @@ from typing import Any, Protocol
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S
-from server.engine.listener import format_address
+from server.lib.net import format_address
+from server.listeners import Listener
 from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker import SUMMED_UP
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
-from server.workers.worker_process import Listeners, WorkerProcess, exit_status
+from server.workers.worker_process import WorkerProcess, exit_status
 
 log = logging.getLogger("echo.supervisor")
 
@@ -91,11 +92,11 @@ class Owner(Protocol):
 
 
 class Monitor:
-    def __init__(self, owner: Owner, ctx: Any, listeners: Listeners, limits: SharedLimits) -> None:
+    def __init__(self, owner: Owner, ctx: Any, listeners: tuple[Listener, ...], limits: SharedLimits) -> None:
         self._owner = owner
         self.config = owner.config
         self._ctx = ctx
-        self._listeners: Listeners | None = listeners
+        self._listeners: tuple[Listener, ...] | None = listeners
         self._limits = limits
         self._commands: queue.SimpleQueue[tuple[str, Config | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -401,9 +402,8 @@ class Monitor:
         self._close_listeners()  # the workers' copies keep them open until they stop accepting
 
     def _close_listeners(self) -> None:
-        for sock in self._listeners or ():
-            if sock is not None:
-                sock.close()
+        for listener in self._listeners or ():
+            listener.sock.close()
         self._listeners = None
 
     def _begin_reload(self, config: Config) -> None:

@@ -44,18 +44,18 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Any
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
-from server.engine.listener import ListenError, format_address, open_listener, refuse_new_connections
+from server.engine.listener import refuse_new_connections
 from server.engine.os_names import name_process
-from server.engine.tls import TlsContext, TlsError
-from server.engine.udp import open_udp
+from server.engine.tls import TlsError
 from server.failure import FailureAttributes, FailureRecord
+from server.lib.net import format_address
+from server.listeners import Listener, listener_specs, load_tls, open_listeners
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
@@ -102,8 +102,7 @@ class Supervisor(FailureAttributes):
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self.server_address: tuple[Any, ...] = ("", 0)
-        self.tls_address: tuple[Any, ...] | None = None
-        self.udp_address: tuple[Any, ...] | None = None
+        self.listeners: tuple[Listener, ...] = ()  # opened by start(), inherited by every worker
         self.admin: AdminServer | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # lifecycle
@@ -113,13 +112,24 @@ class Supervisor(FailureAttributes):
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
         self._monitor: Monitor | None = None
         self._monitor_thread: threading.Thread | None = None
-        self._stream_listeners: tuple[socket.socket, ...] = ()
 
     # --- ServerView (any thread) ------------------------------------------------------
 
     @property
     def draining(self) -> bool:
         return self._draining
+
+    def address_of(self, name: str) -> tuple[Any, ...] | None:
+        """The address listener ``name`` is bound to, once started; None if there is none."""
+        return next((listener.address for listener in self.listeners if listener.name == name), None)
+
+    @property
+    def tls_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("tls")
+
+    @property
+    def udp_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("udp")
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._draining
@@ -163,26 +173,9 @@ class Supervisor(FailureAttributes):
                 return
             name_process("echo-supervisor")  # ps -e, top; its workers are "echo-worker N"
             config = self.config
-            listener = open_listener(config.host, config.port, config.backlog)
-            self.server_address = listener.getsockname()
-            tls_listener = None
-            if config.tls_port is not None:
-                try:
-                    tls_listener = open_listener(config.host, config.tls_port, config.backlog)
-                except ListenError as error:
-                    listener.close()
-                    raise ListenError(error.errno, error.strerror, "the TLS port") from None
-                self.tls_address = tls_listener.getsockname()
-            udp_socket = None
-            if config.udp_port is not None:
-                try:
-                    udp_socket = open_udp(config.host, config.udp_port)
-                except ListenError:
-                    for sock in (listener, tls_listener):
-                        if sock is not None:
-                            sock.close()
-                    raise
-                self.udp_address = udp_socket.getsockname()
+            listeners = open_listeners(listener_specs(config), config.backlog)
+            self.listeners = listeners
+            self.server_address = listeners[0].address
             # Rows for a generation, the one draining behind it, and spares for replacements.
             limits = SharedLimits(rows=3 * max(config.workers, 4), context=self._ctx)
             self.counts.count_peak_with(limits.peak)
@@ -190,12 +183,10 @@ class Supervisor(FailureAttributes):
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
                 except OSError:
-                    for sock in (listener, tls_listener, udp_socket):
-                        if sock is not None:
-                            sock.close()
+                    for listener in listeners:
+                        listener.sock.close()
                     raise
-            self._stream_listeners = tuple(sock for sock in (listener, tls_listener) if sock is not None)
-            self._monitor = Monitor(self, self._ctx, (listener, tls_listener, udp_socket), limits)
+            self._monitor = Monitor(self, self._ctx, listeners, limits)
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
             self.exchange.on_change = functools.partial(self._monitor.post, "watch")
             self._started = True
@@ -206,9 +197,8 @@ class Supervisor(FailureAttributes):
             if self.admin is not None:
                 addresses["admin_address"] = format_address(self.admin.address)
                 self.admin.start()
-            for name, address in (("tls_address", self.tls_address), ("udp_address", self.udp_address)):
-                if address is not None:
-                    addresses[name] = format_address(address)
+            for listener in listeners[1:]:
+                addresses[f"{listener.name}_address"] = format_address(listener.address)
             self.publish(event("listening", **addresses))
             self._monitor_thread.start()
 
@@ -222,7 +212,7 @@ class Supervisor(FailureAttributes):
             config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in changed})
         if config.tls_port is not None:
             try:
-                TlsContext.load(config)  # a file's problem is said here, and the workers keep running
+                load_tls(config, listener_specs(config))  # a file's problem is said here; the workers keep running
             except TlsError as error:
                 log.error(
                     "reload: --%s: %s; keeping the running configuration",
@@ -249,8 +239,9 @@ class Supervisor(FailureAttributes):
             deadline = time.monotonic() + config.shutdown_timeout + STOP_BUDGET_S + KILL_MARGIN_S
             # No generation follows: let the kernel complete no more handshakes, so the
             # workers' last accepts empty the backlog and nothing queued is reset at the close.
-            for sock in self._stream_listeners:
-                refuse_new_connections(sock)
+            for listener in self.listeners:
+                if listener.spec.streams:
+                    refuse_new_connections(listener.sock)
             assert self._monitor is not None and self._monitor_thread is not None
             self._monitor.post("stop")
             self._monitor_thread.join(config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S + REAP_S + 1.0)

@@ -49,6 +49,7 @@ from typing import Any
 
 from server.config import Config
 from server.engine.os_names import name_process
+from server.listeners import Listener
 from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
@@ -79,9 +80,7 @@ class WorkerSpec:
     index: int  # the worker's slot, 0 .. workers-1 (the ``worker`` label)
     generation: int
     config: Config
-    listener: socket.socket
-    tls_listener: socket.socket | None  # with --tls-port
-    udp_socket: socket.socket | None  # with --udp-port
+    listeners: tuple[Listener, ...]  # the supervisor's, inherited (listeners.py)
     limits: SharedLimits
     row: int
     uplink: Pipe  # write end: worker -> supervisor
@@ -120,10 +119,10 @@ class GlobalStats(Stats):
         self._busy_lock = threading.Lock()
         self._busy_throttle = Throttle()
 
-    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
+    def admit(self, ip: str, max_total: int, max_per_ip: int, listener: str = "tcp") -> str | None:
         reason = self._settle(self._limits.admit(ip, max_total, max_per_ip), REJECT_MAX_CONNECTIONS)
         if reason is None:
-            return super().admit(ip, _UNLIMITED, _UNLIMITED)  # counts it here
+            return super().admit(ip, _UNLIMITED, _UNLIMITED, listener)  # counts it here
         super().reject(reason)
         return reason
 
@@ -134,13 +133,13 @@ class GlobalStats(Stats):
         super().reject(reason)
         return reason
 
-    def admit_reserved(self, ip: str, max_per_ip: int) -> str | None:
+    def admit_reserved(self, ip: str, max_per_ip: int, listener: str = "tcp") -> str | None:
         reason = self._limits.admit_reserved(ip, max_per_ip)
         if reason == BUSY:
             self._limits.unreserve()  # the place goes back, as with any rejection
         reason = self._settle(reason, REJECT_PER_IP)
         if reason is None:
-            return super().admit_reserved(ip, _UNLIMITED)
+            return super().admit_reserved(ip, _UNLIMITED, listener)
         super().reject_reserved(reason)
         return reason
 
@@ -316,17 +315,9 @@ def main(spec: WorkerSpec) -> None:
     echo_logger.addHandler(uplink.handler)
     uplink.start()
     exchange.attach(uplink)
-    for sock in (spec.listener, spec.tls_listener, spec.udp_socket):
-        if sock is not None:
-            sock.setblocking(False)
-    server = EchoServer(
-        config,
-        stats=stats,
-        exchange=exchange,
-        listener=spec.listener,
-        tls_listener=spec.tls_listener,
-        udp_socket=spec.udp_socket,
-    )
+    for listener in spec.listeners:
+        listener.sock.setblocking(False)
+    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners, next_id=spec.limits.next_id)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread

@@ -1,7 +1,7 @@
 """WorkerProcess: the supervisor's handle on one worker process and its two pipes.
 
 ``spawn`` starts ``worker.main`` in a fresh interpreter (multiprocessing's spawn
-context), handing it the listening sockets (echo, and TLS and UDP if on), the shared limits and the child's ends of
+context), handing it the supervisor's listeners (listeners.py: one tuple), the shared limits and the child's ends of
 two one-way pipes; the parent then closes its copies of the child's ends, so that the
 up pipe reaches its end when the worker exits and the down pipe's end tells the worker
 that the supervisor is gone.
@@ -20,21 +20,19 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import struct
 import time
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 from server.config import Config
+from server.listeners import Listener
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker import DRAIN, WATCH, WorkerSpec
 from server.workers.worker import main as worker_main
 
 log = logging.getLogger("echo.supervisor")
 
-# The echo listener, and the TLS listener and UDP socket when configured.
-Listeners = tuple[socket.socket, socket.socket | None, socket.socket | None]
 JOIN_S = 1.0  # waiting for an exited process's status (its sentinel said it is gone)
 READ_BUDGET = 1 << 20  # bytes taken from one worker per wake-up, so that none starves the others
 MAX_FRAME = 16 << 20  # a longer frame is a broken pipe, not a message
@@ -129,14 +127,14 @@ class WorkerProcess:
         index: int,
         generation: int,
         config: Config,
-        listeners: Listeners,
+        listeners: tuple[Listener, ...],
         limits: SharedLimits,
         row: int,
         log_lines: bool = False,
     ) -> WorkerProcess:
         up_r, up_w = ctx.Pipe(duplex=False)
         down_r, down_w = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(index, generation, config, *listeners, limits, row, up_w, down_r, log_lines)
+        spec = WorkerSpec(index, generation, config, listeners, limits, row, up_w, down_r, log_lines)
         process = ctx.Process(target=worker_main, args=(spec,), name=f"echo-worker-{index}", daemon=True)
         try:
             process.start()
