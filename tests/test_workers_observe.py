@@ -105,3 +105,37 @@ def test_each_connection_is_logged_once_with_or_without_an_events_reader() -> No
     assert len(opened) == len(closed) == 40, (len(opened), len(closed))  # none twice, none lost
     assert {r["worker"] for r in opened} <= {0, 1} and all(r["peer"] for r in opened)
     assert {r["peer"] for r in closed} >= set(peers)
+
+
+def serve_some(server: ServerProcess, count: int) -> None:
+    """``count`` connections, one at a time; returns once every close is logged (a
+    worker's lines go up in batches: a kill right after could lose its last ones)."""
+    peers = []
+    for _ in range(count):
+        with open_echoing(server.address) as sock:
+            peers.append(f"127.0.0.1:{sock.getsockname()[1]}")
+    for peer in peers:
+        server.wait_for("closed", peer=peer)
+
+
+def test_connection_ids_are_unique_across_workers_restarts_and_reloads() -> None:
+    server = start()
+    try:
+        pids = worker_pids(server, 2)
+        serve_some(server, 20)
+        os.kill(pids[0], signal.SIGKILL)
+        server.wait_for("worker_ready", worker=0, restarts=1, timeout=10)
+        serve_some(server, 20)
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", generation=2, timeout=20)
+        serve_some(server, 20)
+        server.signal(signal.SIGTERM)
+        assert server.finish(15) == 0
+    finally:
+        server.stop()
+    opened = [r for r in server.seen if r.get("event") == "opened"]
+    ids = [r["conn"] for r in opened]
+    assert len(ids) == 60 and len(set(ids)) == 60, sorted(ids)
+    assert len({(r["worker"], r.get("pid")) for r in opened}) >= 2
+    closed = {r["conn"] for r in server.seen if r.get("event") == "closed"}
+    assert closed == set(ids)  # each connection's lines join on its id

@@ -6,7 +6,9 @@
     actor.close(); actor.join(timeout)   # the stop marker goes after everything sent
 
 Subclasses override ``handle(message)`` (and optionally ``idle()``, called when the
-mailbox has just run empty); both run on the actor's thread only. The stop marker is a
+mailbox has just run empty, and ``linger()``: how long to wait for the next message
+before calling ``idle()`` again, None for as long as it takes); all run on the actor's
+thread only. The stop marker is a
 private object, so None is a valid message. An exception escaping ``handle`` is
 reported on stderr with its traceback, kept in ``error``, and stops the actor: never
 silent. stderr, not ``logging``, because logging may itself be routed to an actor.
@@ -71,13 +73,21 @@ class Actor:
         raise NotImplementedError
 
     def idle(self) -> None:
-        """The mailbox has just run empty."""
+        """The mailbox has just run empty (or stayed empty for ``linger()``)."""
+
+    def linger(self) -> float | None:
+        """Seconds to wait for a message before ``idle()`` is called again; None: no limit."""
+        return None
 
     def _main(self) -> None:
         mailbox = self._mailbox
         try:
             while True:
-                message = mailbox.get()
+                try:
+                    message = mailbox.get(timeout=self.linger())
+                except queue.Empty:
+                    self.idle()
+                    continue
                 if message is _STOP:
                     break
                 self.handle(message)

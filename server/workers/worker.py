@@ -62,10 +62,11 @@ from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-# Connections' log lines wait up to this long for company, so that the supervisor takes
-# them by the dozen at full churn; anything else (a snapshot: every SNAPSHOT_INTERVAL_S)
-# goes at once and takes them along.
-LINGER_S = 0.05
+# A worker sends connections' log lines at most once per this long, so that the
+# supervisor takes them by the dozen at full churn (a quiet worker's go at once);
+# anything else (a snapshot, a log record) goes at once and takes them along. It is also
+# how many lines a worker killed by SIGKILL may leave unsaid: this long's worth.
+LINGER_S = 0.02
 DRAIN = "drain"  # the supervisor's command to stop; ("watch", bool) says if events are wanted
 WATCH = "watch"
 # Worker events that the supervisor's own events replace (it acts on them, not logs them).
@@ -213,7 +214,7 @@ class Uplink(Actor):
         self.watched = False  # set by the main thread (the supervisor says so)
         self.handler = _UplinkHandler(self)
         self._urgent = False  # the batch holds more than lines and watchers' events
-        self._since = 0.0  # when the oldest of the batch was taken
+        self._sent_at = 0.0  # when the last batch went
         self._closing = False
 
     def send(self, message: Any) -> bool:  # any thread
@@ -227,8 +228,6 @@ class Uplink(Actor):
         return super().close(timeout)
 
     def handle(self, message: Any) -> None:
-        if not self._batch and not self._lines:
-            self._since = time.monotonic()
         if isinstance(message, Event):
             if not self._log_lines or message.name in SUMMED_UP:
                 self._batch.append(wire_event(message))
@@ -250,13 +249,20 @@ class Uplink(Actor):
             self._flush()
 
     def idle(self) -> None:
-        """The mailbox ran empty: send now if the batch holds more than connections'
-        lines, or has waited LINGER_S (else the next message or snapshot sends it)."""
-        if self._urgent or self._closing or time.monotonic() - self._since >= LINGER_S:
+        """The mailbox ran empty (or stayed so for ``linger()``): send now if the batch
+        holds more than connections' lines, or the last batch went LINGER_S ago (so a
+        quiet worker's lines go at once, a busy one's by the dozen)."""
+        if self._urgent or self._closing or time.monotonic() - self._sent_at >= LINGER_S:
             self._flush()
+
+    def linger(self) -> float | None:
+        if not self._batch and not self._lines:
+            return None  # nothing waits: sleep until a message comes
+        return max(0.0, self._sent_at + LINGER_S - time.monotonic())
 
     def _flush(self) -> None:
         self._urgent = False
+        self._sent_at = time.monotonic()
         if self._lines:
             self._batch.append(("L", "".join(self._lines), len(self._lines)))
             self._lines = []
