@@ -102,6 +102,7 @@ class EchoServer(FailureAttributes):
         self.config = config
         self._specs = specs if specs is not None else listener_specs(config)
         self._given = listeners
+        self._handing_over = False  # set by shutdown(hand_over=True), read by the acceptors
         self._next_id = next_id or itertools.count(1).__next__
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
@@ -209,6 +210,7 @@ class EchoServer(FailureAttributes):
                 banner=Banner(config.banner, server.__version__) if config.banner is not None else None,
                 tls=tls,
                 sole_owner=self._given is None,  # a worker's are shared with the next generation
+                takes_backlog=lambda: not self._handing_over,
             )
             for index, listener in enumerate(listeners):
                 for serving in serve(listener, parts, first=index == 0):
@@ -241,8 +243,11 @@ class EchoServer(FailureAttributes):
         self.start()
         self.stopped.wait()
 
-    def shutdown(self) -> None:
-        """Stop accepting, drain, stop. Idempotent; returns once stopped."""
+    def shutdown(self, *, hand_over: bool = False) -> None:
+        """Stop accepting, drain, stop. Idempotent; returns once stopped. ``hand_over``
+        (a worker at a reload): leave the connections the kernel has queued on the shared
+        listeners to the next generation instead of taking them into this drain."""
+        self._handing_over = hand_over
         with self._lock:
             if not self._started or self.stopped.is_set():
                 self.stopped.set()

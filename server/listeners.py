@@ -133,6 +133,7 @@ class ServerParts:
     banner: Banner | None
     tls: TlsContext | None
     sole_owner: bool  # no other process accepts on these sockets (not a worker's)
+    takes_backlog: Callable[[], bool] | None = None  # asked at the stop (Acceptor)
     handshake_failures: HandshakeFailures = field(default_factory=HandshakeFailures)
 
 
@@ -173,6 +174,7 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
         proxy=proxy,
         sole_owner=parts.sole_owner,
         name=spec.name,
+        takes_backlog=parts.takes_backlog,
     )
     acceptor.start_connection = pipeline_for(spec, parts, acceptor).start
     return [Serving(acceptor.run(), listener.sock, daemon=True, critical=True)]

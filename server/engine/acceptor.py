@@ -94,14 +94,18 @@ class Acceptor:
         proxy: ProxyPolicy | None = None,
         sole_owner: bool = False,
         name: str = "tcp",
+        takes_backlog: Callable[[], bool] | None = None,
     ) -> None:
         """``start_connection`` (set before ``run``): the hand-off, on the chosen
         scheduler's thread (the listener's Pipeline.start, built once the acceptor's
         ProxyAdmission exists). ``next_id``: the server's one source of connection ids (shared by its listeners).
         ``sole_owner``: no other process accepts on ``listener``, so the stop may make
         the kernel refuse new handshakes on it before taking the backlog (listener.py).
-        ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``."""
+        ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``.
+        ``takes_backlog``: asked at the stop; False (a worker handing over to the next
+        generation at a reload) leaves the queued connections to whoever accepts next."""
         self._listener = listener
+        self._takes_backlog = takes_backlog
         self._sole_owner = sole_owner
         self._named: dict[str, Any] = {} if name == "tcp" else {"listener": name}
         self._schedulers = schedulers
@@ -135,9 +139,10 @@ class Acceptor:
                 yield readable
                 yield from self._accept_batch(accept)
         except GeneratorExit:  # the stop: the listener closes right after this
-            if self._sole_owner:
-                refuse_new_connections(self._listener)
-            self._take_backlog(accept)
+            if self._takes_backlog is None or self._takes_backlog():
+                if self._sole_owner:
+                    refuse_new_connections(self._listener)
+                self._take_backlog(accept)
             raise
         finally:
             # So that the counts of the rejected events add up to every rejection (but for

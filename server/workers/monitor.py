@@ -22,7 +22,9 @@ up pipe and exit sentinel on one selector, and acts on what it hears:
 - commands from the supervisor's lifecycle thread (``post``): ``reload`` starts a new
   generation and, once it is all ready, drains the old one (if it is not ready within
   RELOAD_READY_S, or one of it dies first, it is drained instead and the old one stays);
-  ``stop`` drains every worker, closes this process's copy of the listener and, past
+  ``stop`` drains every worker (each takes the connections queued on the shared
+  listeners into its drain; a reload's drain leaves them to the generation that stays),
+  closes this process's copy of the listener and, past
   shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S, kills what is left.
 
 Threads: ``post`` from any thread (a queue plus a wake-up socketpair); everything else
@@ -240,8 +242,8 @@ class Monitor:
         )
         worker.signal(signal.SIGABRT)
 
-    def _drain(self, worker: WorkerProcess) -> None:
-        worker.drain()
+    def _drain(self, worker: WorkerProcess, *, hand_over: bool = False) -> None:
+        worker.drain(hand_over=hand_over)
         self._owner.counts.draining(worker.pid)
 
     def _spawn_generation(self, config: Config) -> int:
@@ -427,13 +429,14 @@ class Monitor:
         self.config = self._owner.config = self._configs[self._generation]
         for worker in self._workers.values():
             if worker.generation != self._generation:
-                self._drain(worker)
+                self._drain(worker, hand_over=True)  # the queued connections are the new ones'
+
         self._owner.publish(event("reloaded", generation=self._generation, previous=old, workers=self.config.workers))
 
     def _abandon_reload(self, why: str) -> None:
         generation, self._pending = self._pending, None
         for worker in self._workers.values():
             if worker.generation == generation:
-                self._drain(worker)
+                self._drain(worker, hand_over=True)  # the old generation goes on accepting
         log.error("reload failed: generation %s %s; generation %d keeps serving", generation, why, self._generation)
         self._owner.publish(event("reload_failed", level="error", generation=generation, reason=why))

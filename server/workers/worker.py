@@ -68,6 +68,7 @@ BATCH = 256  # messages sent up the pipe in one write, at most
 # how many lines a worker killed by SIGKILL may leave unsaid: this long's worth.
 LINGER_S = 0.02
 DRAIN = "drain"  # the supervisor's command to stop; ("watch", bool) says if events are wanted
+HAND_OVER = "hand over"  # stop, leaving the listeners' queued connections to the next generation
 WATCH = "watch"
 # Worker events that the supervisor's own events replace (it acts on them, not logs them).
 SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
@@ -337,8 +338,8 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server.oldest_loop)
-        server.shutdown()
+        why = _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server.oldest_loop)
+        server.shutdown(hand_over=why == HAND_OVER)
         code = 1 if failed else 0
     finally:
         uplink.send_wait(("f", pack(stats.snapshot())), 2.0)  # the totals need this one
@@ -361,9 +362,9 @@ def _wait_for_stop(
     uplink: Uplink,
     failed: list[Any],
     oldest_loop: Callable[[], tuple[str, float]],
-) -> None:
+) -> str:
     """Send a snapshot, with the heartbeat of the loop stalled longest, every
-    SNAPSHOT_INTERVAL_S until a reason to stop arrives."""
+    SNAPSHOT_INTERVAL_S until a reason to stop arrives: HAND_OVER (a reload), else DRAIN."""
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
@@ -376,12 +377,13 @@ def _wait_for_stop(
                         wake.recv(64)
                     except BlockingIOError:
                         pass
-                    return  # SIGTERM, or a failure
+                    return DRAIN  # SIGTERM, or a failure
                 try:
                     command = control.recv()
                 except (EOFError, OSError):
-                    return  # the supervisor is gone: drain and go
-                if command == DRAIN:
-                    return
+                    return DRAIN  # the supervisor is gone: drain and go
+                if command in (DRAIN, HAND_OVER):
+                    return str(command)
                 if isinstance(command, tuple) and command[0] == WATCH:
                     uplink.watched = bool(command[1])
+    return DRAIN

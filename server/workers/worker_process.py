@@ -28,7 +28,7 @@ from typing import Any
 from server.config import Config
 from server.listeners import Listener
 from server.workers.shared_limits import SharedLimits
-from server.workers.worker import DRAIN, WATCH, WorkerSpec
+from server.workers.worker import DRAIN, HAND_OVER, WATCH, WorkerSpec
 from server.workers.worker import main as worker_main
 
 log = logging.getLogger("echo.supervisor")
@@ -165,14 +165,15 @@ class WorkerProcess:
         except OSError:
             pass  # gone, or a stopped worker's full pipe: it is replaced or drained anyway
 
-    def drain(self) -> None:
-        """Ask the worker to stop accepting and drain (idempotent)."""
+    def drain(self, *, hand_over: bool = False) -> None:
+        """Ask the worker to stop accepting and drain (idempotent). ``hand_over`` (a
+        reload): the connections queued on the listeners are the next generation's."""
         if self.draining:
             return
         self.draining = True
         self.drained_at = time.monotonic()
         try:
-            self._control.send(DRAIN)
+            self._control.send(HAND_OVER if hand_over else DRAIN)
         except OSError:
             pass  # already gone: its sentinel will say so
 
