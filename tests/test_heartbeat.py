@@ -1,13 +1,17 @@
-"""Liveness: a scheduler's heartbeat, /healthz naming a stalled loop, and the
-supervisor's view of its workers' heartbeats."""
+"""Liveness: a scheduler's heartbeat, /healthz naming a stalled loop, the supervisor's
+view of its workers' heartbeats, and a scheduler thread that never waits for the log."""
 
 from __future__ import annotations
 
 import http.client
+import io
 import threading
 import time
 
-from server.engine.scheduler import MAX_IDLE_S, Scheduler, most_stalled, stall_problem
+from server.engine.scheduler import MAX_IDLE_S, Scheduler, Sleep, TaskGen, most_stalled, stall_problem
+from server.observe.events import event
+from server.observe.logger import LIFECYCLE_WAIT_S, LogActor
+from server.observe.stats import Stats
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from tests.conftest import ServerFactory
 from tests.test_scheduler import FakeClock
@@ -46,8 +50,13 @@ def test_a_wedged_loop_stalls_and_a_turn_clears_it() -> None:
         assert stall_problem("loop-7", 6.5, 5.0) == "loop-7 has not turned for 6.5 s"
         assert stall_problem("loop-7", 4.9, 5.0) is None and stall_problem("loop-7", 99, 0) is None
         turned = threading.Event()
+
+        def next_turn() -> TaskGen:  # due after the wedged turn's time: runs in a later turn
+            yield Sleep(0.001)
+            turned.set()
+
         release.set()
-        loop.call_soon_threadsafe(turned.set)
+        loop.call_soon_threadsafe(lambda: loop.spawn(next_turn()))
         assert turned.wait(10)
         assert loop.stalled_for() == 0.0  # it turned at the clock's time
     finally:
@@ -92,7 +101,13 @@ def test_healthz_names_a_wedged_loop_within_the_timeout_and_recovers(make_server
     finally:
         release.set()
     turned = threading.Event()
-    server._loops[0].call_soon_threadsafe(turned.set)
+
+    def next_turn() -> TaskGen:  # due just after the wedged turn's time: a later turn
+        yield Sleep(0.001)
+        turned.set()
+
+    loop = server._loops[0]
+    loop.call_soon_threadsafe(lambda: loop.spawn(next_turn()))
     assert turned.wait(10)
     assert healthz(admin) == (200, "ok\n")
 
@@ -114,3 +129,16 @@ def test_the_supervisor_names_the_worst_stall_of_its_workers() -> None:
     counts.draining(101)  # draining workers send nothing: not a stall
     assert counts.stalled(5.0, now + 5.0) is None
     assert counts.stalled(5.0, now + MONITOR_IDLE_S + 6.0) == "the supervisor has not turned for 6.0 s"
+
+
+def test_ready_never_waits_for_room_in_the_log_as_the_other_lifecycle_events_do() -> None:
+    stats = Stats()
+    actor = LogActor(stats, mailbox_size=1, stream=io.StringIO())  # not started: the mailbox stays full
+    assert actor.send(event("opened", conn_id=1))
+    started = time.monotonic()
+    assert not actor.send(event("ready", address="127.0.0.1:7"))  # the acceptor's thread: no wait
+    assert time.monotonic() - started < LIFECYCLE_WAIT_S / 2
+    assert stats.log_events_dropped_total() == 1
+    started = time.monotonic()
+    assert not actor.send(event("stopping"))  # the main thread's: waits for room, then drops
+    assert time.monotonic() - started >= LIFECYCLE_WAIT_S * 0.9

@@ -8,7 +8,8 @@ device (see sinks.py).
 Never blocking a server thread: the mailbox is bounded (``log_queue``). When it is
 full, an event is dropped and counted in Stats; when the actor catches up it writes
 "dropped N log events". Lifecycle events (started ... stopped) wait up to a second
-for room instead, so the first and last words of a run are not the ones lost.
+for room instead, so the first and last words of a run are not the ones lost; but for
+``ready``, which a scheduler thread publishes: it never waits.
 
 Never stopping for the log: a line that cannot be written (a full disk, a closed pipe)
 is dropped and counted in the same Stats counter; stderr says so at most once a second
@@ -38,6 +39,9 @@ from server.observe.throttle import Throttle
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 LIFECYCLE = frozenset({"started", "listening", "ready", "stopping", "stopped"})
+# Those that wait for room: not "ready", published on the acceptor's scheduler thread,
+# which never waits (and the mailbox then holds only the few lines of the start).
+WAITS_FOR_ROOM = LIFECYCLE - {"ready"}
 LIFECYCLE_WAIT_S = 1.0
 _REOPEN = object()  # wakes the actor to look at its reopen request
 
@@ -82,7 +86,7 @@ class LogActor(Actor):
         if isinstance(message, Event):
             if LEVELS.get(message.level, logging.INFO) < self._threshold:
                 return True
-            if message.name in LIFECYCLE:
+            if message.name in WAITS_FOR_ROOM:
                 delivered = self.send_wait(message, LIFECYCLE_WAIT_S)
             else:
                 delivered = super().send(message)
