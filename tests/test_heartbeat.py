@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import http.client
 import io
+import multiprocessing
 import threading
 import time
+from types import SimpleNamespace
 
 from server.engine.scheduler import MAX_IDLE_S, Scheduler, Sleep, TaskGen, most_stalled, stall_problem
 from server.observe.events import event
 from server.observe.logger import LIFECYCLE_WAIT_S, LogActor
 from server.observe.stats import Stats
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
+from server.workers.worker_process import WorkerProcess
 from tests.conftest import ServerFactory
 from tests.test_scheduler import FakeClock
 
@@ -142,3 +145,24 @@ def test_ready_never_waits_for_room_in_the_log_as_the_other_lifecycle_events_do(
     started = time.monotonic()
     assert not actor.send(event("stopping"))  # the main thread's: waits for room, then drops
     assert time.monotonic() - started >= LIFECYCLE_WAIT_S * 0.9
+
+
+def test_a_worker_is_hung_when_its_loop_stalls_it_falls_silent_or_outlives_its_drain() -> None:
+    up_r, up_w = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    down_r, down_w = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    try:
+        worker = WorkerProcess(SimpleNamespace(pid=4242, sentinel=-1), 0, 1, 0, up_r, down_w)
+        now = worker.heard_at
+        assert worker.hung(now + 9.0, 10.0, 3.0) is None
+        assert worker.hung(now + 10.5, 10.0, 3.0) == "sent nothing for 10.5 s"
+        assert worker.hung(now + 99.0, 0.0, 3.0) is None  # off
+        worker.stalled_loop, worker.stalled_s = "loop-1", 11.0
+        assert worker.hung(now, 10.0, 3.0) == "loop-1 has not turned for 11.0 s"
+        worker.drain()  # from now on it sends nothing: only its drain's bound counts
+        drained = worker.drained_at or 0.0
+        assert worker.hung(drained + 12.9, 10.0, 3.0) is None
+        assert worker.hung(drained + 13.5, 10.0, 3.0) == "still draining 13.5 s after it was asked"
+        assert worker.hung(drained + 99.0, 10.0, None) is None  # the stop kills it itself
+    finally:
+        for end in (up_r, up_w, down_r, down_w):
+            end.close()

@@ -205,27 +205,15 @@ class Monitor:
                 worker.watch(watched)
 
     def _check_liveness(self, now: float) -> None:
-        limit = self.config.worker_timeout
         drain_bound = self.config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S
         for worker in list(self._workers.values()):
             if worker.hung_at is not None:
                 if now >= worker.hung_at + HUNG_GRACE_S:
                     worker.signal(signal.SIGKILL)  # again each check until reaped: harmless
                 continue
-            if limit <= 0:
-                continue
-            silent = now - worker.heard_at
-            if worker.draining:  # it sends no snapshots while it drains
-                if (
-                    not self._stopping
-                    and worker.drained_at is not None
-                    and now - worker.drained_at > drain_bound + limit
-                ):
-                    self._hung(worker, now, f"still draining {now - worker.drained_at:.1f} s after it was asked")
-            elif worker.stalled_s > limit:
-                self._hung(worker, now, f"{worker.stalled_loop} has not turned for {worker.stalled_s:.1f} s")
-            elif silent > limit:
-                self._hung(worker, now, f"sent nothing for {silent:.1f} s")
+            why = worker.hung(now, self.config.worker_timeout, None if self._stopping else drain_bound)
+            if why is not None:
+                self._hung(worker, now, why)
 
     def _hung(self, worker: WorkerProcess, now: float, why: str) -> None:
         worker.hung_at = now

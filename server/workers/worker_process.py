@@ -177,6 +177,25 @@ class WorkerProcess:
         except OSError:
             pass  # already gone: its sentinel will say so
 
+    def hung(self, now: float, limit_s: float, drain_bound_s: float | None) -> str | None:
+        """Why this worker counts as hung at ``now`` (None: it does not): a loop stalled,
+        or nothing heard, for ``limit_s`` (0: never); or, while draining, still alive
+        ``limit_s`` past ``drain_bound_s`` after its drain (None: the stop's own kill
+        deals with it). It sends no snapshots while it drains."""
+        if limit_s <= 0:
+            return None
+        if self.draining:
+            draining_s = now - (self.drained_at or now)
+            if drain_bound_s is not None and draining_s > drain_bound_s + limit_s:
+                return f"still draining {draining_s:.1f} s after it was asked"
+            return None
+        if self.stalled_s > limit_s:
+            return f"{self.stalled_loop} has not turned for {self.stalled_s:.1f} s"
+        silent = now - self.heard_at
+        if silent > limit_s:
+            return f"sent nothing for {silent:.1f} s"
+        return None
+
     def signal(self, signum: int) -> None:
         try:
             os.kill(self.pid, signum)
