@@ -45,7 +45,7 @@ from typing import Any
 from server.engine.connection import Connection
 from server.engine.listener import refuse_new_connections
 from server.engine.proxy_protocol import Accept, ProxyHeader
-from server.engine.scheduler import ACCEPT, Scheduler, Sleep, TaskGen, Wait
+from server.engine.scheduler import ACCEPT, READ, Scheduler, Sleep, TaskGen, Wait
 from server.lib.net import peer_text
 from server.lib.networks import Network, parse_networks, trusted
 from server.observe.events import Event, event
@@ -132,7 +132,8 @@ class Acceptor:
     def run(self) -> TaskGen:
         assert self.start_connection is not None, "set start_connection before run()"
         accept = self._listener.accept
-        readable = Wait(ACCEPT)  # EPOLLEXCLUSIVE: a shared listener wakes one worker
+        # A listener shared with other processes (workers) wakes one of them per connection.
+        readable = Wait(READ if self._sole_owner else ACCEPT)
         self._on_ready()
         try:
             while True:
