@@ -4,6 +4,7 @@
     echo-client send (TEXT | --file F) [HOST] [PORT] send, verify, print the echo
     echo-client ping [-c N] [--json] [HOST] [PORT]   round-trip times, then a summary with loss
     echo-client bench [--conns C ...] [HOST] [PORT]  load + latency figures (client.loadgen)
+    echo-client rate|watch|merge ...                 open-loop latency, disruption watch (docs/latency.md)
 
 Every mode connects as client.dial_args says: --banner/--expect-banner for a server run
 with --banner, --tls (--ca, --cert/--key, --sni, --alpn, --insecure), --proxy-protocol
@@ -44,6 +45,7 @@ from server import __version__
 PROG = "echo-client"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SUBCOMMANDS = ("send", "ping", "bench")
+MEASURE_SUBCOMMANDS = ("rate", "watch", "merge")  # open-loop latency, disruption watch, merge of rate runs
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7007
 BINARY_REFUSED = "the echo is not printable text; not writing it to a terminal (use --force, or redirect stdout)"
 
@@ -132,7 +134,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
             prog=PROG,
             usage=f"{PROG} [options] [HOST] [PORT]",
             description="Interactive echo, like nc: stdin goes to the server, the echo to stdout; "
-            f"at the end of stdin it half-closes and prints the rest. Other modes: {PROG} send|ping|bench --help.",
+            "at the end of stdin it half-closes and prints the rest. "
+            f"Other modes: {PROG} send|ping|bench|rate|watch|merge --help.",
         )
         _add_target(parser, "[HOST] [PORT]")
         parser.add_argument("--force", action="store_true", help="write the echo to a terminal even if it is binary")
@@ -208,13 +211,31 @@ def _resolve_target(command: str | None, args: argparse.Namespace) -> None:
         args.host = DEFAULT_HOST
     try:
         args.port = DEFAULT_PORT if args.port is None else parse_port(str(args.port))
-        args.dial = dial_options(args)
+        # rate and watch open their own sockets and take none of the dial options.
+        args.dial = dial_options(args) if hasattr(args, "tls") else None
     except (UsageError, ValueError) as error:
         raise UsageError(f"{prog}: {error}") from None
 
 
+def _measure(command: str, argv: list[str]) -> int:
+    """The measuring subcommands live in their own modules (imported when used)."""
+    if command == "rate":
+        from client import rate
+
+        return rate.main(argv)
+    if command == "watch":
+        from client import watch
+
+        return watch.main(argv)
+    from client import merge
+
+    return merge.main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in MEASURE_SUBCOMMANDS:
+        return _measure(args_list[0], args_list[1:])
     command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else None
     try:
         args = build_parser(command).parse_intermixed_args(args_list[1:] if command else args_list)

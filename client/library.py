@@ -63,6 +63,18 @@ CHUNK = 256 * 1024
 HINT_WAIT_S = 0.5  # how long a mismatch waits for the rest of what may be a banner line
 
 
+def error_kind(error: OSError) -> str:
+    """A socket error in a word: refused, timeout or reset (the connection is gone: ECONNRESET,
+    EPIPE); else the system's own text (``No route to host``)."""
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+        return "reset"
+    return error.strerror or type(error).__name__
+
+
 def first_difference(expected: bytes | bytearray, got: bytes | bytearray) -> int:
     """Index of the first differing byte (or the shorter length)."""
     shorter = min(len(expected), len(got))

@@ -9,13 +9,9 @@ across servers so that a noisy minute hurts them alike. Per row: msgs/s, MB/s, l
 percentiles, the server's CPU microseconds per echoed message and its RSS (from /proc),
 errors.
 
-Every server is warmed up the same way before its measured window: one connection is
-opened, echoed and closed (the server saw the close), then the scenario's load runs for
-``--warmup`` seconds and its connections close. Without it, an asyncio server measured
-before its first connection close pays glibc malloc's mmap + mremap + munmap for its
-256 KiB read buffer on every read: freeing the first such buffer at full size (the read
-that returns EOF) is what raises glibc's dynamic mmap threshold. A benchmark that never
-closes a connection before measuring measures that artifact, not the design.
+Every server is warmed up the same way before its measured window (loadtest.warmup says
+why): one connection is opened, echoed and closed (the server saw the close), then the
+scenario's load runs for ``--warmup`` seconds and its connections close.
 
 The practical ceiling is ``c-epoll`` (loadtest/epoll_echo.c), compiled here with ``cc``
 when there is one; without it that server's rows are skipped with a one-line reason.
@@ -29,6 +25,26 @@ both unpinned (server and load generator share every CPU: on a 2-core machine th
 generator takes a core that a second worker would want), driven by the same client.
 CPU per message then counts the supervisor and all its workers.
 
+Scenario 7 is connection churn: short connections (connect, echo 16 bytes, half-close,
+read the server's EOF, close) at a fixed offered rate (``--churn-rate``, open-loop, from
+loadtest.churn_bench's worker processes: enough of them for the rate), echo-service at
+its default info logging with its log lines on a pipe this process drains, as users run
+it. Its warm-up is the same one connection, then ``--warmup`` seconds of the churn load
+itself, the measured window following at once at the same rate. Per row: connections per
+second offered and achieved, the server's CPU microseconds per connection, and the log
+lines it wrote per connection.
+
+``--baseline DIR`` adds echo-service from another checkout to every scenario (whatever
+``--servers`` lists); its rows pair with echo-service's like any other server's, repeat
+by repeat, with targets of no regression beyond 5%.
+
+Noisy rows: during every measured window the CPU that other processes of the machine
+used is sampled (loadtest.noise: /proc/stat minus this process tree, which holds the
+server and the load generator). A row during which they used more than
+``--noise-threshold`` of a core is re-run, up to ``--noise-retries`` times; one still
+noisy after that is kept and flagged in the table. Every discarded attempt stays in
+results.json (``noisy_attempts``).
+
 echo-service's rows run without the admin endpoint; ``--admin-port 7008`` gives each
 of them one, to watch http://127.0.0.1:7008/dashboard while the bench runs (a server
 per row: the page shows each row's server in turn).
@@ -41,11 +57,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
-import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -55,8 +70,10 @@ from pathlib import Path
 from typing import Any
 
 from client import loadgen
-from loadtest import report, tls_load
+from loadtest import churn_bench, report, tls_load
+from loadtest.noise import NOISY_CORES, NoiseWindow, rerun_while_noisy
 from loadtest.servers import (
+    BASELINE_SERVER,
     C_SERVER,
     ROOT,
     SERVERS,
@@ -72,8 +89,7 @@ from loadtest.servers import (
     uvloop_missing,
     watch_admin,
 )
-
-WARMUP_TIMEOUT_S = 10.0
+from loadtest.warmup import echo_and_close, warm_up
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class Scenario:
     idle: int = 0
     tls: bool = False  # driven by loadtest.tls_load, for TLS_SERVERS only
     workers: bool = False  # WORKER_SERVERS only, unpinned
+    churn: bool = False  # short connections at --churn-rate, driven by loadtest.churn_bench
 
 
 SCENARIOS = [
@@ -94,6 +111,7 @@ SCENARIOS = [
     Scenario("100 busy + 10000 idle, 1 KiB", 100, 1024, idle=10_000),
     Scenario("50 conns, 1 KiB: plain vs TLS", 50, 1024, tls=True),
     Scenario("50 conns, 1 KiB: 1 vs 2 workers, unpinned", 50, 1024, workers=True),
+    Scenario("churn: short connections, info logging", 0, churn_bench.PAYLOAD_BYTES, churn=True),
 ]
 
 
@@ -106,42 +124,6 @@ def runs_in(name: str, scenario: Scenario) -> bool:
     return name not in (TLS_SERVER, WORKERS_SERVER)
 
 
-def echo_and_close(address: tuple[str, int], size: int) -> None:
-    """One connection: echo ``size`` bytes, half-close, and read until the server closed it."""
-    payload = os.urandom(max(1, size))
-    with socket.create_connection(address, timeout=WARMUP_TIMEOUT_S) as sock:
-        sock.sendall(payload)
-        echoed = bytearray()
-        while len(echoed) < len(payload):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            echoed += chunk
-        if bytes(echoed) != payload:
-            raise RuntimeError(f"warm-up: echo of {len(payload)} bytes came back as {len(echoed)} different bytes")
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(65536):  # the server's FIN: it has seen our EOF and closed its side
-            pass
-
-
-def warm_up(address: tuple[str, int], scenario: Scenario, warmup_s: float, processes: int) -> None:
-    """The same for every server: one connection opened, echoed and closed, then
-    ``warmup_s`` seconds of the scenario's busy load (its connections close at the end)."""
-    echo_and_close(address, scenario.size)
-    if warmup_s > 0:
-        loadgen.run(
-            loadgen.LoadSpec(
-                host=address[0],
-                port=address[1],
-                conns=scenario.conns,
-                size=scenario.size,
-                duration_s=warmup_s,
-                processes=processes,
-                connect_timeout_s=WARMUP_TIMEOUT_S,
-            )
-        )
-
-
 def measure(
     server_name: str,
     scenario: Scenario,
@@ -149,6 +131,7 @@ def measure(
     cpus: tuple[set[int] | None, set[int] | None],
     processes: int,
     warmup_s: float = 1.0,
+    churn_rate: float = 2000.0,
 ) -> dict[str, Any]:
     if scenario.workers:  # unpinned: the server and the load generator share every CPU
         all_cpus = set(range(os.cpu_count() or 1))
@@ -160,18 +143,46 @@ def measure(
             if cpus[1]:
                 os.sched_setaffinity(0, cpus[1])
     server = ServerUnderTest(server_name, cpus[0])
+    noise = NoiseWindow([os.getpid()])  # this process's tree: the server and the load generator
     try:
-        if not scenario.tls:
-            warm_up(server.address, scenario, warmup_s, processes)
+        if scenario.churn:  # then the load's own first warmup_s seconds
+            echo_and_close(server.address, scenario.size)
+        elif not scenario.tls:
+            warm_up(server.address, scenario.conns, scenario.size, warmup_s, processes)
         rss_before_kib = server.memory_kib("VmRSS")
         window: dict[str, float] = {}
         lock = threading.Lock()
 
         def on_window(edge: str) -> None:
             with lock:
+                if edge == "start":
+                    noise.start()
                 window[f"cpu_{edge}"] = server.cpu_seconds()
                 window[f"rss_{edge}_kib"] = server.memory_kib("VmRSS")
+                window[f"log_lines_{edge}"] = server.log_lines
+                if edge == "end":
+                    noise.stop()
 
+        if scenario.churn:
+            churn = churn_bench.run(
+                churn_bench.ChurnSpec(
+                    host=server.address[0],
+                    port=server.address[1],
+                    rate=churn_rate,
+                    duration_s=duration_s,
+                    warmup_s=warmup_s,
+                    processes=churn_bench.processes_for(churn_rate),
+                ),
+                on_window=on_window,
+            )
+            peak_kib = server.memory_kib("VmHWM")
+            cpu_s = window.get("cpu_end", 0.0) - window.get("cpu_start", 0.0)
+            named = {"server": server_name, "scenario": scenario.name, "peak_rss_mib": round(peak_kib / 1024, 1)}
+            # Lines the server wrote during the window, per connection completed in it: about 2
+            # for echo-service at info (opened, closed), whether it writes them one by one or batched.
+            lines = window.get("log_lines_end", 0) - window.get("log_lines_start", 0)
+            named["log_lines_per_conn"] = round(lines / churn.completed, 2) if churn.completed else None
+            return named | churn.figures(cpu_s, duration_s) | noise_figures(noise)
         spec = loadgen.LoadSpec(
             host=server.address[0],
             port=server.address[1],
@@ -220,7 +231,12 @@ def measure(
     if scenario.idle and isinstance(result, loadgen.BenchResult):
         row["idle_held"] = result.idle_open_at_end
         row["rss_per_idle_conn_bytes"] = round((window.get("rss_end_kib", 0) - rss_before_kib) * 1024 / scenario.idle)
-    return row
+    return row | noise_figures(noise)
+
+
+def noise_figures(noise: NoiseWindow) -> dict[str, float | None]:
+    others = None if noise.others_cores is None else round(noise.others_cores, 3)
+    return {"others_cores": others, "steal_cores": round(noise.steal_cores, 3)}
 
 
 def pinning() -> tuple[set[int] | None, set[int] | None]:
@@ -239,9 +255,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, default=1.0, help="seconds of load before each measured window (after one closed echo)"
     )
-    parser.add_argument("--scenarios", help="comma-separated indexes into the scenario list (0-6; 5 is TLS, 6 workers)")
+    parser.add_argument(
+        "--scenarios", help="comma-separated indexes into the scenario list (0-7; 5 is TLS, 6 workers, 7 churn)"
+    )
     parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
-    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="load generator processes (churn: one per 5,000 connections a second, whatever this says)",
+    )
+    parser.add_argument(
+        "--churn-rate", type=float, default=2000.0, help="connections offered per second in the churn scenario"
+    )
+    parser.add_argument(
+        "--noise-threshold",
+        type=float,
+        default=NOISY_CORES,
+        help="cores other processes may use during a window before its row counts as noisy (default 0.1)",
+    )
+    parser.add_argument("--noise-retries", type=int, default=2, help="re-runs of a noisy row at most (default 2)")
     parser.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
     parser.add_argument(
         "--admin-port",
@@ -261,11 +294,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--baseline: {error}")
     scenarios = [SCENARIOS[int(i)] for i in args.scenarios.split(",")] if args.scenarios else SCENARIOS
     servers = args.servers.split(",") if args.servers else list(SERVERS)
+    if args.baseline is not None and BASELINE_SERVER not in servers:
+        servers.append(BASELINE_SERVER)  # asked for by --baseline, whatever --servers lists
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"--servers: unknown {', '.join(sorted(unknown))}")
     if args.warmup < 0 or args.duration <= 0 or args.repeats < 1:
         parser.error("--warmup must be >= 0, --duration > 0 and --repeats >= 1")
+    for flag, value, low in (("--churn-rate", args.churn_rate, 1e-9), ("--noise-threshold", args.noise_threshold, 0),
+                             ("--noise-retries", args.noise_retries, 0)):  # fmt: skip
+        if value < low:
+            parser.error(f"{flag} must be {'> 0' if low else '>= 0'}, not {value:g}")
     if args.admin_port is not None:
         watch_admin(args.admin_port)
     with tempfile.TemporaryDirectory(prefix="echo-bench-") as build_dir:
@@ -296,23 +335,31 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)  # the load generator's processes inherit it
     rows: list[dict[str, Any]] = []
+    noisy_attempts: list[dict[str, Any]] = []
     for scenario in scenarios:
         for repeat in range(args.repeats):
             for name in servers:
                 if not runs_in(name, scenario):
                     continue
                 started = time.monotonic()
-                row = measure(name, scenario, args.duration, (server_cpus, load_cpus), args.processes, args.warmup)
+                once = functools.partial(
+                    measure, name, scenario, args.duration, (server_cpus, load_cpus), args.processes, args.warmup,
+                    args.churn_rate,
+                )  # fmt: skip
+                row, discarded = rerun_while_noisy(once, args.noise_threshold, args.noise_retries)
                 row["repeat"] = repeat
                 rows.append(row)
+                noisy_attempts += [attempt | {"repeat": repeat} for attempt in discarded]
+                rate, cpu = ("conns_per_s", "cpu_us_per_conn") if scenario.churn else ("msgs_per_s", "cpu_us_per_msg")
                 print(
-                    f"{scenario.name:32} {name:22} #{repeat}  {row['msgs_per_s']:>10,.0f} msgs/s  "
-                    f"{row['cpu_us_per_msg'] or 0:>7.2f} us/msg  errors {row['errors']}  "
+                    f"{scenario.name:32} {name:22} #{repeat}  {row[rate]:>10,.0f} {rate[:-6]}/s  "
+                    f"{row[cpu] or 0:>7.2f} us/{rate[:-6].rstrip('s')}  errors {row['errors']}  "
+                    f"others {row['others_cores'] or 0:.2f} cores{' NOISY' if row['noisy'] else ''}  "
                     f"({time.monotonic() - started:.1f} s)",
                     file=sys.stderr,
                     flush=True,
                 )
-    summary = summarize(rows)
+    summary = report.summarize(rows)
     ratio_list = report.ratios(rows)
     document: dict[str, Any] = {
         "machine": {
@@ -328,9 +375,14 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
             "warmup_s": args.warmup,
             "warm_up": "one connection opened, echoed and closed, then the scenario's load for warmup_s",
             "processes": args.processes,
+            "churn_rate": args.churn_rate,
+            "churn_processes": churn_bench.processes_for(args.churn_rate),
+            "noise_threshold_cores": args.noise_threshold,
+            "noise_retries": args.noise_retries,
         },
         "skipped": skipped,
         "rows": rows,
+        "noisy_attempts": noisy_attempts,
         "summary": summary,
         "ratios": ratio_list,
         "targets": report.targets(summary, ratio_list),
@@ -342,35 +394,6 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
     (out / "results.svg").write_text(report.svg(summary))
     print((out / "results.md").read_text())
     return 0
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median and range of each figure, per (scenario, server), in first-seen order."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["scenario"], row["server"]), []).append(row)
-    summary = []
-    figures = (
-        "msgs_per_s",
-        "mb_per_s",
-        "p50_ms",
-        "p99_ms",
-        "p999_ms",
-        "p999_over_p50",
-        "cpu_us_per_msg",
-        "peak_rss_mib",
-        "rss_per_idle_conn_bytes",
-        "idle_held",
-        "errors",
-    )
-    for (scenario, server), group in groups.items():
-        entry: dict[str, Any] = {"scenario": scenario, "server": server, "repeats": len(group)}
-        for figure in figures:
-            values = [row[figure] for row in group if row.get(figure) is not None]
-            if values:
-                entry[figure] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-        summary.append(entry)
-    return summary
 
 
 if __name__ == "__main__":

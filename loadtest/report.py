@@ -15,20 +15,39 @@ from typing import Any
 
 OURS = "echo-service"
 REFERENCE = "asyncio-protocol"
+UVLOOP = "uvloop-protocol"
 CEILING = "c-epoll"
+BASELINE = "echo-service@baseline"
 COLORS = ["#1b7837", "#2166ac", "#67a9cf", "#ef8a62", "#b2182b", "#999999"]
 
 # The targets, as ratios to servers measured in the same run (see the README).
 THROUGHPUT_VS_REFERENCE_MIN = 0.9  # at parity with asyncio Protocol: not more than 10% slower
 CPU_VS_REFERENCE_MAX = 1.1  # at parity with asyncio Protocol: not more than 10% more CPU per message
 CPU_VS_CEILING_MAX = 2.0  # on this VM the kernel's loopback TCP is most of a message's CPU, in C or Python
+CPU_VS_UVLOOP_MAX = 1.0  # issue 25: the fastest event loop Python has is the bar
+CHURN_CPU_VS_REFERENCE_MAX = 1.0  # issue 25: a connection, info logging included, as cheap as asyncio's
+CPU_VS_BASELINE_MAX = 1.05  # no regression against the baseline checkout, beyond 5% of noise
 IDLE_BYTES_MAX = 2048
 # (server, ratio, limit, wording): throughput must reach the limit, CPU per message stay under it.
 RATIO_TARGETS = (
     (REFERENCE, "throughput", THROUGHPUT_VS_REFERENCE_MIN, "throughput >= {limit:g}x asyncio Protocol"),
     (REFERENCE, "cpu_per_msg", CPU_VS_REFERENCE_MAX, "CPU per message <= {limit:g}x asyncio Protocol"),
+    (UVLOOP, "cpu_per_msg", CPU_VS_UVLOOP_MAX, "CPU per message <= {limit:g}x uvloop Protocol"),
     (CEILING, "cpu_per_msg", CPU_VS_CEILING_MAX, "CPU per message <= {limit:g}x the C epoll server"),
+    (BASELINE, "cpu_per_msg", CPU_VS_BASELINE_MAX, "CPU per message <= {limit:g}x the baseline"),
+    (REFERENCE, "cpu_per_conn", CHURN_CPU_VS_REFERENCE_MAX, "CPU per connection <= {limit:g}x asyncio Protocol"),
+    (BASELINE, "cpu_per_conn", CPU_VS_BASELINE_MAX, "CPU per connection <= {limit:g}x the baseline"),
 )
+# A row's throughput and CPU figures: per message, or per connection in the churn scenario.
+MESSAGE_FIGURES = ("msgs_per_s", "cpu_us_per_msg", "cpu_per_msg")
+CHURN_FIGURES = ("conns_per_s", "cpu_us_per_conn", "cpu_per_conn")
+
+
+def figures_of(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(throughput figure, CPU figure, CPU ratio name) of a row or summary entry."""
+    return CHURN_FIGURES if "conns_per_s" in row else MESSAGE_FIGURES
+
+
 P999_OVER_P50_MAX = 3.0
 
 
@@ -47,8 +66,9 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """echo-service against every other server, per scenario: throughput and CPU per
-    message as ours / theirs, taken repeat by repeat; median and range of those."""
+    """echo-service against every other server (the baseline checkout's too), per
+    scenario: throughput and CPU per message (per connection in the churn scenario) as
+    ours / theirs, taken repeat by repeat; median and range of those."""
     by_key = {(r["scenario"], r["server"], r.get("repeat", 0)): r for r in rows}
     out: list[dict[str, Any]] = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
@@ -57,19 +77,25 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             rate: list[float] = []
             cpu: list[float] = []
+            cpu_ratio = "cpu_per_msg"
+            pairs = noisy_pairs = 0
             for (s, name, repeat), theirs in by_key.items():
                 ours = by_key.get((s, OURS, repeat))
                 if s != scenario or name != server or ours is None:
                     continue
-                if theirs["msgs_per_s"]:
-                    rate.append(ours["msgs_per_s"] / theirs["msgs_per_s"])
-                if ours.get("cpu_us_per_msg") and theirs.get("cpu_us_per_msg"):
-                    cpu.append(ours["cpu_us_per_msg"] / theirs["cpu_us_per_msg"])
-            entry: dict[str, Any] = {"scenario": scenario, "versus": server}
+                pairs += 1
+                noisy_pairs += bool(ours.get("noisy") or theirs.get("noisy"))
+                throughput, cpu_figure, cpu_ratio = figures_of(ours)
+                if theirs.get(throughput):
+                    rate.append(ours[throughput] / theirs[throughput])
+                if ours.get(cpu_figure) and theirs.get(cpu_figure):
+                    cpu.append(ours[cpu_figure] / theirs[cpu_figure])
+            entry: dict[str, Any] = {"scenario": scenario, "versus": server, "pairs": pairs}
+            entry["noisy_pairs"] = noisy_pairs  # either row of the pair measured beside a busy neighbour
             if rate:
                 entry["throughput"] = _spread(rate)
             if cpu:
-                entry["cpu_per_msg"] = _spread(cpu)
+                entry[cpu_ratio] = _spread(cpu)
             out.append(entry)
     return out
 
@@ -146,46 +172,129 @@ def markdown(document: dict[str, Any]) -> str:
     ]
     for server, why in document.get("skipped", {}).items():
         lines += ["", f"Skipped {server}: {why}."]
-    for scenario in dict.fromkeys(e["scenario"] for e in document["summary"]):
+    threshold = settings.get("noise_threshold_cores")
+    if threshold is not None:
         lines += [
             "",
-            f"## {scenario}",
-            "",
-            "| server | msgs/s | MB/s | p50 ms | p99 ms | p99.9 ms | CPU us/msg | CPU x C | peak RSS MiB | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"Others is the CPU, in cores, that the machine's other processes used during the window. A row where "
+            f"they used more than {threshold:g} of a core was re-run (at most {settings['noise_retries']} times); "
+            "**noisy** n/m after it counts the repeats still over it, kept for want of a quiet one.",
         ]
-        ceiling_cpu = _median(_find(document["summary"], scenario, CEILING), "cpu_us_per_msg")
-        for entry in (e for e in document["summary"] if e["scenario"] == scenario):
-            cpu = _median(entry, "cpu_us_per_msg")
+    if "churn_rate" in settings:
+        lines += [
+            "",
+            f"Churn: short connections (connect, echo 16 bytes, close) offered at {settings['churn_rate']:,.0f} a "
+            f"second from {settings['churn_processes']} load process(es); CPU us/conn is the server's CPU over the "
+            "window divided by the connections completed in it, log lines/conn the lines the server wrote to "
+            "its output in the window per connection completed. Late is the share of connections the load "
+            "generator started more than 5 ms after their time (high: it, not the server, fell behind). "
+            "echo-service logs at info (two lines per connection) to a pipe that the bench drains; the reference "
+            "servers log nothing.",
+        ]
+    for scenario in dict.fromkeys(e["scenario"] for e in document["summary"]):
+        entries = [e for e in document["summary"] if e["scenario"] == scenario]
+        churn = any("conns_per_s" in e for e in entries)
+        _, cpu_figure, _ = CHURN_FIGURES if churn else MESSAGE_FIGURES
+        lines += ["", f"## {scenario}", ""]
+        if churn:
+            lines += [
+                "| server | offered conn/s | late | conn/s | p50 ms | p99 ms | log lines/conn | CPU us/conn | CPU x C "
+                "| peak RSS MiB | errors | others |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+        else:
+            lines += [
+                "| server | msgs/s | MB/s | p50 ms | p99 ms | p99.9 ms | CPU us/msg | CPU x C | peak RSS MiB "
+                "| errors | others |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+        ceiling_cpu = _median(_find(document["summary"], scenario, CEILING), cpu_figure)
+        for entry in entries:
+            cpu = _median(entry, cpu_figure)
             times_c = f"{cpu / ceiling_cpu:.1f}" if cpu and ceiling_cpu else "-"
-            lines.append(
-                f"| {entry['server']} | {_cell(entry, 'msgs_per_s', ',.0f')} | {_cell(entry, 'mb_per_s', '.1f')} | "
-                f"{_cell(entry, 'p50_ms', '.3f')} | {_cell(entry, 'p99_ms', '.3f')} | "
-                f"{_cell(entry, 'p999_ms', '.3f')} | "
-                f"{_cell(entry, 'cpu_us_per_msg', '.2f')} | {times_c} | {_cell(entry, 'peak_rss_mib', '.1f')} | "
-                f"{_cell(entry, 'errors', '.0f')} |"
-            )
-            if "idle_held" in entry:
-                lines[-1] = lines[-1][:-1] + (
-                    f" idle held {_cell(entry, 'idle_held', '.0f')}, "
-                    f"{_cell(entry, 'rss_per_idle_conn_bytes', '.0f')} B RSS each |"
+            others = _cell(entry, "others_cores", ".2f")
+            if entry.get("noisy_repeats"):
+                others += f" **noisy** {entry['noisy_repeats']}/{entry['repeats']}"
+            if churn:
+                middle = (
+                    f"{_cell(entry, 'offered_per_s', ',.0f')} | {_cell(entry, 'late_fraction', '.0%')} | "
+                    f"{_cell(entry, 'conns_per_s', ',.0f')} | "
+                    f"{_cell(entry, 'p50_ms', '.3f')} | {_cell(entry, 'p99_ms', '.3f')} | "
+                    f"{_cell(entry, 'log_lines_per_conn', '.2f')} | "
                 )
+            else:
+                middle = (
+                    f"{_cell(entry, 'msgs_per_s', ',.0f')} | {_cell(entry, 'mb_per_s', '.1f')} | "
+                    f"{_cell(entry, 'p50_ms', '.3f')} | {_cell(entry, 'p99_ms', '.3f')} | "
+                    f"{_cell(entry, 'p999_ms', '.3f')} | "
+                )
+            errors = _cell(entry, "errors", ".0f")
+            if "idle_held" in entry:
+                errors += (
+                    f"; idle held {_cell(entry, 'idle_held', '.0f')}, "
+                    f"{_cell(entry, 'rss_per_idle_conn_bytes', '.0f')} B RSS each"
+                )
+            lines.append(
+                f"| {entry['server']} | {middle}{_cell(entry, cpu_figure, '.2f')} | {times_c} | "
+                f"{_cell(entry, 'peak_rss_mib', '.1f')} | {errors} | {others} |"
+            )
     lines += [
         "",
         "## echo-service / other server, per repeat",
         "",
-        "Median (min-max) over repeats of echo-service's figure divided by the other server's in the same repeat.",
+        "Median (min-max) over repeats of echo-service's figure divided by the other server's in the same repeat; "
+        "noisy pairs counts the pairs in which either row was measured beside a busy neighbour.",
         "",
-        "| scenario | versus | throughput | CPU per message |",
-        "| --- | --- | ---: | ---: |",
+        "| scenario | versus | throughput | CPU per message (churn: per connection) | noisy pairs |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
     for entry in document.get("ratios", []):
         rate = _range_text(entry["throughput"]) if "throughput" in entry else "-"
-        per_msg = _range_text(entry["cpu_per_msg"]) if "cpu_per_msg" in entry else "-"
-        lines.append(f"| {entry['scenario']} | {entry['versus']} | {rate} | {per_msg} |")
+        cpu_ratio = entry.get("cpu_per_msg", entry.get("cpu_per_conn"))
+        per_msg = _range_text(cpu_ratio) if cpu_ratio else "-"
+        noisy = f"{entry['noisy_pairs']}/{entry['pairs']}" if "pairs" in entry else "-"
+        lines.append(f"| {entry['scenario']} | {entry['versus']} | {rate} | {per_msg} | {noisy} |")
     lines += ["", "## Targets", "", "| target | holds | measured |", "| --- | --- | --- |"]
     lines += [f"| {v['target']} | {'yes' if v['holds'] else '**no**'} | {v['detail']} |" for v in document["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and range of each figure, per (scenario, server), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["scenario"], row["server"]), []).append(row)
+    summary = []
+    figures = (
+        "msgs_per_s",
+        "mb_per_s",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "p999_over_p50",
+        "cpu_us_per_msg",
+        "peak_rss_mib",
+        "rss_per_idle_conn_bytes",
+        "idle_held",
+        "errors",
+        "offered_per_s",
+        "conns_per_s",
+        "cpu_us_per_conn",
+        "load_cpu_us_per_conn",
+        "late_fraction",
+        "log_lines_per_conn",
+        "others_cores",
+    )
+    for (scenario, server), group in groups.items():
+        entry: dict[str, Any] = {"scenario": scenario, "server": server, "repeats": len(group)}
+        entry["noisy_repeats"] = sum(1 for row in group if row.get("noisy"))
+        entry["reruns"] = sum(row.get("attempt", 0) for row in group)
+        for figure in figures:
+            values = [row[figure] for row in group if row.get(figure) is not None]
+            if values:
+                entry[figure] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        summary.append(entry)
+    return summary
 
 
 def nice_ticks(peak: float, most: int = 6) -> list[float]:
@@ -205,8 +314,9 @@ def _tick_label(value: float, step: float) -> str:
 
 
 def svg(summary: list[dict[str, Any]]) -> str:
-    """Two grouped bar charts: median msgs/s and median server CPU us/msg, with ranges."""
-    scenarios = list(dict.fromkeys(e["scenario"] for e in summary))
+    """Two grouped bar charts: median msgs/s and median server CPU us/msg, with ranges
+    (per-message scenarios only: the churn scenario's figures are per connection)."""
+    scenarios = list(dict.fromkeys(e["scenario"] for e in summary if "msgs_per_s" in e))
     servers = list(dict.fromkeys(e["server"] for e in summary))
     width, panel_height, top, left, gap = 980, 260, 40, 70, 60
     group_width = (width - left - 20) / max(1, len(scenarios))

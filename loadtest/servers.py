@@ -15,8 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
+from loadtest.noise import process_tree, tree_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
-TICKS = os.sysconf("SC_CLK_TCK")
 C_SOURCE = ROOT / "loadtest" / "epoll_echo.c"
 C_SERVER = "c-epoll"
 UVLOOP_SERVER = "uvloop-protocol"
@@ -131,9 +132,16 @@ class ServerUnderTest:
         )
         assert self.proc.stdout is not None
         self.address = self._read_address()
-        # Keep reading its output so a full pipe never stalls it.
-        self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+        # Keep reading its output (echo-service's log lines) as a collector would, so a full
+        # pipe never stalls it; the lines are counted and dropped, not kept in memory.
+        self.log_lines = self.log_bytes = 0  # written by the drain thread only; read as snapshots
+        self._drain = threading.Thread(target=self._drain_output, args=(self.proc.stdout.fileno(),), daemon=True)
         self._drain.start()
+
+    def _drain_output(self, fd: int) -> None:
+        while chunk := os.read(fd, 65536):
+            self.log_lines += chunk.count(b"\n")
+            self.log_bytes += len(chunk)
 
     def _read_address(self) -> tuple[str, int]:
         assert self.proc.stdout is not None
@@ -151,26 +159,10 @@ class ServerUnderTest:
 
     def cpu_seconds(self) -> float:
         """The server's CPU time, with its child processes' (a supervisor's workers)."""
-        total = 0.0
-        for pid in self._process_tree():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-        return total
+        return tree_seconds([self.proc.pid])
 
     def _process_tree(self) -> list[int]:
-        """The server's pid and its descendants' (children are listed per thread)."""
-        pids, index = [self.proc.pid], 0
-        while index < len(pids):
-            for children in Path(f"/proc/{pids[index]}/task").glob("*/children"):
-                try:
-                    pids += [int(child) for child in children.read_text().split()]
-                except OSError:
-                    pass  # the thread or process is gone
-            index += 1
-        return pids
+        return process_tree([self.proc.pid])
 
     def memory_kib(self, key: str) -> int:
         """Summed over the server's processes (for VmHWM: the sum of each one's peak)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.proxy_protocol import ACCEPT_CHOICES
+from server.lib.alpn import check_alpn, parse_alpn
 from server.lib.banner_template import check_template, parse_template
 from server.lib.networks import check_networks
 
@@ -261,6 +262,15 @@ class Config:
         check=_between(0.001, 3600),
         unit="s",
         metavar="SECONDS",
+    )
+    # Off by default: offering ALPN names a protocol the echo does not speak; it is for
+    # seeing which protocol a client or a TLS passthrough route asks for (reflection).
+    tls_alpn: str | None = setting(
+        None,
+        "ALPN protocols the TLS listener offers, most preferred first (NAME[,NAME...]); off by default",
+        parse=parse_alpn,
+        check=check_alpn,
+        metavar="PROTOCOLS",
     )
     udp_port: int | None = setting(
         None,

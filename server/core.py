@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -53,13 +54,16 @@ from server.config import Config
 from server.engine.banner import Banner
 from server.engine.connection import Connection
 from server.engine.listener import backlog_capped, fit_fd_limit
+from server.engine.reflection import reflect
 from server.engine.scheduler import Scheduler, every, most_stalled, stall_problem
 from server.engine.tls import TlsContext
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
 from server.listeners import Listener, ListenerSpec, ServerParts, listener_specs, load_tls, open_listeners, serve
+from server.live_connections import LocalConnections
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
+from server.observe.connections import ASK_TIMEOUT_S, WORKER_ASK_TIMEOUT_S
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
 from server.observe.stats import Stats, StatsSnapshot
@@ -94,11 +98,13 @@ class EchoServer(FailureAttributes):
         specs: tuple[ListenerSpec, ...] | None = None,
         listeners: tuple[Listener, ...] | None = None,
         next_id: Callable[[], int] | None = None,
+        worker: int | None = None,
     ) -> None:
         """``specs``: the listeners to open (default: what ``config`` asks for, see
         listeners.py); ``listeners``: already-open ones to serve instead (a worker's,
         inherited from the supervisor, shared with the next generation); closed at
-        shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...)."""
+        shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...).
+        ``worker``: this process's worker slot under --workers (reflection shows it)."""
         self.config = config
         self._specs = specs if specs is not None else listener_specs(config)
         self._given = listeners
@@ -118,6 +124,9 @@ class EchoServer(FailureAttributes):
         self._loops: list[Scheduler] = []
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
+        self.worker = worker
+        self.connections: LocalConnections | None = None  # GET /connections, once started
+        self._hostname = socket.gethostname()
         self.tls: TlsContext | None = None
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
@@ -199,6 +208,9 @@ class EchoServer(FailureAttributes):
             self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
+            names = tuple(listener.name for listener in listeners if listener.spec.streams)
+            timeout = ASK_TIMEOUT_S if self.worker is None else WORKER_ASK_TIMEOUT_S
+            self.connections = LocalConnections(self._loops, names, self.worker, self._reflect, timeout)
             parts = ServerParts(
                 config=config,
                 stats=self.stats,
@@ -207,7 +219,7 @@ class EchoServer(FailureAttributes):
                 next_id=self._next_id,
                 on_close=self._on_close,
                 on_ready=self._on_ready,
-                banner=Banner(config.banner, server.__version__) if config.banner is not None else None,
+                banner=self._banner(config),
                 tls=tls,
                 sole_owner=self._given is None,  # a worker's are shared with the next generation
                 takes_backlog=lambda: not self._handing_over,
@@ -324,6 +336,14 @@ class EchoServer(FailureAttributes):
 
     def _publish_stats(self) -> None:  # acceptor thread
         self.publish(event("stats", **self.stats.snapshot().as_dict()))
+
+    def _banner(self, config: Config) -> Banner | None:
+        if config.banner is None:
+            return None
+        return Banner(config.banner, server.__version__, self._hostname, self.worker)
+
+    def _reflect(self, sock: socket.socket, conn: Connection) -> dict[str, Any]:  # the connection's scheduler thread
+        return reflect(sock, conn, worker=self.worker, hostname=self._hostname)
 
     def _on_close(self, conn: Connection) -> None:  # the connection's scheduler thread
         duration = time.monotonic() - conn.opened_at

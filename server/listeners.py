@@ -116,7 +116,7 @@ def load_tls(config: Config, specs: Sequence[ListenerSpec]) -> TlsContext | None
     """The TLS context if any listener needs one (TlsError names the file at fault)."""
     if not any(spec.kind == "tls" for spec in specs):
         return None
-    return TlsContext.load(config.tls_cert, config.tls_key, config.tls_client_ca)
+    return TlsContext.load(config.tls_cert, config.tls_key, config.tls_client_ca, config.tls_alpn)
 
 
 @dataclass

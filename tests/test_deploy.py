@@ -181,7 +181,7 @@ def _tool(name: str, install: str) -> str:
     return found
 
 
-MANIFESTS = ["kubernetes.yaml", "kubernetes-smoke.yaml"]
+MANIFESTS = ["kubernetes.yaml", "kubernetes-smoke.yaml", "kubernetes-rate-job.yaml"]
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS)
@@ -395,3 +395,34 @@ def test_compose_images_can_be_replaced_for_an_air_gapped_build() -> None:
         assert resolved["services"]["haproxy"]["image"] == balancer
     readme = (ROOT / "README.md").read_text()
     assert "HAPROXY_IMAGE=" in readme and "PYTHON_IMAGE=" in readme
+
+
+def test_the_client_jobs_run_real_commands_in_the_restricted_profile() -> None:
+    """deploy/kubernetes-rate-job.yaml: rate and watch against the Service, as the image's user."""
+    yaml = pytest.importorskip("yaml")
+    from client import rate, watch
+
+    with open(ROOT / "deploy" / "kubernetes-rate-job.yaml") as source:
+        documents = list(yaml.safe_load_all(source))
+    jobs = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Job"}
+    policies = [doc for doc in documents if doc["kind"] == "NetworkPolicy"]
+    # The client pods may reach the echo pods (and DNS) only: checkov's CKV2_K8S_6.
+    assert [policy["spec"]["podSelector"]["matchLabels"] for policy in policies] == [
+        {"app.kubernetes.io/name": "echo-client"}
+    ]
+    manifests = _manifests()
+    deployment_pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    service = manifests["Service"]["metadata"]["name"]
+    assert set(jobs) == {"echo-rate", "echo-watch"}
+    for name, module in (("echo-rate", rate), ("echo-watch", watch)):
+        job = jobs[name]
+        assert job["kind"] == "Job" and job["spec"]["backoffLimit"] == 0
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"] == deployment_pod["securityContext"]
+        container = pod["containers"][0]
+        assert container["image"] == deployment_pod["containers"][0]["image"]
+        assert container["securityContext"] == deployment_pod["containers"][0]["securityContext"]
+        assert container["command"] == ["python", "-m", "client"]
+        command, host, port, *options = container["args"]
+        assert command == module.COMMAND and host == service and int(port) == Config().port
+        module.build_parser().parse_intermixed_args(options)  # a bad flag raises UsageError

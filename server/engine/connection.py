@@ -18,8 +18,12 @@ A step may end a connection with any other reason by raising CloseConnection.
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
 
 from server.engine.scheduler import Shutdown, WaitTimeout
+
+if TYPE_CHECKING:
+    from server.engine.proxy_protocol import ProxyHeader
 
 
 class Connection:
@@ -37,6 +41,7 @@ class Connection:
         "listener",
         "opened_at",
         "peer",
+        "proxy",
         "reason",
         "via",
     )
@@ -55,6 +60,7 @@ class Connection:
         self.reason = ""
         self.detail = ""  # more about the reason (a TLS alert, a handshake timeout)
         self.via = ""  # the balancer's address once a PROXY header named the client
+        self.proxy: ProxyHeader | None = None  # that header, kept for reflection (no copy)
 
 
 class CloseConnection(Exception):

@@ -25,9 +25,10 @@ bytes, and a cap keeps the memory one unauthenticated connection may hold small.
 Strictness, per the spec: v1 must end in CRLF (a lone CR or LF is malformed), numbers have
 no leading zeros, the family matches the addresses; v2 must be version 2, command LOCAL or
 PROXY, a known family and protocol, an address block that fits the declared length, and
-TLVs that exactly fill what is left (their contents are skipped by length). v2 LOCAL, v1
-UNKNOWN and v2 families we do not use (UNSPEC, UNIX, DGRAM) mean "use the real endpoints":
-the header is accepted with ``local`` set and no addresses.
+TLVs that exactly fill what is left (decoded by proxy_tlv.py and kept on the header, for
+reflection). v2 LOCAL, v1 UNKNOWN and v2 families we do not use (UNSPEC, UNIX, DGRAM)
+mean "use the real endpoints": the header is accepted with ``local`` set, no addresses
+and no TLVs (their bytes are not looked at, as before).
 
 Errors never quote the received bytes. Any thread may call anything here.
 """
@@ -37,8 +38,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from server.engine.proxy_tlv import ProxyTlvs, TlvError, decode
 
 Accept = Literal["v1", "v2", "any"]
 ACCEPT_CHOICES: tuple[str, ...] = ("v1", "v2", "any")
@@ -52,7 +55,6 @@ V2_MAX_LENGTH = 4096  # the whole v2 header, fixed part included (see the module
 _V2_FIXED = struct.Struct("!12sBBH")
 _V2_INET = struct.Struct("!4s4sHH")
 _V2_INET6 = struct.Struct("!16s16sHH")
-_TLV_HEAD = struct.Struct("!BH")
 _PORT = re.compile(r"0|[1-9][0-9]{0,4}")
 
 
@@ -67,12 +69,17 @@ class ProxyProtocolError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ProxyHeader:
     """A parsed header. ``local``: use the connection's real endpoints (v2 LOCAL, v1
-    UNKNOWN, or a family we do not use); then ``source``/``destination`` are None."""
+    UNKNOWN, or a family we do not use); then ``source``/``destination`` are None.
+    ``command`` (PROXY or LOCAL) and ``family`` (TCP4, TCP6, UNKNOWN, UNSPEC, UNIX...)
+    are as sent, for reflection; ``tlvs`` are a v2 PROXY header's decoded TLVs, if any."""
 
     version: int
     local: bool
     source: tuple[str, int] | None = None
     destination: tuple[str, int] | None = None
+    tlvs: ProxyTlvs | None = None
+    command: str = field(default="PROXY", compare=False)
+    family: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +152,7 @@ def _parse_v1(line: bytes) -> ProxyHeader:
         raise ProxyProtocolError("malformed", "v1: no protocol family")
     family = parts[1]
     if family == "UNKNOWN":  # the rest of the line is to be ignored
-        return ProxyHeader(1, local=True)
+        return ProxyHeader(1, local=True, family="UNKNOWN")
     if family not in ("TCP4", "TCP6"):
         raise ProxyProtocolError("malformed", "v1: unknown protocol family")
     if len(parts) != 6:
@@ -153,7 +160,7 @@ def _parse_v1(line: bytes) -> ProxyHeader:
     version = 4 if family == "TCP4" else 6
     source = (_v1_address(parts[2], version), _v1_port(parts[4]))
     destination = (_v1_address(parts[3], version), _v1_port(parts[5]))
-    return ProxyHeader(1, local=False, source=source, destination=destination)
+    return ProxyHeader(1, local=False, source=source, destination=destination, family=family)
 
 
 def _v1_address(text: str, version: int) -> str:
@@ -207,27 +214,29 @@ def _parse_v2(data: bytes) -> ProxyHeader:
     if len(data) != V2_FIXED_LENGTH + length:
         raise ProxyProtocolError("malformed", "v2: the length does not match the header")
     block = memoryview(data)[V2_FIXED_LENGTH:]
-    if version_command & 0x0F == 0:  # LOCAL: the address block is ignored, whatever it holds
-        return ProxyHeader(2, local=True)
     family, protocol = family_protocol >> 4, family_protocol & 0x0F
+    name = _v2_family_name(family, protocol)
+    if version_command & 0x0F == 0:  # LOCAL: the address block is ignored, whatever it holds
+        return ProxyHeader(2, local=True, command="LOCAL", family=name)
     if protocol != 1 or family not in (1, 2):  # UNSPEC, DGRAM or UNIX: use the real endpoints
-        return ProxyHeader(2, local=True)
+        return ProxyHeader(2, local=True, family=name)
     layout = _V2_INET if family == 1 else _V2_INET6
     if len(block) < layout.size:
         raise ProxyProtocolError("malformed", "v2: the address block is shorter than its family needs")
     src, dst, src_port, dst_port = layout.unpack_from(block)
-    _skip_tlvs(block[layout.size :])
+    try:
+        tlvs = decode(data, V2_FIXED_LENGTH + layout.size)
+    except TlvError as error:
+        raise ProxyProtocolError("malformed", str(error)) from None
     make = ipaddress.IPv4Address if family == 1 else ipaddress.IPv6Address
-    return ProxyHeader(2, local=False, source=(str(make(src)), src_port), destination=(str(make(dst)), dst_port))
+    source, destination = (str(make(src)), src_port), (str(make(dst)), dst_port)
+    return ProxyHeader(2, local=False, source=source, destination=destination, tlvs=tlvs, family=name)
 
 
-def _skip_tlvs(tlvs: memoryview) -> None:
-    """TLVs (type, 16-bit length, value) must exactly fill the rest; their values are skipped."""
-    offset = 0
-    while offset < len(tlvs):
-        if len(tlvs) - offset < _TLV_HEAD.size:
-            raise ProxyProtocolError("malformed", "v2: a truncated TLV")
-        _, size = _TLV_HEAD.unpack_from(tlvs, offset)
-        offset += _TLV_HEAD.size + size
-        if offset > len(tlvs):
-            raise ProxyProtocolError("malformed", "v2: a TLV longer than the header")
+def _v2_family_name(family: int, protocol: int) -> str:
+    """The spec's name for the family and protocol byte: TCP4, UDP6, UNIX_STREAM, UNSPEC."""
+    if family == 0 or protocol == 0:
+        return "UNSPEC"
+    if family == 3:
+        return "UNIX_STREAM" if protocol == 1 else "UNIX_DGRAM"
+    return ("TCP" if protocol == 1 else "UDP") + ("4" if family == 1 else "6")

@@ -98,6 +98,7 @@ def proxy_step(gate: ProxyGate) -> Step:
         try:
             header = yield from read_proxy_header(raw_reader(sock), gate.accept, gate.timeout_s)
             settled = True
+            conn.proxy = header  # for reflection: the object is made anyway, keeping it costs nothing
             conn.admitted = gate.admit(conn, header)
             if not conn.admitted:
                 raise CloseConnection("proxy_protocol", "not admitted")

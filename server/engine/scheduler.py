@@ -1,4 +1,4 @@
-"""Scheduler: runs many generator tasks in one thread, on a ``selectors`` selector.
+"""Scheduler: runs many generator tasks in one thread, on one epoll set.
 
 A task is a generator written like the blocking loop it replaces. It yields what it
 waits for and is resumed when that happens:
@@ -8,16 +8,21 @@ waits for and is resumed when that happens:
     yield Sleep(seconds)         # time passed
     yield Wait(ACCEPT, timeout)  # as READ, for a listening socket shared by processes
 
-ACCEPT registers the socket with EPOLLEXCLUSIVE where the selector is epoll: when a
+ACCEPT registers the socket with EPOLLEXCLUSIVE (where there is epoll): when a
 connection arrives on a listener that several workers wait on, the kernel wakes one of
-them (or a few), not all (the thundering herd). Elsewhere it is READ. The kernel wakes
-the first idle waiter in its queue, so each ACCEPT wait re-queues the socket at the
-back (two epoll_ctl calls per wake-up): idle workers take turns instead of the first
-one taking every connection while the others sleep.
+them (or a few), not all (the thundering herd). The kernel wakes the first idle waiter
+in its queue, so each ACCEPT wait re-queues the socket at the back (two epoll_ctl calls
+per wake-up): idle workers take turns instead of the first one taking every connection.
 
 A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
 that socket's registration and closes it when the task ends (the task must not close
-it: unregistering a closed socket is a linear search in ``selectors``).
+it: the registration goes first).
+
+The readiness source is ``select.epoll`` used directly (``select.poll`` where there is
+no epoll), with a file descriptor -> task table: one C call per loop turn and one dict
+lookup per ready socket. ``selectors`` costs a Python-level loop, a SelectorKey lookup
+and a tuple per ready event on top (measured: most of the interpreter time of a turn
+with one event; see docs/design.md).
 
 Deadlines are lazy but exact (see timers.py): the hot path reads no clock and touches
 no timer structure; a wait records when it began (``now``, read once per loop turn),
@@ -25,7 +30,7 @@ and every deadline fires in the first loop turn at or after it is due. A task th
 ends drops its socket and state at once; its heap entry goes at its own time or the
 next compaction, whichever comes first.
 
-Heartbeat: ``now`` is read once a turn, after the select; the loop turns at least every
+Heartbeat: ``now`` is read once a turn, after the poll; the loop turns at least every
 MAX_IDLE_S even with nothing to do, so ``stalled_for()`` (any thread) is how long the
 loop has been stuck in a task that does not yield: /healthz names such a loop.
 
@@ -47,7 +52,6 @@ from __future__ import annotations
 import logging
 import queue
 import select
-import selectors
 import socket
 import struct
 import time
@@ -55,17 +59,17 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from server.engine.os_names import name_thread
-from server.engine.timers import Deadlines
+from server.engine.timers import COMPACT_MIN, Deadlines
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
-_EXCLUSIVE = 1 << 8  # not a selectors event: the scheduler takes it off (see ACCEPT)
-_EPOLLEXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)  # Linux 4.5+
+# The poller's own event bits (EPOLLIN/POLLIN, EPOLLOUT/POLLOUT: the same values).
+READ = select.POLLIN
+WRITE = select.POLLOUT
+_HAS_EPOLL = hasattr(select, "epoll")
+_EXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0) if _HAS_EPOLL else 0  # Linux 4.5+
 ACCEPT = READ | _EXCLUSIVE
+MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
 
 log = logging.getLogger("echo.scheduler")
-
-MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
 
 
 class Wait:
@@ -108,6 +112,7 @@ class Task:
         "daemon",
         "done",
         "events",
+        "fd",
         "gen",
         "sleeping",
         "sock",
@@ -119,6 +124,7 @@ class Task:
     def __init__(self, gen: TaskGen, sock: socket.socket | None, daemon: bool, state: Any, critical: bool) -> None:
         self.gen = gen
         self.sock = sock
+        self.fd = -1 if sock is None else sock.fileno()  # its key in the scheduler's table
         self.daemon = daemon
         self.critical = critical
         self.state = state  # the owner's per-task data (the echo Connection)
@@ -200,11 +206,14 @@ class Scheduler:
         self._clock = clock
         self.now = clock()
         self._on_critical_exit = on_critical_exit
-        self._selector = selectors.DefaultSelector()
+        self._poller: Any = select.epoll() if _HAS_EPOLL else select.poll()
+        self._poll_scale = 1.0 if _HAS_EPOLL else 1000.0  # epoll takes seconds, poll milliseconds
+        self._by_fd: dict[int, Task] = {}  # the registered sockets' tasks
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, READ, None)
+        self._wake_fd = self._wake_r.fileno()
+        self._poller.register(self._wake_fd, READ)
         self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | _StopRequest] = queue.SimpleQueue()
         self._tasks: set[Task] = set()
         self._deadlines: Deadlines[Task] = Deadlines()
@@ -293,21 +302,25 @@ class Scheduler:
 
     def run_once(self, block: bool = True) -> bool:
         """One loop turn; returns False once stopped and empty."""
-        ready = self._selector.select(self._next_timeout() if block else 0)
-        self.now = self._clock()
+        timeout = self._next_timeout() if block else 0.0
+        ready = self._poller.poll(timeout * self._poll_scale)
+        self.now = now = self._clock()
         step = self._step
-        for key, _ in ready:
-            task = key.data
-            if task is None:
+        by_fd = self._by_fd
+        for fd, _ in ready:
+            task = by_fd.get(fd)
+            if task is not None:
+                if not task.done:
+                    step(task, None)
+            elif fd == self._wake_fd:
                 self._drain_inbox()
-            elif not task.done:
-                step(task, None)
         deadlines = self._deadlines
         when = deadlines.next_when()
-        if when is not None and when <= self.now:
-            for task in deadlines.pop_due(self.now):
+        if when is not None and when <= now:
+            for task in deadlines.pop_due(now):
                 self._step(task, None if task.sleeping else WaitTimeout(task.timeout or 0.0))
-        deadlines.compact_if_worth_it()
+        if deadlines.stale > COMPACT_MIN:
+            deadlines.compact_if_worth_it()
         if self._stop is not None:
             return self._advance_stop()
         return True
@@ -328,22 +341,21 @@ class Scheduler:
             if events != task.events:
                 assert task.sock is not None, "a Wait needs the task's socket"
                 if task.events and not (events | task.events) & _EXCLUSIVE:
-                    self._selector.modify(task.sock, events, task)
+                    self._poller.modify(task.fd, events)
                 else:  # EPOLLEXCLUSIVE cannot be modified: register afresh
                     if task.events:
-                        self._selector.unregister(task.sock)
-                    self._register(task.sock, events, task)
+                        self._unregister(task)
+                    self._poller.register(task.fd, events)
+                    self._by_fd[task.fd] = task
                 task.events = events
-            elif events & _EXCLUSIVE:
-                assert task.sock is not None
-                self._requeue_exclusive(task.sock)
+            elif events & _EXCLUSIVE:  # to the back of the socket's exclusive waiters
+                self._poller.unregister(task.fd)
+                self._poller.register(task.fd, events)
             task.sleeping = False
             timeout = wait.timeout
         elif type(wait) is Sleep:
             if task.events:
-                assert task.sock is not None
-                self._selector.unregister(task.sock)
-                task.events = 0
+                self._unregister(task)
             task.sleeping = True
             timeout = wait.seconds
         else:
@@ -355,19 +367,6 @@ class Scheduler:
             armed = task.armed
             if armed is None or now + timeout < armed:
                 self._deadlines.arm(task, now + timeout)
-
-    def _register(self, sock: socket.socket, events: int, task: Task) -> None:
-        self._selector.register(sock, events & ~_EXCLUSIVE, task)
-        if events & _EXCLUSIVE:
-            self._requeue_exclusive(sock)
-
-    def _requeue_exclusive(self, sock: socket.socket) -> None:
-        """(Re-)add ``sock`` to the epoll object under selectors, exclusive (selectors has
-        no flag for it): at the back of the socket's queue of exclusive waiters."""
-        epoll = getattr(self._selector, "_selector", None)
-        if isinstance(epoll, select.epoll) and _EPOLLEXCLUSIVE:
-            epoll.unregister(sock.fileno())
-            epoll.register(sock.fileno(), select.EPOLLIN | _EPOLLEXCLUSIVE)
 
     def _end(
         self, task: Task, *, close_gen: bool = False, reset: bool = False, failure: BaseException | None = None
@@ -386,8 +385,7 @@ class Scheduler:
         sock = task.sock
         if sock is not None:
             if task.events:
-                self._selector.unregister(sock)
-                task.events = 0
+                self._unregister(task)
             if reset:
                 reset_on_close(sock)
             sock.close()
@@ -396,6 +394,11 @@ class Scheduler:
         # When run() itself is ending, whoever runs it hears why (its Future): not this.
         if task.critical and self._stop is None and not self._closing and self._on_critical_exit is not None:
             self._on_critical_exit(f"task {_name(task)} on {self.name} ended", failure)
+
+    def _unregister(self, task: Task) -> None:
+        self._poller.unregister(task.fd)
+        del self._by_fd[task.fd]
+        task.events = 0
 
     def _drain_inbox(self) -> None:
         try:
@@ -455,6 +458,7 @@ class Scheduler:
         self._closing = True
         for task in list(self._tasks):
             self._end(task, close_gen=True, reset=True)
-        self._selector.close()
+        if _HAS_EPOLL:
+            self._poller.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -8,7 +8,10 @@ Settings: TLS 1.2 at least, the ``ssl`` module's secure defaults for a server
 (``create_default_context(Purpose.CLIENT_AUTH)``: no compression, strong ciphers,
 server cipher preference), no renegotiation (it would let a client make the server
 write while it asked to read). With ``tls_client_ca`` the client must present a
-certificate signed by one of those CAs (mTLS); without, none is asked for.
+certificate signed by one of those CAs (mTLS); without, none is asked for. With
+``tls_alpn`` the server offers those ALPN protocols (a client offering none of them
+still connects, with no protocol). The SNI callback records the client's server name
+(tls_facts.py), for reflection.
 
 Every file problem becomes a TlsError whose ``setting`` names the file's setting: a
 file that is missing or unreadable, a certificate that is not PEM, a key that is not
@@ -23,6 +26,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+
+from server.engine.tls_facts import record_sni
+from server.lib.alpn import alpn_protocols
 
 log = logging.getLogger("echo.tls")
 
@@ -54,8 +60,9 @@ def _check_readable(setting: str, path: str) -> None:
         raise TlsError(setting, f"cannot read {path}: {_problem(error)}") from None
 
 
-def build_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
-    """A server context from the files; raises TlsError naming the file at fault."""
+def build_context(cert: str, key: str, client_ca: str | None, alpn: str | None = None) -> ssl.SSLContext:
+    """A server context from the files (and the --tls-alpn list); raises TlsError naming
+    the file at fault. Its SNI callback keeps the client's server name for reflection."""
     for setting, path in (("tls_cert", cert), ("tls_key", key), ("tls_client_ca", client_ca)):
         if path is not None:
             _check_readable(setting, path)
@@ -80,33 +87,39 @@ def build_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_REQUIRED
     else:
         context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn_protocols(alpn))
+    context.sni_callback = record_sni
     return context
 
 
 class TlsContext:
     """The current server context and the files it came from; see the module docstring."""
 
-    def __init__(self, cert: str, key: str, client_ca: str | None, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, cert: str, key: str, client_ca: str | None, context: ssl.SSLContext, alpn: str | None = None
+    ) -> None:
         self.cert = cert
         self.key = key
         self.client_ca = client_ca
+        self.alpn = alpn
         self.context = context
 
     @classmethod
-    def load(cls, cert: str | None, key: str | None, client_ca: str | None) -> TlsContext:
-        """The files of --tls-cert, --tls-key and --tls-client-ca (plain values: the
-        engine never reads Config)."""
+    def load(cls, cert: str | None, key: str | None, client_ca: str | None, alpn: str | None = None) -> TlsContext:
+        """The files of --tls-cert, --tls-key and --tls-client-ca, and --tls-alpn (plain
+        values: the engine never reads Config)."""
         if cert is None:
             raise TlsError("tls_cert", "required with --tls-port (a PEM certificate file)")
         if key is None:
             raise TlsError("tls_key", "required with --tls-port (a PEM private key file)")
-        return cls(cert, key, client_ca, build_context(cert, key, client_ca))
+        return cls(cert, key, client_ca, build_context(cert, key, client_ca, alpn), alpn)
 
     def reload(self) -> bool:
         """Re-read the files for new connections; on a problem keep the current ones and
         log one error. Open connections are not touched. True if reloaded."""
         try:
-            context = build_context(self.cert, self.key, self.client_ca)
+            context = build_context(self.cert, self.key, self.client_ca, self.alpn)
         except TlsError as error:
             log.error("TLS reload failed, keeping the certificate in use: %s", error)
             return False

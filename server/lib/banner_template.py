@@ -7,9 +7,20 @@ Pure functions; any thread may call them.
 Fields: {hostname} (this host's name), {peer} (the client's address as the server sees
 it, after the PROXY header if there is one), {local} (the server socket's own address),
 {conn} (the connection's id, as in events), {listener} (the listener's name: tcp, tls...)
-and {version} (the server's version). Nothing else: no attribute or index lookups.
-``\\n``, ``\\r``, ``\\t`` and ``\\\\`` in the text are escapes (a shell or an environment
+and {version} (the server's version); and what the server saw (engine/reflection.py),
+each empty when not applicable: {worker}, {proxy_version}, {proxy_src}, {proxy_dst},
+{proxy_authority}, {proxy_unique_id}, {tls_version}, {tls_cipher}, {sni}, {alpn},
+{client_cert_subject}, {client_cert_serial}, {mss}, {rtt_us}, and {json}: all of it as
+one JSON object on one line. Nothing else: no attribute or index lookups. ``\\n``,
+``\\r``, ``\\t`` and ``\\\\`` in the text are escapes (a shell or an environment
 variable passes them literally).
+
+Size, checked with every field at its longest: the text and the fields above the
+reflection ones render to at most MAX_LINE_CHARS (1,024) characters, and each reflection
+field a template uses adds the longest it can be: REFLECTION_TEXT_CHARS (256, a text
+field cut to that many escaped characters) or REFLECTION_JSON_CHARS for {json} (11,868:
+engine/reflection.py computes it from the worst case of every field, and a test keeps
+the two equal). So no banner line exceeds MAX_BANNER_CHARS, whatever arrives.
 """
 
 from __future__ import annotations
@@ -31,7 +42,30 @@ LONGEST: dict[str, object] = {
     "listener": "l" * 32,
     "version": "v" * 32,
 }
+REFLECTION_TEXT_CHARS = 256  # a network text, JSON-escaped, is cut to this many characters
+REFLECTION_JSON_CHARS = 11_868  # the longest {json} object (engine/reflection.py MAX_JSON_CHARS)
+_TEXT = "t" * REFLECTION_TEXT_CHARS
+_U32 = str(2**32 - 1)
+REFLECTION_LONGEST: dict[str, str] = {
+    "worker": str(10**6),
+    "proxy_version": "2",
+    "proxy_src": _LONGEST_ADDRESS,
+    "proxy_dst": _LONGEST_ADDRESS,
+    "proxy_authority": _TEXT,
+    "proxy_unique_id": _TEXT,
+    "tls_version": _TEXT,
+    "tls_cipher": _TEXT,
+    "sni": _TEXT,
+    "alpn": _TEXT,
+    "client_cert_subject": _TEXT,
+    "client_cert_serial": _TEXT,
+    "mss": _U32,
+    "rtt_us": _U32,
+    "json": "j" * REFLECTION_JSON_CHARS,
+}
+LONGEST.update(REFLECTION_LONGEST)
 FIELDS = tuple(LONGEST)
+MAX_BANNER_CHARS = MAX_LINE_CHARS + sum(len(value) for value in REFLECTION_LONGEST.values())
 
 
 def parse_template(text: str) -> str | None:
@@ -54,6 +88,7 @@ def check_template(value: object) -> str | None:
         return f"expected text, got {value!r}"
     if len(value) > MAX_TEMPLATE_CHARS:
         return f"at most {MAX_TEMPLATE_CHARS} characters, got {len(value)}"
+    reflected: set[str] = set()
     try:
         for _, name, spec, _ in string.Formatter().parse(value):
             if name is None:
@@ -64,11 +99,14 @@ def check_template(value: object) -> str | None:
                 return f"the format of {{{name}}} may not hold another field"
             if spec and _too_wide(spec):
                 return f"the width of {{{name}}} may be at most {MAX_LINE_CHARS}"
+            if name in REFLECTION_LONGEST:
+                reflected.add(name)
         longest = len(value.format_map(LONGEST))
     except (ValueError, TypeError, OverflowError, MemoryError) as error:  # "{" alone, a bad spec
         return f"not a valid template: {error}"
-    if longest > MAX_LINE_CHARS:
-        return f"renders to up to {longest} characters; at most {MAX_LINE_CHARS}"
+    limit = MAX_LINE_CHARS + sum(len(REFLECTION_LONGEST[name]) for name in reflected)
+    if longest > limit:
+        return f"renders to up to {longest} characters; at most {limit}"
     return None
 
 

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from server.observe import admin as limits
-from server.observe import dashboard, metrics
+from server.observe import connections, dashboard, metrics
 from server.observe.admin import AdminServer
 from server.observe.admin_conn import Conn
 
@@ -39,6 +39,8 @@ GET /events   live server events, one JSON object per line (curl -N)
 GET /dashboard       a live page for a browser: rates, charts, latest events
 GET /dashboard.json  its feed: stats, listeners, the events after ?since=SEQ and the
                      history's samples after &samples=SEQ
+GET /connections     live connections as JSON (?page= &per_page= &sort=age|bytes &peer= &listener=)
+GET /connections/ID  everything the server saw of one connection, now
 """
 
 
@@ -194,8 +196,38 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
                 return
             body = dashboard.feed(view, self.admin.address, since, self.admin.history, samples)
             self._send(200, body, content_type="application/json", extra=dashboard.FEED_HEADERS)
+        elif path == "/connections" or path.startswith("/connections/"):
+            self._connections(path, query)
         else:
             self._send(404, "not found; GET / lists the endpoints\n")
+
+    def _connections(self, path: str, query: str) -> None:
+        """/connections and /connections/ID (observe/connections.py)."""
+        source: connections.Source | None = getattr(self.admin.view, "connections", None)
+        if source is None:
+            self._send(404, "no connections here (the server has not started)\n")
+            return
+        try:
+            if path == "/connections":
+                document = connections.listing(source, connections.parse_query(query, source.listeners))
+            else:
+                conn_id = connections.parse_id(path.removeprefix("/connections/"))
+                if conn_id is None:
+                    self._send(400, "expected /connections/ID, ID a connection id\n")
+                    return
+                facts, unanswered = connections.detail(source, conn_id, connections.parse_worker(query))
+                if facts is None:
+                    body = {"error": f"no live connection {conn_id}", "unanswered": unanswered}
+                    self._send(404, json.dumps(body) + "\n", content_type="application/json")
+                    return
+                document = {**facts, "unanswered": unanswered}
+        except connections.QueryError as error:
+            self._send(400, f"{error}\n")
+            return
+        except connections.Busy:
+            self._send(503, "busy: other /connections requests are running\n", extra={"Retry-After": "1"})
+            return
+        self._send(200, json.dumps(document) + "\n", content_type="application/json")
 
     def _stream_events(self) -> None:
         self.close_connection = True

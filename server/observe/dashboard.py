@@ -20,7 +20,8 @@ worker come from the page's last two polls (about a second apart) of the same sn
 The page polls the feed about once a second (the next request only after the previous
 answer) and keeps at most HISTORY_POINTS + 1 samples and EVENT_ROWS rows of events: a
 page left open for hours costs the browser bounded memory and the server one small
-request a second on an ordinary admin connection, under the admin endpoint's limits (a
+request a second (and one CONN_ROWS-row GET /connections every CONN_POLL_MS) on an
+ordinary admin connection, under the admin endpoint's limits (a
 viewer that does not take its answer is dropped after RESPONSE_TIMEOUT_S like any admin
 client).
 
@@ -56,6 +57,8 @@ FEED_EVENTS = 50  # events in one feed answer at most (a viewer that fell behind
 HISTORY_POINTS = HISTORY_SAMPLES - 1  # chart points: the rates between neighbouring samples
 EVENT_ROWS = 100  # event rows a page keeps
 POLL_MS = 1000
+CONN_ROWS = 20  # the connections table: the top 20 by age or by bytes (GET /connections)
+CONN_POLL_MS = 2000
 
 # Served with the page: nothing may be loaded from anywhere, scripts and styles are inline.
 PAGE_HEADERS = {
@@ -161,4 +164,6 @@ def feed(view: ServerView, admin_address: Any, since: int, history: History | No
     return json.dumps(document, separators=(",", ":"))
 
 
-PAGE = dashboard_page.render(HISTORY_POINTS, EVENT_ROWS, POLL_MS, FEED_EVENTS, HISTORY_POINTS * SAMPLE_INTERVAL_S)
+PAGE = dashboard_page.render(
+    HISTORY_POINTS, EVENT_ROWS, POLL_MS, FEED_EVENTS, HISTORY_POINTS * SAMPLE_INTERVAL_S, CONN_ROWS, CONN_POLL_MS
+)

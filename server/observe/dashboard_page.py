@@ -75,10 +75,16 @@ td:first-child{overflow-wrap:anywhere}
 <thead><tr><th>slot</th><th>pid</th><th>gen</th><th>active</th><th>accepted/s</th><th>restarts</th></tr></thead>
 <tbody></tbody></table></div>
 </section>
+<section class="card"><h2>Connections <span class="dim" id="conn-total"></span>
+<select id="conn-sort"><option value="age">oldest</option><option value="bytes">most bytes</option></select>
+<a id="conn-json">JSON</a></h2><table id="connections"><thead><tr><th>conn</th>
+<th>listener</th><th>worker</th><th>peer</th><th>age</th><th>in</th><th>out</th><th>rtt</th></tr></thead><tbody></tbody>
+</table></section>
 <section class="card"><h2>Latest events <span class="dim" id="event-note"></span></h2><ol id="events"></ol></section>
 <script>
 "use strict";
 const HISTORY = __HISTORY__, ROWS = __ROWS__, POLL_MS = __POLL__, FEED = __FEED__, SPAN_S = __SPAN__;
+const CONN_ROWS = __CONN_ROWS__, CONN_POLL_MS = __CONN_POLL__;
 // [chart id, title, first series, second series, unit of its caption]
 const CHARTS = [["active", "Connections active", "active", null, ""],
   ["accepts", "Accepted per second", "accepted", null, "/s"],
@@ -295,13 +301,50 @@ async function poll() {
     setTimeout(poll, POLL_MS);
   }
 }
+// The top CONN_ROWS live connections (GET /connections), less often than the feed: a
+// listing asks every scheduler, so the page costs the echo path little even at 10,000.
+async function pollConnections() {
+  try {
+    const query = "/connections?per_page=" + CONN_ROWS + "&sort=" + $("conn-sort").value;
+    $("conn-json").href = query;
+    const answer = await fetch(query, {cache: "no-store"});
+    if (!answer.ok) throw new Error("HTTP " + answer.status);
+    const doc = await answer.json();
+    $("conn-total").textContent = "(" + num(doc.total) + " open" + (doc.unanswered.length ? ", some not answering" : "")
+      + ")";
+    $("connections").tBodies[0].replaceChildren(...doc.connections.map((c) => {
+      const link = el("a", null, "#" + c.conn), cell = el("td");
+      link.href = "/connections/" + Number(c.conn) + (c.worker === null ? "" : "?worker=" + Number(c.worker));
+      cell.append(link);
+      const tr = el("tr");
+      tr.append(cell, el("td", null, c.listener), el("td", null, c.worker === null ? "" : c.worker),
+        el("td", null, c.peer), el("td", null, duration(c.age_s)), el("td", null, bytes(c.bytes_in)),
+        el("td", null, bytes(c.bytes_out)), el("td", null, c.rtt_us === null ? "" : num(c.rtt_us) + " \u00b5s"));
+      return tr;
+    }));
+    dispatchEvent(new Event("connections-update"));
+  } catch (error) {
+    $("conn-total").textContent = "(unavailable)";
+  } finally {
+    setTimeout(pollConnections, CONN_POLL_MS);
+  }
+}
 makeCharts();
 poll();
+pollConnections();
 </script></body></html>
 """
 
 
-def render(history_points: int, event_rows: int, poll_ms: int, feed_events: int, span_s: float) -> str:
+def render(
+    history_points: int,
+    event_rows: int,
+    poll_ms: int,
+    feed_events: int,
+    span_s: float,
+    conn_rows: int,
+    conn_poll_ms: int,
+) -> str:
     """The page, with its charts' points, event rows, poll interval, events per answer
     and the seconds one chart spans."""
     return (
@@ -310,4 +353,6 @@ def render(history_points: int, event_rows: int, poll_ms: int, feed_events: int,
         .replace("__POLL__", str(poll_ms))
         .replace("__FEED__", str(feed_events))
         .replace("__SPAN__", f"{span_s:g}")
+        .replace("__CONN_ROWS__", str(conn_rows))
+        .replace("__CONN_POLL__", str(conn_poll_ms))
     )

@@ -13,6 +13,8 @@ up pipe and exit sentinel on one selector, and acts on what it hears:
   how it ended, and an exit nobody asked for is replaced at once in the same slot with
   its generation's config, unless it makes CRASH_LOOP_DEATHS within CRASH_LOOP_WINDOW_S
   (then the supervisor fails: the CLI drains the rest and exits 1);
+- /connections questions from admin threads (``ask``): sent down each ready worker's
+  control pipe, their answers handed back as they come (worker_connections.py);
 - a hung worker: one whose loop has not turned, or that has sent nothing, for
   ``--worker-timeout`` (its snapshots carry its heartbeat, every
   worker.SNAPSHOT_INTERVAL_S), or that is still draining that long after its drain's
@@ -27,7 +29,7 @@ up pipe and exit sentinel on one selector, and acts on what it hears:
   closes this process's copy of the listener and, past
   shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S, kills what is left.
 
-Threads: ``post`` from any thread (a queue plus a wake-up socketpair); everything else
+Threads: ``post`` and ``ask`` from any thread (a queue plus a wake-up socketpair); everything else
 on the monitor thread (``run``), which alone touches the worker table and the selector.
 """
 
@@ -52,6 +54,7 @@ from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker import SUMMED_UP
+from server.workers.worker_connections import ANSWER, Ask
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
 
@@ -100,7 +103,8 @@ class Monitor:
         self._ctx = ctx
         self._listeners: tuple[Listener, ...] | None = listeners
         self._limits = limits
-        self._commands: queue.SimpleQueue[tuple[str, Config | None]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, Config | Ask | None]] = queue.SimpleQueue()
+        self._asks: dict[int, Ask] = {}  # /connections questions waiting for workers' answers
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -121,6 +125,14 @@ class Monitor:
         """``stop``, ``reload`` with its config, or ``watch`` (the event readers changed)
         (any thread)."""
         self._commands.put((command, config))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def ask(self, request: Ask) -> None:
+        """A /connections question for every live worker (any thread; worker_connections.py)."""
+        self._commands.put(("ask", request))
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -171,12 +183,24 @@ class Monitor:
                 command, config = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command == "stop" and not self._stopping:
+            if isinstance(config, Ask):
+                self._ask_workers(config)
+            elif command == "stop" and not self._stopping:
                 self._begin_stop()
             elif command == "reload" and config is not None:
                 self._begin_reload(config)
             elif command == "watch":
                 self._update_watch()
+
+    def _ask_workers(self, request: Ask) -> None:
+        """Send the question to each ready worker that is not draining; the rest are
+        not asked, and the asker hears of them by the answers missing."""
+        self._asks = {key: old for key, old in self._asks.items() if not old.done.is_set()}
+        for worker in self._workers.values():
+            if worker.ready and worker.ask(request.message):
+                request.expect(worker.index)
+        self._asks[request.id] = request
+        request.sent_all()
 
     def _tick(self, now: float) -> None:
         if self.config.stats_interval > 0 and now >= self._next_stats:
@@ -317,6 +341,10 @@ class Monitor:
             if len(message) >= 4:  # a heartbeat: its loop stalled longest, and how long
                 worker.stalled_loop, worker.stalled_s = message[2], message[3]
                 self._owner.counts.heard(worker.pid, worker.heard_at, worker.stalled_loop, worker.stalled_s)
+        elif kind == ANSWER:
+            request = self._asks.get(message[1])
+            if request is not None:
+                request.answer(worker.index, message[2])
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True

@@ -64,6 +64,7 @@ from server.observe.stats import Stats, StatsSnapshot
 from server.observe.totals import WorkersSnapshot
 from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.workers.shared_limits import SharedLimits
+from server.workers.worker_connections import WorkerConnections
 from server.workers.worker_counts import WorkerCounts
 
 log = logging.getLogger("echo.supervisor")
@@ -111,6 +112,7 @@ class Supervisor(FailureAttributes):
         self._failures = FailureRecord(log, self.publish, self.ready.clear)
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
         self._monitor: Monitor | None = None
+        self.connections: WorkerConnections | None = None
         self._monitor_thread: threading.Thread | None = None
 
     # --- ServerView (any thread) ------------------------------------------------------
@@ -187,6 +189,8 @@ class Supervisor(FailureAttributes):
                         listener.sock.close()
                     raise
             self._monitor = Monitor(self, self._ctx, listeners, limits)
+            names = tuple(listener.name for listener in listeners if listener.spec.streams)
+            self.connections = WorkerConnections(self._monitor.ask, names)  # GET /connections
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
             self.exchange.on_change = functools.partial(self._monitor.post, "watch")
             self._started = True

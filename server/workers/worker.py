@@ -42,7 +42,6 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
@@ -58,6 +57,7 @@ from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, Stats
 from server.observe.throttle import Throttle
 from server.observe.totals import pack
 from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
+from server.workers.worker_connections import ASK, answer_question
 
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
@@ -67,7 +67,7 @@ BATCH = 256  # messages sent up the pipe in one write, at most
 # anything else (a snapshot, a log record) goes at once and takes them along. It is also
 # how many lines a worker killed by SIGKILL may leave unsaid: this long's worth.
 LINGER_S = 0.02
-DRAIN = "drain"  # the supervisor's command to stop; ("watch", bool) says if events are wanted
+DRAIN = "drain"  # the supervisor's command to stop (the others: WATCH, a /connections question)
 HAND_OVER = "hand over"  # stop, leaving the listeners' queued connections to the next generation
 WATCH = "watch"
 # Worker events that the supervisor's own events replace (it acts on them, not logs them).
@@ -324,7 +324,14 @@ def main(spec: WorkerSpec) -> None:
     exchange.attach(uplink)
     for listener in spec.listeners:
         listener.sock.setblocking(False)
-    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners, next_id=spec.limits.next_id)
+    server = EchoServer(
+        config,
+        stats=stats,
+        exchange=exchange,
+        listeners=spec.listeners,
+        worker=spec.index,
+        next_id=spec.limits.next_id,
+    )
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread
@@ -338,7 +345,7 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        why = _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server.oldest_loop)
+        why = _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server)
         server.shutdown(hand_over=why == HAND_OVER)
         code = 1 if failed else 0
     finally:
@@ -356,21 +363,18 @@ def main(spec: WorkerSpec) -> None:
 
 
 def _wait_for_stop(
-    control: Pipe,
-    wake: socket.socket,
-    stats: Stats,
-    uplink: Uplink,
-    failed: list[Any],
-    oldest_loop: Callable[[], tuple[str, float]],
+    control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], server: Any
 ) -> str:
-    """Send a snapshot, with the heartbeat of the loop stalled longest, every
-    SNAPSHOT_INTERVAL_S until a reason to stop arrives: HAND_OVER (a reload), else DRAIN."""
+    """Send a snapshot, with the heartbeat of the loop stalled longest
+    (``server.oldest_loop``), every SNAPSHOT_INTERVAL_S until a reason to stop arrives:
+    HAND_OVER (a reload), else DRAIN. Meanwhile hear WATCH and answer the supervisor's
+    /connections questions (worker_connections.py)."""
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
         while not failed:
             ready = selector.select(SNAPSHOT_INTERVAL_S)
-            uplink.send(("s", pack(stats.snapshot()), *oldest_loop()))
+            uplink.send(("s", pack(stats.snapshot()), *server.oldest_loop()))
             for key, _ in ready:
                 if key.fileobj is wake:
                     try:
@@ -384,6 +388,8 @@ def _wait_for_stop(
                     return DRAIN  # the supervisor is gone: drain and go
                 if command in (DRAIN, HAND_OVER):
                     return str(command)
-                if isinstance(command, tuple) and command[0] == WATCH:
+                if isinstance(command, tuple) and command[:1] == (WATCH,):
                     uplink.watched = bool(command[1])
+                elif isinstance(command, tuple) and command[:1] == (ASK,):
+                    uplink.send(answer_question(server.connections, command))
     return DRAIN

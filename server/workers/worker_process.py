@@ -158,6 +158,16 @@ class WorkerProcess:
             return None
         return [message for batch in batches for message in batch]
 
+    def ask(self, message: tuple[Any, ...]) -> bool:
+        """Send a /connections question down the control pipe; False if it could not go."""
+        if self.draining:
+            return False
+        try:
+            self._control.send(message)
+        except OSError:
+            return False
+        return True
+
     def watch(self, watched: bool) -> None:
         """Tell the worker whether to send its events too (beside their log lines)."""
         try:
