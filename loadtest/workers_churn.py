@@ -98,7 +98,7 @@ def measure(workers: int, threads: int, seconds: float, log_dir: str) -> dict[st
         server.wait(30)
     total = sum(spent)
     records = [json.loads(line) for line in Path(log_file).read_text().splitlines()]
-    problems = sum(1 for r in records if r.get("level") in ("warning", "error"))
+    problems = [r for r in records if r.get("level") in ("warning", "error")]
     return {
         "workers": workers,
         "connections_per_s": round(connections / elapsed),
@@ -108,7 +108,8 @@ def measure(workers: int, threads: int, seconds: float, log_dir: str) -> dict[st
         "failed": failed,
         "seconds": round(elapsed, 2),
         "log_lines": len(records),
-        "warnings_and_errors": problems,
+        "warnings_and_errors": len(problems),
+        "first_problems": [f"{r.get('event')}: {r.get('reason') or r.get('message', '')}" for r in problems[:3]],
     }
 
 

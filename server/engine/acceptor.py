@@ -49,7 +49,7 @@ from server.engine.scheduler import ACCEPT, READ, Scheduler, Sleep, TaskGen, Wai
 from server.lib.net import peer_text
 from server.lib.networks import Network, parse_networks, trusted
 from server.observe.events import Event, event
-from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
+from server.observe.stats import ADMISSION_BUSY, REJECT_MAX_CONNECTIONS, REJECT_PROXY_PROTOCOL, Stats
 from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.acceptor")
@@ -57,6 +57,12 @@ log = logging.getLogger("echo.acceptor")
 ACCEPT_BATCH = 64  # connections accepted per wake-up before giving other tasks a turn
 ACCEPT_PAUSE_S = 0.1
 BACKLOG_TAKEN_AT_STOP = 65_535  # at most the largest listen backlog
+# With workers, the admission lock may be held by another process (ADMISSION_BUSY): the
+# acceptor yields to its scheduler and tries again this often, for at most this long,
+# then rejects the connection as max_connections (fail closed: a frozen holder is
+# replaced after --worker-timeout).
+ADMIT_RETRY_S = 0.001
+ADMIT_PATIENCE_S = 1.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # Hand-off target: called on the chosen scheduler's thread with the new connection.
@@ -165,7 +171,7 @@ class Acceptor:
                 sock, address = accept()
             except OSError:
                 return  # BlockingIOError: none left
-            self._admit(sock, address)
+            self._admit(sock, address, last_try=True)
 
     def _accept_batch(self, accept: Callable[[], tuple[socket.socket, Any]]) -> TaskGen:
         for _ in range(ACCEPT_BATCH):
@@ -183,9 +189,25 @@ class Acceptor:
                 continue
             if self._paused_errno:
                 self._note_resume()
-            self._admit(sock, address)
+            if not self._admit(sock, address):
+                yield from self._admit_when_free(sock, address)
 
-    def _admit(self, sock: socket.socket, address: tuple[object, ...]) -> None:
+    def _admit_when_free(self, sock: socket.socket, address: tuple[object, ...]) -> TaskGen:
+        """The admission lock is another process's for now: give the scheduler back and
+        try again, for at most ADMIT_PATIENCE_S; then reject (never a wait in a thread)."""
+        try:
+            for _ in range(int(ADMIT_PATIENCE_S / ADMIT_RETRY_S)):
+                yield Sleep(ADMIT_RETRY_S)
+                if self._admit(sock, address):
+                    return
+        except GeneratorExit:  # the stop: this one is ours already, as the backlog's are
+            self._admit(sock, address, last_try=True)
+            raise
+        self._admit(sock, address, last_try=True)
+
+    def _admit(self, sock: socket.socket, address: tuple[object, ...], *, last_try: bool = False) -> bool:
+        """Admit or reject the connection (True); False if the admission lock was busy
+        (with workers) and it is to be tried again, unless ``last_try`` (then rejected)."""
         ip, peer = peer_text(address)
         proxy = self._proxy
         if proxy is None:
@@ -194,13 +216,20 @@ class Acceptor:
             self._stats.reject(REJECT_PROXY_PROTOCOL)
             sock.close()
             self.note_rejection(REJECT_PROXY_PROTOCOL, peer, detail="untrusted")
-            return
+            return True
         else:
             reason = self._stats.reserve(self._max_connections)
+        if reason == ADMISSION_BUSY:
+            if not last_try:
+                return False
+            self._stats.reject(REJECT_MAX_CONNECTIONS)
+            sock.close()
+            self.note_rejection(REJECT_MAX_CONNECTIONS, peer, detail="admission_busy")
+            return True
         if reason is not None:
             sock.close()
             self.note_rejection(reason, peer)
-            return
+            return True
         try:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -213,6 +242,7 @@ class Acceptor:
         scheduler = next(self._next_scheduler)
         assert self.start_connection is not None
         scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
+        return True
 
     def note_rejection(self, reason: str, peer: str, **detail: Any) -> None:
         """Publish a ``rejected`` event at most once a second per reason (any thread)."""

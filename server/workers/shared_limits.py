@@ -21,9 +21,10 @@ with it). Until then its counts only make admission stricter.
 
 Never waiting: the lock is tried without blocking, a few times (yielding the CPU) for at
 most CONTENDED_S, as its holder keeps it for a few microseconds of arithmetic. If it
-stays held (its holder is stopped or frozen: the supervisor replaces such a worker after
-``--worker-timeout``), the method returns BUSY and counts it in ``contended``: the caller
-decides (the acceptor rejects as max_connections, fail closed; see worker.GlobalStats).
+stays held (its holder was preempted on a busy machine, or is stopped or frozen: the
+supervisor replaces such a worker after ``--worker-timeout``), the method returns BUSY
+and counts it in ``contended``: the caller decides (the acceptor yields to its scheduler
+and tries again for a while, see acceptor.py; worker.GlobalStats).
 
 Client addresses are hashed (CRC-32, the same in every process, unlike ``hash()``)
 into IP_SLOTS slots. Two addresses that share a slot share one per-address budget: a
@@ -61,11 +62,11 @@ from multiprocessing import reduction
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
-from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP
+from server.observe.stats import ADMISSION_BUSY, REJECT_MAX_CONNECTIONS, REJECT_PER_IP
 
 IP_SLOTS = 4096  # per-address slots per row: 16 KiB of shared memory per row
 CONTENDED_S = 0.002  # how long a method retries a held lock before it returns BUSY
-BUSY = "busy"  # the lock stayed held (its holder is stopped or frozen)
+BUSY = ADMISSION_BUSY  # the lock stayed held (its holder was preempted, stopped or frozen)
 _NEXT_ID, _PEAK = 0, 1  # cells of the server-wide counters
 _IDS_KEPT = 64  # ids admitted and not yet asked for, at most (next_id follows at once)
 

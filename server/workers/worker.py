@@ -53,7 +53,7 @@ from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
 from server.observe.logger import LEVELS, format_record
-from server.observe.stats import REJECT_MAX_CONNECTIONS, REJECT_PER_IP, Stats
+from server.observe.stats import REJECT_PER_IP, Stats
 from server.observe.throttle import Throttle
 from server.observe.totals import pack
 from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
@@ -111,9 +111,11 @@ class GlobalStats(Stats):
     counts here what they decided, under the same reason. The same for the two steps
     of PROXY protocol admission (see stats.py).
 
-    If the admission lock stays held (shared_limits.BUSY: its holder is stopped or
-    frozen), the connection is rejected as max_connections (fail closed: no server
-    thread waits), and a warning says so at most once a second."""
+    If the admission lock stays held (shared_limits.BUSY: its holder was preempted, or
+    is stopped or frozen), ``admit`` and ``reserve`` say BUSY, counting nothing: the
+    acceptor yields and tries again (acceptor.py). ``admit_reserved`` (after a PROXY
+    header, on a connection's scheduler) rejects instead, as max_connections_per_ip
+    (fail closed), with a warning at most once a second."""
 
     def __init__(self, limits: SharedLimits) -> None:
         super().__init__()
@@ -122,14 +124,18 @@ class GlobalStats(Stats):
         self._busy_throttle = Throttle()
 
     def admit(self, ip: str, max_total: int, max_per_ip: int, listener: str = "tcp") -> str | None:
-        reason = self._settle(self._limits.admit(ip, max_total, max_per_ip), REJECT_MAX_CONNECTIONS)
+        reason = self._limits.admit(ip, max_total, max_per_ip)
+        if reason == BUSY:
+            return reason  # nothing decided, nothing counted: try again
         if reason is None:
             return super().admit(ip, _UNLIMITED, _UNLIMITED, listener)  # counts it here
         super().reject(reason)
         return reason
 
     def reserve(self, max_total: int) -> str | None:
-        reason = self._settle(self._limits.reserve(max_total), REJECT_MAX_CONNECTIONS)
+        reason = self._limits.reserve(max_total)
+        if reason == BUSY:
+            return reason  # as admit
         if reason is None:
             return super().reserve(_UNLIMITED)
         super().reject(reason)
@@ -154,13 +160,14 @@ class GlobalStats(Stats):
         self._limits.release(ip)
 
     def _settle(self, reason: str | None, busy_as: str) -> str | None:
+        """``busy_as`` for BUSY (fail closed, said at most once a second), else ``reason``."""
         if reason != BUSY:
             return reason
         with self._busy_lock:
             held_back = self._busy_throttle.allow()
         if held_back is not None:
             log.warning(
-                "the admission lock stayed held over %.0f ms (a stopped or frozen worker?): "
+                "the admission lock stayed held over %.0f ms (a preempted, stopped or frozen worker?): "
                 "rejecting as %s (%d times in this worker so far)",
                 CONTENDED_S * 1000,
                 busy_as,
