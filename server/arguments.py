@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from server import __version__
-from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value
+from server.config import ENV_PREFIX, SETTINGS, Config, ConfigError, env_name, flag_name, parse_value, parse_values
 
 PROG = "echo-server"
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest=spec.name,
             metavar=spec.metadata["metavar"] or None,
             default=None,
+            action="append" if spec.metadata["parse_each"] else "store",
             help=f"{spec.metadata['help']} [env {env_name(spec.name)}; default {shown}]",
         )
     return parser
@@ -69,7 +70,10 @@ def load_with_sources(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[
             if text is None:
                 continue
             try:
-                values[spec.name] = parse_value(spec.name, text)
+                if isinstance(text, list):  # a repeatable flag (--fault)
+                    values[spec.name] = parse_values(spec.name, text)
+                else:
+                    values[spec.name] = parse_value(spec.name, text)
             except ConfigError as error:
                 raise UsageError(f"{source}: {error.problem}") from None
             sources[spec.name] = source

@@ -37,6 +37,7 @@ from server.engine.tls import TlsError
 from server.lib.net import ListenError
 from server.listeners import listener_specs, load_tls
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.logger import LEVELS, LogActor
 from server.observe.sinks import LogFileError
 from server.observe.stats import Stats
@@ -78,6 +79,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             backups=config.log_backups,
         )
         load_tls(config, listener_specs(config))  # the files' problems, named by flag, before anything starts
+        if config.admin_token_file is not None:
+            try:
+                load_token(config.admin_token_file)
+            except ValueError as error:
+                raise UsageError(f"{sources.get('admin_token_file', '--admin-token-file')}: {error}") from None
     except TlsError as error:
         print(
             f"{PROG}: error: {sources.get(error.setting, flag_name(error.setting))}: {error.problem}", file=sys.stderr

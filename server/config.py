@@ -13,15 +13,19 @@ A Config is immutable and validated on construction: any thread may read one.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.engine.proxy_protocol import ACCEPT_CHOICES
 from server.lib.alpn import check_alpn, parse_alpn
 from server.lib.banner_template import check_template, parse_template
 from server.lib.networks import check_networks
+
+if TYPE_CHECKING:
+    from server.faults.rules import Rule
 
 ENV_PREFIX = "ECHO_"
 
@@ -62,6 +66,30 @@ def _text(text: str) -> str:
 
 def _optional_text(text: str) -> str | None:
     return text.strip() or None
+
+
+def _fault_rules(text: str) -> tuple[Rule, ...]:
+    """ECHO_FAULTS_RULES: a JSON list of rule objects (server/faults/rules.py)."""
+    from server.faults.rules import FaultRuleError, rules_from_json_text  # only when a rule is given
+
+    try:
+        return rules_from_json_text(text)
+    except FaultRuleError as error:
+        raise ValueError(str(error)) from None
+
+
+def _fault_rule(text: str) -> Rule:
+    """One --fault KIND[:key=value,...]."""
+    from server.faults.rules import FaultRuleError, parse_flag
+
+    try:
+        return parse_flag(text)
+    except FaultRuleError as error:
+        raise ValueError(f"{text.strip()!r}: {error}") from None
+
+
+def _optional_integer(text: str) -> int | None:
+    return None if not text.strip() else _integer(text)
 
 
 def _admin_port(text: str) -> int | None:
@@ -114,6 +142,30 @@ def _always_valid(value: Any) -> str | None:
     return None
 
 
+def _seed(value: Any) -> str | None:
+    return None if value is None else _between(0, 2**63)(value)
+
+
+def _rules(value: Any) -> str | None:
+    if value is None:
+        return None
+    from server.faults.rules import Rule
+
+    if isinstance(value, tuple) and all(isinstance(rule, Rule) for rule in value):
+        return None
+    return "expected fault rules"
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` reachable from this machine only? (Names other than localhost: no.)"""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 DAY_S = 86_400.0
 DEFAULT_ADMIN_PORT = 7008
 
@@ -126,9 +178,12 @@ def setting(
     check: Callable[[Any], str | None],
     unit: str = "",
     metavar: str = "",
+    parse_each: Callable[[str], Any] | None = None,
 ) -> Any:
-    """A dataclass field carrying what the CLI, env and docs need to know about it."""
-    meta = {"help": help, "parse": parse, "check": check, "unit": unit, "metavar": metavar}
+    """A dataclass field carrying what the CLI, env and docs need to know about it.
+    ``parse_each``: the flag is repeatable, each one parsed by this into one item of a
+    tuple (the environment variable still goes through ``parse``)."""
+    meta = {"help": help, "parse": parse, "check": check, "unit": unit, "metavar": metavar, "parse_each": parse_each}
     return field(default=default, metadata=meta)
 
 
@@ -414,11 +469,52 @@ class Config:
         metavar="PORT",
     )
 
+    # Faults on demand (server/faults/): off unless asked for. The rules are the policy at
+    # start; the admin port's PUT /faults replaces it at runtime.
+    faults: str = setting(
+        "off",
+        "on: fault rules may make connections misbehave on purpose (--fault, PUT /faults); see docs/faults.md",
+        parse=lambda text: text.strip().lower(),
+        check=_one_of("on", "off"),
+        metavar="on|off",
+    )
+    faults_rules: tuple[Rule, ...] | None = setting(
+        None,
+        "a fault rule at start, KIND[:key=value,...], repeatable (the environment variable: a JSON list of rules)",
+        parse=_fault_rules,
+        check=_rules,
+        metavar="RULE",
+        parse_each=_fault_rule,
+    )
+    faults_seed: int | None = setting(
+        None,
+        "seed of the fault draws, for a run that repeats exactly; unset: a random seed",
+        parse=_optional_integer,
+        check=_seed,
+        metavar="N",
+    )
+    admin_token_file: str | None = setting(
+        None,
+        "file holding a bearer token that PUT and DELETE /faults must present; required with --faults on "
+        "and an admin host that is not loopback",
+        parse=_optional_text,
+        check=_always_valid,
+        metavar="PATH",
+    )
+
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             problem = spec.metadata["check"](getattr(self, spec.name))
             if problem:
                 raise ConfigError(spec.name, problem)
+        if self.faults_rules and self.faults != "on":
+            raise ConfigError("faults_rules", "fault rules need --faults on")
+        if self.faults == "on" and self.admin_token_file is None and not is_loopback(self.effective_admin_host):
+            raise ConfigError(
+                "admin_token_file",
+                f"required with --faults on: the admin host {self.effective_admin_host} is not loopback, "
+                "so changing faults needs a token",
+            )
 
     @property
     def effective_admin_host(self) -> str:
@@ -428,8 +524,12 @@ class Config:
 SETTINGS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Config)
 
 
+# Settings whose flag is not their name: a rule is given once per --fault.
+_FLAGS = {"faults_rules": "--fault"}
+
+
 def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 def env_name(name: str) -> str:
@@ -443,5 +543,16 @@ def parse_value(name: str, text: str) -> Any:
         raise ConfigError(name, "no such setting")
     try:
         return spec.metadata["parse"](text)
+    except ValueError as error:
+        raise ConfigError(name, str(error)) from None
+
+
+def parse_values(name: str, texts: list[str]) -> tuple[Any, ...]:
+    """A repeatable flag's values (``parse_each``); raises ConfigError naming the setting."""
+    spec = next((s for s in SETTINGS if s.name == name), None)
+    if spec is None or spec.metadata["parse_each"] is None:
+        raise ConfigError(name, "not a repeatable setting")
+    try:
+        return tuple(spec.metadata["parse_each"](text) for text in texts)
     except ValueError as error:
         raise ConfigError(name, str(error)) from None

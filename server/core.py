@@ -4,13 +4,14 @@
         host, port = server.server_address[:2]
         ...                                          # server.ready is set once accepting
 
-The pool hosts ``loops`` connection schedulers plus one acceptor scheduler; each is a
-generator-task loop (see scheduler.py). The server serves a tuple of listeners
-(listeners.py: built from Config, or given: a test's extra listener, a worker's inherited
-sockets); each is served by tasks on the acceptor scheduler (an Acceptor per stream
-listener, handing new connections to the connection schedulers round-robin through each
-scheduler's queue + wake-up, where the listener's Pipeline runs them; one UdpEcho task per
-UDP socket). Connection ids come from one counter for all listeners (``next_id``).
+The pool hosts ``loops`` connection schedulers, and with ``loops`` > 1 one acceptor
+scheduler besides (with one, the acceptors share it); each is a generator-task loop (see
+scheduler.py). The server serves a tuple of listeners (listeners.py: built from Config,
+or given: a test's extra listener, a worker's inherited sockets); each is served by
+tasks on the acceptors' scheduler (an Acceptor per stream listener, starting each new
+connection on its own scheduler directly or handing it to another round-robin through
+that scheduler's queue + wake-up, where the listener's Pipeline runs it; one UdpEcho task
+per UDP socket). Connection ids come from one counter for all listeners (``next_id``).
 ``start`` raises tls.TlsError, before opening anything, if the certificate or key cannot
 be used; ``reload_tls`` (SIGHUP) re-reads them.
 
@@ -47,7 +48,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import server
 from server.config import Config
@@ -59,14 +60,29 @@ from server.engine.scheduler import Scheduler, every, most_stalled, stall_proble
 from server.engine.tls import TlsContext
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
-from server.listeners import Listener, ListenerSpec, ServerParts, listener_specs, load_tls, open_listeners, serve
+from server.listeners import (
+    Listener,
+    ListenerAddresses,
+    ListenerSpec,
+    ServerParts,
+    listener_specs,
+    load_tls,
+    open_listeners,
+    serve,
+)
 from server.live_connections import LocalConnections
 from server.observe import admin as admin_module
 from server.observe.admin import AdminServer
 from server.observe.connections import ASK_TIMEOUT_S, WORKER_ASK_TIMEOUT_S
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.stats import Stats, StatsSnapshot
+
+if TYPE_CHECKING:
+    from server.faults.draw import FaultDraw
+    from server.faults.policy import FaultPolicy
+    from server.faults.refuse import Refusal
 
 log = logging.getLogger("echo.server")
 
@@ -88,7 +104,7 @@ def admin_close_budget(deadline: float) -> float:
     return min(admin_module.CLOSE_TIMEOUT_S, max(ADMIN_CLOSE_MIN_S, deadline - time.monotonic()))
 
 
-class EchoServer(FailureAttributes):
+class EchoServer(FailureAttributes, ListenerAddresses):
     def __init__(
         self,
         config: Config,
@@ -104,7 +120,8 @@ class EchoServer(FailureAttributes):
         listeners.py); ``listeners``: already-open ones to serve instead (a worker's,
         inherited from the supervisor, shared with the next generation); closed at
         shutdown. ``next_id``: where connection ids come from (default: 1, 2, 3...).
-        ``worker``: this process's worker slot under --workers (reflection shows it)."""
+        ``worker``: this process's worker slot under --workers (reflection shows it; a
+        fault rule's ``worker`` matches it)."""
         self.config = config
         self._specs = specs if specs is not None else listener_specs(config)
         self._given = listeners
@@ -122,6 +139,7 @@ class EchoServer(FailureAttributes):
         self._pool: ThreadPoolExecutor | None = None
         self._acceptor_loop: Scheduler | None = None
         self._loops: list[Scheduler] = []
+        self._schedulers: tuple[Scheduler, ...] = ()  # every scheduler the pool runs
         self._futures: list[Future[None]] = []
         self.admin: AdminServer | None = None
         self.worker = worker
@@ -131,30 +149,30 @@ class EchoServer(FailureAttributes):
         # Orders "ready" against "stopping" (the acceptor's thread vs shutdown's).
         self._ready_lock = threading.Lock()
         self._failures = FailureRecord(log, self.publish, self._unready)
+        # Faults on demand (server/faults/): None when off, and then nothing below looks.
+        # (Imported only when on: with faults off, not one module of server/faults/ is loaded.)
+        self.faults: FaultPolicy | None = None
+        self._fault_draw: FaultDraw | None = None
+        if config.faults == "on":
+            from server.faults.draw import FaultDraw
+            from server.faults.policy import FaultPolicy
+
+            self.faults = FaultPolicy(config.faults_rules or (), seed=config.faults_seed)
+            self._fault_draw = FaultDraw(self.faults, self.publish, worker)
+        self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
+        self._refusal: Refusal | None = None
 
     @property
     def draining(self) -> bool:
         """True from the moment shutdown begins."""
         return self._draining
 
-    def address_of(self, name: str) -> tuple[Any, ...] | None:
-        """The address listener ``name`` is bound to, once started; None if there is none."""
-        return next((listener.address for listener in self.listeners if listener.name == name), None)
-
-    @property
-    def tls_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("tls")
-
-    @property
-    def udp_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("udp")
-
     def is_ready(self) -> bool:
         return self.ready.is_set()
 
     def oldest_loop(self) -> tuple[str, float]:
         """The scheduler that has gone longest without a turn, and how long (any thread)."""
-        return most_stalled((self._acceptor_loop, *self._loops))
+        return most_stalled(self._schedulers)
 
     def stalled(self) -> str | None:
         """Why /healthz fails for liveness: a loop stalled over heartbeat_timeout (any thread)."""
@@ -203,9 +221,24 @@ class EchoServer(FailureAttributes):
                 self.admin.start()
             self.publish(event("listening", **self._addresses()))
 
-            self._loops = [Scheduler(f"loop-{i}", buffer_size=config.buffer_size) for i in range(config.loops)]
-            self._acceptor_loop = Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
-            self._pool = ThreadPoolExecutor(max_workers=config.loops + 1, thread_name_prefix="echo")
+            # With one connection scheduler (the default: one interpreter is one core) the
+            # acceptors run on it too: a new connection then costs no wake-up of another
+            # thread and no GIL hand-off (measured: see docs/design.md). With more, the
+            # acceptors get a scheduler of their own, handing connections out round-robin.
+            shared = config.loops == 1
+            self._loops = [
+                Scheduler(
+                    f"loop-{i}",
+                    buffer_size=config.buffer_size,
+                    on_critical_exit=self._failures.fail if shared else None,
+                )
+                for i in range(config.loops)
+            ]
+            self._acceptor_loop = (
+                self._loops[0] if shared else Scheduler("acceptor", buffer_size=0, on_critical_exit=self._failures.fail)
+            )
+            self._schedulers = tuple(self._loops) if shared else (self._acceptor_loop, *self._loops)
+            self._pool = ThreadPoolExecutor(max_workers=len(self._schedulers), thread_name_prefix="echo")
             for loop in self._loops:
                 loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
             names = tuple(listener.name for listener in listeners if listener.spec.streams)
@@ -223,16 +256,24 @@ class EchoServer(FailureAttributes):
                 tls=tls,
                 sole_owner=self._given is None,  # a worker's are shared with the next generation
                 takes_backlog=lambda: not self._handing_over,
+                faults=self._fault_draw,
+                home=self._acceptor_loop,
             )
             for index, listener in enumerate(listeners):
                 for serving in serve(listener, parts, first=index == 0):
                     self._acceptor_loop.spawn_threadsafe(
                         serving.task, serving.sock, daemon=serving.daemon, critical=serving.critical
                     )
+            if self.faults is not None:
+                from server.faults.refuse import Refusal
+
+                refusable = {listener.name: listener.sock for listener in listeners if listener.spec.streams}
+                self._refusal = Refusal(self.faults, refusable, self._acceptor_loop)
+                self._refusal.start()
             if config.stats_interval > 0:
                 self._acceptor_loop.spawn_threadsafe(every(config.stats_interval, self._publish_stats), daemon=True)
-            self._futures = [self._pool.submit(loop.run) for loop in (self._acceptor_loop, *self._loops)]
-            for loop, future in zip((self._acceptor_loop, *self._loops), self._futures, strict=True):
+            self._futures = [self._pool.submit(loop.run) for loop in self._schedulers]
+            for loop, future in zip(self._schedulers, self._futures, strict=True):
                 future.add_done_callback(functools.partial(self._loop_done, loop.name))
 
     def _addresses(self) -> dict[str, Any]:
@@ -274,10 +315,14 @@ class EchoServer(FailureAttributes):
 
             now = time.monotonic()
             deadline = now + config.shutdown_timeout + STOP_BUDGET_S
-            self._acceptor_loop.request_stop(now, now)
-            wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
+            if self._refusal is not None:
+                self._refusal.stop()  # from here on the listeners' filter is the stop's
             grace = now + config.shutdown_timeout
             abort = grace + FINAL_FLUSH_S
+            if self._acceptor_loop not in self._loops:
+                self._acceptor_loop.request_stop(now, now)
+                wait_futures(self._futures[:1], timeout=STOP_MARGIN_S)
+            # (A shared scheduler closes its acceptors, daemon tasks, at once: the same stop.)
             for loop in self._loops:
                 loop.request_stop(grace, abort)
             _, stuck = wait_futures(self._futures, timeout=abort - time.monotonic() + STOP_MARGIN_S)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from server.config import Config
 from server.engine.acceptor import Acceptor, ProxyPolicy
 from server.engine.banner import Banner, banner_step
 from server.engine.connection import Connection
 from server.engine.echo import plain_echo
-from server.engine.pipeline import EchoWaits, Pipeline, Step
+from server.engine.pipeline import EchoWaits, Pipeline, Step, Transport
 from server.engine.proxy_step import proxy_step
 from server.engine.scheduler import Scheduler, TaskGen, every
 from server.engine.tls import TlsContext
@@ -37,6 +37,10 @@ from server.engine.udp import UdpEcho, open_udp
 from server.lib.net import ListenError, open_listener
 from server.observe.events import Event
 from server.observe.stats import Stats
+
+if TYPE_CHECKING:
+    from server.faults.draw import FaultDraw
+    from server.faults.udp import UdpFaults
 
 Kind = Literal["tcp", "tls", "udp"]
 KINDS: tuple[Kind, ...] = ("tcp", "tls", "udp")
@@ -74,6 +78,25 @@ class Listener:
     @property
     def address(self) -> tuple[Any, ...]:
         return tuple(self.sock.getsockname())
+
+
+class ListenerAddresses:
+    """``address_of(name)`` and the TLS and UDP addresses, for a server that keeps its
+    listeners in ``self.listeners`` (EchoServer, the supervisor)."""
+
+    listeners: tuple[Listener, ...]
+
+    def address_of(self, name: str) -> tuple[Any, ...] | None:
+        """The address listener ``name`` is bound to, once started; None if there is none."""
+        return next((listener.address for listener in self.listeners if listener.name == name), None)
+
+    @property
+    def tls_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("tls")
+
+    @property
+    def udp_address(self) -> tuple[Any, ...] | None:
+        return self.address_of("udp")
 
 
 def listener_specs(config: Config) -> tuple[ListenerSpec, ...]:
@@ -135,6 +158,8 @@ class ServerParts:
     sole_owner: bool  # no other process accepts on these sockets (not a worker's)
     takes_backlog: Callable[[], bool] | None = None  # asked at the stop (Acceptor)
     handshake_failures: HandshakeFailures = field(default_factory=HandshakeFailures)
+    faults: FaultDraw | None = None  # --faults on: each connection (datagram) draws (server/faults/)
+    home: Scheduler | None = None  # the acceptors' scheduler: a hand-off to it is a direct call
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +177,13 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
     listener's acceptor says when the server is ready."""
     spec, config = listener.spec, parts.config
     if spec.kind == "udp":
-        udp = UdpEcho(listener.sock, parts.stats, rate=config.udp_rate, global_rate=config.udp_global_rate)
+        udp = UdpEcho(
+            listener.sock,
+            parts.stats,
+            rate=config.udp_rate,
+            global_rate=config.udp_global_rate,
+            faults=udp_faults(parts.faults) if parts.faults is not None else None,
+        )
         return [
             Serving(udp.run(), listener.sock, daemon=False, critical=True),  # Shutdown ends it
             Serving(every(FOLD_INTERVAL_S, udp.fold), None, daemon=True, critical=False),
@@ -175,9 +206,16 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
         sole_owner=parts.sole_owner,
         name=spec.name,
         takes_backlog=parts.takes_backlog,
+        home=parts.home,
     )
     acceptor.start_connection = pipeline_for(spec, parts, acceptor).start
     return [Serving(acceptor.run(), listener.sock, daemon=True, critical=True)]
+
+
+def udp_faults(draw: FaultDraw) -> UdpFaults:
+    from server.faults.udp import UdpFaults  # only with --faults on
+
+    return UdpFaults(draw)
 
 
 def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> Pipeline:
@@ -195,5 +233,9 @@ def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> 
         steps.append(handshake_step(config.tls_handshake_timeout, parts.handshake_failures))
     if parts.banner is not None:
         steps.append(banner_step(parts.banner, waits))
-    transport = tls_echo if spec.kind == "tls" else plain_echo
+    transport: Transport = tls_echo if spec.kind == "tls" else plain_echo
+    if parts.faults is not None:  # the draw after the PROXY header; unfaulted: this transport
+        from server.faults.transport import faulted_transport  # only with --faults on
+
+        transport = faulted_transport(transport, parts.faults)
     return Pipeline(spec.name, tuple(steps), transport, waits, parts.on_close, wrap, gate)

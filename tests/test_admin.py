@@ -26,10 +26,16 @@ def admin_of(server: EchoServer) -> tuple[str, int]:
     return str(host), int(port)
 
 
-def get(server: EchoServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(
+    server: EchoServer,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection(*admin_of(server), timeout=10)
     try:
-        connection.request(method, path)
+        connection.request(method, path, body, headers or {})
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:

@@ -33,12 +33,18 @@ class ScriptedSocket:
         self.shut_write = False
         self.linger_reset = False
         self.unsent = 0  # what SIOCOUTQ would say
+        self.recv_sizes: list[int] = []  # the most each recv_into asked for
 
-    def recv_into(self, buffer: memoryview) -> int:
+    def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
         step = self.reads.popleft()
         if isinstance(step, BaseException):
             raise step
         assert isinstance(step, bytes)
+        limit = nbytes or len(buffer)
+        if len(step) > limit:  # the rest stays queued, as in a kernel's receive buffer
+            self.reads.appendleft(step[limit:])
+            step = step[:limit]
+        self.recv_sizes.append(limit)
         buffer[: len(step)] = step
         return len(step)
 

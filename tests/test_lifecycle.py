@@ -154,7 +154,7 @@ def test_an_acceptor_that_dies_is_reported_with_its_traceback(
         socket.create_connection(server.server_address[:2], timeout=5).close()
         assert failed.wait(5)
         assert not server.healthy
-        assert "acceptor" in recorder.wait_for(lambda e: e.name == "failed").data["reason"]
+        assert "Acceptor.run" in recorder.wait_for(lambda e: e.name == "failed").data["reason"]
         tracebacks = [r for r in error_log.records if r.exc_info]
         assert len(tracebacks) == 1 and "injected acceptor fault" in str(tracebacks[0].exc_info)
     finally:

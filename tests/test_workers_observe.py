@@ -46,7 +46,7 @@ def test_ps_shows_the_supervisor_and_each_worker_by_name() -> None:
                 served.add(server.wait_for("opened", peer=f"127.0.0.1:{sock.getsockname()[1]}")["worker"])
         assert comm(server.proc.pid) == "echo-supervisor"
         assert [comm(pids[0]), comm(pids[1])] == ["echo-worker 0", "echo-worker 1"]
-        assert {"echo loop-0", "echo acceptor"} <= thread_names(pids[0])
+        assert "echo loop-0" in thread_names(pids[0])  # the acceptors run on it (one loop)
         server.signal(signal.SIGTERM)
         assert server.finish(15) == 0
     finally:

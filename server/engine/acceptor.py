@@ -101,6 +101,7 @@ class Acceptor:
         sole_owner: bool = False,
         name: str = "tcp",
         takes_backlog: Callable[[], bool] | None = None,
+        home: Scheduler | None = None,
     ) -> None:
         """``start_connection`` (set before ``run``): the hand-off, on the chosen
         scheduler's thread (the listener's Pipeline.start, built once the acceptor's
@@ -109,7 +110,9 @@ class Acceptor:
         the kernel refuse new handshakes on it before taking the backlog (listener.py).
         ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``.
         ``takes_backlog``: asked at the stop; False (a worker handing over to the next
-        generation at a reload) leaves the queued connections to whoever accepts next."""
+        generation at a reload) leaves the queued connections to whoever accepts next.
+        ``home``: the scheduler this acceptor runs on; a connection handed to it starts at
+        once, with no trip through its queue."""
         self._listener = listener
         self._takes_backlog = takes_backlog
         self._sole_owner = sole_owner
@@ -123,6 +126,7 @@ class Acceptor:
         self._on_ready = on_ready
         self._next_scheduler = itertools.cycle(schedulers)
         self._next_id = next_id
+        self._home = home
         self._name = name
         self._reject_throttles: dict[str, Throttle] = {}
         self._reject_lock = threading.Lock()
@@ -241,7 +245,10 @@ class Acceptor:
             self._publish(event("opened", conn_id=conn_id, peer=peer, **self._named))
         scheduler = next(self._next_scheduler)
         assert self.start_connection is not None
-        scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
+        if scheduler is self._home:
+            self.start_connection(scheduler, sock, conn_id, peer, ip)
+        else:
+            scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
         return True
 
     def note_rejection(self, reason: str, peer: str, **detail: Any) -> None:

@@ -108,12 +108,7 @@ def plain_echo(sock: socket.socket, conn: Connection, buffer: memoryview, pipeli
             else:
                 conn.bytes_out += received
         # Graceful end (EOF or shutdown): nothing is owed here, so say we are done.
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        if conn.reason == "shutdown":
-            yield from discard_until_eof(sock, buffer)
+        yield from half_close(sock, conn, buffer)
     except Exception as error:
         if not ended_by(sock, conn, error):
             raise
@@ -166,6 +161,17 @@ def flush(sock: socket.socket, owed: bytes, waits: EchoWaits, conn: Connection) 
         wait = check
         held, quiet = unsent_bytes(sock), 0
     return True
+
+
+def half_close(sock: socket.socket, conn: Connection, buffer: memoryview) -> TaskGen:
+    """FIN after the last echo; after a shutdown's, read and drop until the client closes
+    (see LINGER_CHECK_S). Both transports end a graceful connection with it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)  # on TLS, after close_notify: reads below are raw
+    except OSError:
+        return
+    if conn.reason == "shutdown":
+        yield from discard_until_eof(sock, buffer)
 
 
 def discard_until_eof(sock: socket.socket, buffer: memoryview) -> TaskGen:

@@ -15,6 +15,7 @@ import struct
 
 SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux; Python names it only on some builds
+SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
 # One classic-BPF instruction, "ret #0": keep no byte of any packet, i.e. drop it.
 _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
 
@@ -33,6 +34,16 @@ def refuse_new_connections(listener: socket.socket) -> bool:
     fprog = struct.pack("HL", 1, ctypes.addressof(program))  # struct sock_fprog
     try:
         listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
+
+
+def accept_new_connections(listener: socket.socket) -> bool:
+    """Undo ``refuse_new_connections`` (the ``refuse`` fault ending): handshakes complete
+    again, and a client still retrying its SYN gets in. False where the OS refuses."""
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
     except OSError:
         return False
     return True

@@ -36,7 +36,7 @@ from collections.abc import Callable, Generator
 from typing import cast
 
 from server.engine.connection import CloseConnection, Connection, ssl_detail
-from server.engine.echo import discard_until_eof, flush
+from server.engine.echo import flush, half_close
 from server.engine.pipeline import EchoWaits, Pipeline, Step, ended_by
 from server.engine.scheduler import READ, WRITE, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.engine.tls import TlsContext
@@ -170,12 +170,7 @@ def tls_echo(sock: socket.socket, conn: Connection, buffer: memoryview, pipeline
                 conn.bytes_out += received
         # Graceful end (EOF or shutdown): nothing is owed; say so in TLS, then in TCP.
         yield from _close_notify(tls, waits)
-        try:
-            sock.shutdown(socket.SHUT_WR)  # drops the TLS layer: reads below are raw
-        except OSError:
-            return
-        if conn.reason == "shutdown":
-            yield from discard_until_eof(sock, buffer)
+        yield from half_close(sock, conn, buffer)
     except Exception as error:
         if not ended_by(sock, conn, error):
             raise

@@ -22,6 +22,10 @@ Otherwise the datagram is dropped, counted by reason (``source_rate``, ``global_
 is logged at most once a second. Counts stay in the task and are folded into Stats by
 ``fold`` (once a second) and at the end: no lock per datagram.
 
+With ``--faults on``, a datagram the limits let through may then be dropped, delayed or
+reordered by the fault policy (server/faults/udp.py); a held datagram goes out once, so
+the rule above still holds.
+
 Everything here runs on the scheduler thread that runs the task (``run`` and ``fold``).
 """
 
@@ -32,11 +36,15 @@ import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from server.engine.scheduler import READ, Shutdown, TaskGen, Wait
+from server.engine.scheduler import READ, Shutdown, TaskGen, Wait, WaitTimeout
 from server.lib.net import ListenError, format_address
 from server.observe.stats import Stats
 from server.observe.throttle import Throttle
+
+if TYPE_CHECKING:
+    from server.faults.udp import UdpFaults
 
 log = logging.getLogger("echo.udp")
 
@@ -105,6 +113,7 @@ class UdpEcho:
         global_rate: float,
         max_sources: int = MAX_SOURCES,
         clock: Callable[[], float] = time.monotonic,
+        faults: UdpFaults | None = None,
     ) -> None:
         self._sock = sock
         self._stats = stats
@@ -114,6 +123,7 @@ class UdpEcho:
         self._sources: OrderedDict[str, TokenBucket] = OrderedDict()  # least recently seen first
         self._global = TokenBucket(global_rate, clock())
         self._throttle = Throttle(clock=clock)
+        self._faults = faults  # --faults on: drop, delay, reorder (server/faults/udp.py)
         self.address = sock.getsockname()
         # Not yet folded into Stats.
         self._received = self._sent = self._bytes_in = self._bytes_out = 0
@@ -125,11 +135,18 @@ class UdpEcho:
         recvfrom_into = self._sock.recvfrom_into
         sendto = self._sock.sendto
         readable = Wait(READ)
+        faults = self._faults
         try:
             while True:
+                due = faults.next_due() if faults is not None else None
                 try:
-                    yield readable
+                    yield readable if due is None else Wait(READ, max(0.0, due - self._clock()))
+                except WaitTimeout:
+                    self._send_held(faults.due(self._clock()) if faults is not None else [])
+                    continue
                 except Shutdown:
+                    if faults is not None:
+                        self._send_held(faults.due(self._clock(), everything=True))
                     return
                 now = self._clock()
                 for _ in range(RECV_BATCH):
@@ -142,6 +159,11 @@ class UdpEcho:
                     self._received += 1
                     self._bytes_in += size
                     reason = self.admit(str(address[0]), now)
+                    if reason is None and faults is not None:
+                        verdict = faults.decide(str(address[0]), address, view[:size], now)
+                        if verdict == faults.HELD:
+                            continue  # it keeps its token; it goes out once, later
+                        reason = None if verdict == faults.ECHO else verdict
                     if reason is None:
                         try:
                             sent = sendto(view[:size], address)
@@ -150,10 +172,25 @@ class UdpEcho:
                         else:
                             self._sent += 1
                             self._bytes_out += sent
+                            if faults is not None and faults.held():
+                                self._send_held(faults.due(now, echoed=True))
                             continue
                     self._drop(reason, address)
+                if faults is not None and faults.held():
+                    self._send_held(faults.due(self._clock()))
         finally:
             self.fold()
+
+    def _send_held(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Send what a delay or reorder fault held (each admitted once, sent once)."""
+        for data, address in datagrams:
+            try:
+                sent = self._sock.sendto(data, address)
+            except OSError:
+                self._drop("send_failed", address)
+                continue
+            self._sent += 1
+            self._bytes_out += sent
 
     def fold(self) -> None:
         """Add the counts so far to Stats (once a second, and at the end)."""
@@ -190,6 +227,8 @@ class UdpEcho:
 
     def _drop(self, reason: str, address: tuple[object, ...]) -> None:
         self._dropped[reason] += 1
+        if reason.startswith("fault_"):
+            return  # asked for: counted, and the ``fault`` event says so
         held_back = self._throttle.allow()
         if held_back is not None:
             log.warning(

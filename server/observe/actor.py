@@ -6,9 +6,10 @@
     actor.close(); actor.join(timeout)   # the stop marker goes after everything sent
 
 Subclasses override ``handle(message)`` (and optionally ``idle()``, called when the
-mailbox has just run empty, and ``linger()``: how long to wait for the next message
-before calling ``idle()`` again, None for as long as it takes); all run on the actor's
-thread only. The stop marker is a
+mailbox has just run empty); both run on the actor's thread only. With ``gather_s`` > 0
+the actor, woken from idle by a message, first waits that long so that a burst is
+handled in one wake-up (a thread woken per message costs a context switch and a GIL
+hand-off each: the log of a busy server's connections would cost more than the echo). The stop marker is a
 private object, so None is a valid message. An exception escaping ``handle`` is
 reported on stderr with its traceback, kept in ``error``, and stops the actor: never
 silent. stderr, not ``logging``, because logging may itself be routed to an actor.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -28,8 +30,9 @@ _STOP = object()
 
 
 class Actor:
-    def __init__(self, name: str, mailbox_size: int = 0) -> None:
+    def __init__(self, name: str, mailbox_size: int = 0, gather_s: float = 0.0) -> None:
         self.name = name
+        self._gather_s = gather_s
         self._mailbox: queue.Queue[Any] = queue.Queue(mailbox_size)
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.error: BaseException | None = None
@@ -73,26 +76,23 @@ class Actor:
         raise NotImplementedError
 
     def idle(self) -> None:
-        """The mailbox has just run empty (or stayed empty for ``linger()``)."""
-
-    def linger(self) -> float | None:
-        """Seconds to wait for a message before ``idle()`` is called again; None: no limit."""
-        return None
+        """The mailbox has just run empty."""
 
     def _main(self) -> None:
         mailbox = self._mailbox
+        rested = True
         try:
             while True:
-                try:
-                    message = mailbox.get(timeout=self.linger())
-                except queue.Empty:
-                    self.idle()
-                    continue
+                message = mailbox.get()
+                if rested and self._gather_s:
+                    time.sleep(self._gather_s)  # let the burst this message begins gather
+                rested = False
                 if message is _STOP:
                     break
                 self.handle(message)
                 if mailbox.empty():
                     self.idle()
+                    rested = True
             self.idle()
         except BaseException as error:
             self.error = error

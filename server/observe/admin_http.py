@@ -22,9 +22,10 @@ import time
 from typing import Any
 
 from server.observe import admin as limits
-from server.observe import connections, dashboard, metrics
+from server.observe import connections, dashboard, faults_api, metrics
 from server.observe.admin import AdminServer
 from server.observe.admin_conn import Conn
+from server.observe.events import event
 
 MAX_REQUEST_LINE = 8192
 ALLOWED = "GET, HEAD"
@@ -41,6 +42,7 @@ GET /dashboard.json  its feed: stats, listeners, the events after ?since=SEQ and
                      history's samples after &samples=SEQ
 GET /connections     live connections as JSON (?page= &per_page= &sort=age|bytes &peer= &listener=)
 GET /connections/ID  everything the server saw of one connection, now
+GET|PUT|DELETE /faults  the fault policy, with --faults on (docs/faults.md)
 """
 
 
@@ -161,6 +163,9 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
         super().send_error(400 if code in (414, 431) else code, message, explain)
 
     def _dispatch(self) -> None:
+        if self.path.partition("?")[0] == "/faults":
+            self._faults()
+            return
         if self.command not in ("GET", "HEAD"):
             self._send(405, "method not allowed\n", extra={"Allow": ALLOWED})
             return
@@ -169,8 +174,12 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
         if path == "/":
             self._send(200, INDEX)
         elif path == "/healthz":
-            stalled = view.stalled() if view.healthy else None
-            if not view.healthy:
+            healthy = view.healthy
+            if healthy and (policy := faults_api.policy_of(view)) is not None and policy.unhealthy():
+                self._send(503, "unhealthy: a fault rule says so (GET /faults)\n")
+                return
+            stalled = view.stalled() if healthy else None
+            if not healthy:
                 self._send(503, "failed: a server thread died\n")
             elif stalled is not None:
                 self._send(503, f"stalled: {stalled}\n")
@@ -178,9 +187,14 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
                 self._send(200, "ok\n")
         elif path == "/readyz":
             ready = view.is_ready() and not view.draining
+            if ready and (policy := faults_api.policy_of(view)) is not None and policy.unready():
+                self._send(503, "not ready: a fault rule says so (GET /faults)\n")
+                return
             self._send(200 if ready else 503, "ready\n" if ready else "not ready\n")
         elif path == "/metrics":
             body = metrics.render(view.snapshot(), ready=view.is_ready(), draining=view.draining)
+            if (policy := faults_api.policy_of(view)) is not None:
+                body += faults_api.render_metrics(policy)
             self._send(200, body, content_type=metrics.CONTENT_TYPE)
         elif path == "/stats":
             document = {**view.snapshot().as_dict(), "ready": view.is_ready(), "draining": view.draining}
@@ -200,6 +214,26 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
             self._connections(path, query)
         else:
             self._send(404, "not found; GET / lists the endpoints\n")
+
+    def _faults(self) -> None:
+        """/faults (faults_api.py): 404 with faults off, as for any unknown path."""
+        view = self.admin.view
+        policy = faults_api.policy_of(view)
+        if policy is None:
+            self._send(404, "not found; faults are off (--faults on)\n")
+            return
+
+        def publish(name: str, fields: dict[str, Any]) -> None:
+            view.exchange.send(event(name, peer=self.address_string(), **fields))
+
+        token = getattr(view, "admin_token", None)
+        status, body, extra = faults_api.answer(
+            policy, self.command, self.headers.get, self.rfile.read, token if isinstance(token, str) else None, publish
+        )
+        if status >= 400:
+            self._linger = True  # the client may still be sending what we refused
+        content_type = "application/json" if status == 200 else "text/plain; charset=utf-8"
+        self._send(status, body, content_type=content_type, extra=extra)
 
     def _connections(self, path: str, query: str) -> None:
         """/connections and /connections/ID (observe/connections.py)."""

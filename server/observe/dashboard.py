@@ -48,6 +48,7 @@ from server.observe import dashboard_page
 from server.observe.admin import ServerView
 from server.observe.events import Event
 from server.observe.exchange import Exchange
+from server.observe.faults_api import policy_of
 from server.observe.history import HISTORY_SAMPLES, SAMPLE_INTERVAL_S, History
 from server.observe.metrics import CLOSE_REASONS, REJECT_REASONS
 from server.observe.stats import TIMEOUT_REASONS
@@ -161,6 +162,8 @@ def feed(view: ServerView, admin_address: Any, since: int, history: History | No
         "events": events,
         "samples": history.since(samples) if history is not None else [],
     }
+    if (faults := policy_of(view)) is not None:  # --faults on: the active policy
+        document["faults"] = faults.snapshot()
     return json.dumps(document, separators=(",", ":"))
 
 

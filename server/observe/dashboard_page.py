@@ -74,6 +74,8 @@ td:first-child{overflow-wrap:anywhere}
 <div class="card" id="workers-card" hidden><h2>Workers <span class="dim" id="restarts"></span></h2><table id="workers">
 <thead><tr><th>slot</th><th>pid</th><th>gen</th><th>active</th><th>accepted/s</th><th>restarts</th></tr></thead>
 <tbody></tbody></table></div>
+<div class="card" id="faults-card" hidden><h2>Faults <span class="dim" id="faults-active"></span></h2>
+<table id="faults"><thead><tr><th>rule</th><th>fired</th><th>left</th></tr></thead><tbody></tbody></table></div>
 </section>
 <section class="card"><h2>Connections <span class="dim" id="conn-total"></span>
 <select id="conn-sort"><option value="age">oldest</option><option value="bytes">most bytes</option></select>
@@ -256,6 +258,14 @@ function render(doc) {
     table("workers", workers.map((w) => [w.worker, w.pid, w.generation, num(w.active), num(rate(accepted(w))),
       w.restarts]));
     $("restarts").textContent = "(" + (s.restarts || 0) + " restarts in all)";
+  }
+  const faults = doc.faults;
+  $("faults-card").hidden = !faults;
+  if (faults) {
+    table("faults", faults.rules.map((rule, i) => [JSON.stringify(rule), num(faults.fired[i]),
+      faults.left[i] === null ? "" : num(faults.left[i])]));
+    $("faults-active").textContent = faults.active.map((a) => a.kind + (a.listener ? " " + a.listener : "") +
+      " " + a.remaining_s.toFixed(1) + " s").join(", ");
   }
   addEvents(doc);
   drawCharts();

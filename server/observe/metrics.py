@@ -26,7 +26,7 @@ from server.observe.stats import (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CLOSE_REASONS = ("eof", "idle_timeout", "write_stall", "reset", "shutdown", "error", "tls_handshake")
-UDP_DROP_REASONS = ("source_rate", "global_rate", "source_table_full", "send_failed")
+UDP_DROP_REASONS = ("source_rate", "global_rate", "source_table_full", "send_failed", "fault_drop", "fault_held_full")
 REJECT_REASONS = (REJECT_MAX_CONNECTIONS, REJECT_PER_IP, REJECT_PROXY_PROTOCOL)
 
 

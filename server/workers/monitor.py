@@ -43,7 +43,7 @@ import socket
 import time
 from collections import deque
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S
@@ -57,6 +57,9 @@ from server.workers.worker import SUMMED_UP
 from server.workers.worker_connections import ANSWER, Ask
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
+
+if TYPE_CHECKING:
+    from server.workers.faults_relay import RelayedPolicy
 
 log = logging.getLogger("echo.supervisor")
 
@@ -75,6 +78,7 @@ class Owner(Protocol):
     config: Config
     counts: WorkerCounts
     server_address: tuple[Any, ...]
+    faults: RelayedPolicy | None
 
     @property
     def ready(self) -> Any: ...
@@ -191,6 +195,10 @@ class Monitor:
                 self._begin_reload(config)
             elif command == "watch":
                 self._update_watch()
+            elif command == "faults" and self._owner.faults is not None:
+                policy = self._owner.faults.export()
+                for worker in self._workers.values():
+                    worker.send_faults(policy)
 
     def _ask_workers(self, request: Ask) -> None:
         """Send the question to each ready worker that is not draining; the rest are
@@ -273,6 +281,7 @@ class Monitor:
         if row is None:
             log.error("no free row in the shared limits for worker %d; not started", index)
             return
+        faults = self._owner.faults
         worker = WorkerProcess.spawn(
             self._ctx,
             index,
@@ -281,7 +290,8 @@ class Monitor:
             self._listeners,
             self._limits,
             row,
-            self._owner.log_lines(),
+            log_lines=self._owner.log_lines(),
+            faults=faults.export() if faults is not None else None,
         )
         if self._watched:
             worker.watch(True)
@@ -341,6 +351,8 @@ class Monitor:
             if len(message) >= 4:  # a heartbeat: its loop stalled longest, and how long
                 worker.stalled_loop, worker.stalled_s = message[2], message[3]
                 self._owner.counts.heard(worker.pid, worker.heard_at, worker.stalled_loop, worker.stalled_s)
+        elif kind == "q" and self._owner.faults is not None:
+            self._owner.faults.note(worker.pid, message[1])
         elif kind == ANSWER:
             request = self._asks.get(message[1])
             if request is not None:
@@ -378,6 +390,8 @@ class Monitor:
         self._workers.pop(worker.pid, None)
         lost = self._limits.reclaim(worker.row)
         last = self._owner.counts.retire(worker.pid)
+        if self._owner.faults is not None:
+            self._owner.faults.retire(worker.pid)
         asked = worker.draining or self._stopping
         self._owner.publish(
             event(

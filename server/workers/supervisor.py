@@ -46,7 +46,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Config
 from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
@@ -55,10 +55,11 @@ from server.engine.os_names import name_process
 from server.engine.tls import TlsError
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
-from server.listeners import Listener, listener_specs, load_tls, open_listeners
+from server.listeners import Listener, ListenerAddresses, listener_specs, load_tls, open_listeners
 from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
+from server.observe.faults_api import load_token
 from server.observe.logger import LogActor
 from server.observe.stats import Stats, StatsSnapshot
 from server.observe.totals import WorkersSnapshot
@@ -66,6 +67,9 @@ from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
 from server.workers.shared_limits import SharedLimits
 from server.workers.worker_connections import WorkerConnections
 from server.workers.worker_counts import WorkerCounts
+
+if TYPE_CHECKING:
+    from server.workers.faults_relay import RelayedPolicy
 
 log = logging.getLogger("echo.supervisor")
 
@@ -85,7 +89,7 @@ RESTART_ONLY = (
 )
 
 
-class Supervisor(FailureAttributes):
+class Supervisor(FailureAttributes, ListenerAddresses):
     def __init__(
         self,
         config: Config,
@@ -111,6 +115,15 @@ class Supervisor(FailureAttributes):
         self._draining = False
         self._failures = FailureRecord(log, self.publish, self.ready.clear)
         self.counts = WorkerCounts()  # the monitor writes; anyone reads
+        # Faults on demand: the one policy, pushed to every worker (faults_relay.py).
+        self.faults: RelayedPolicy | None = None
+        if config.faults == "on":
+            from server.workers.faults_relay import RelayedPolicy
+
+            self.faults = RelayedPolicy(
+                config.faults_rules or (), seed=config.faults_seed, on_change=self._faults_changed
+            )
+        self.admin_token = load_token(config.admin_token_file) if config.admin_token_file else None
         self._monitor: Monitor | None = None
         self.connections: WorkerConnections | None = None
         self._monitor_thread: threading.Thread | None = None
@@ -120,18 +133,6 @@ class Supervisor(FailureAttributes):
     @property
     def draining(self) -> bool:
         return self._draining
-
-    def address_of(self, name: str) -> tuple[Any, ...] | None:
-        """The address listener ``name`` is bound to, once started; None if there is none."""
-        return next((listener.address for listener in self.listeners if listener.name == name), None)
-
-    @property
-    def tls_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("tls")
-
-    @property
-    def udp_address(self) -> tuple[Any, ...] | None:
-        return self.address_of("udp")
 
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._draining
@@ -165,6 +166,10 @@ class Supervisor(FailureAttributes):
     def watched(self) -> bool:
         """Someone besides the log reads the events (/events, a test): workers send them."""
         return self.exchange.subscriber_count > (1 if self._log is not None else 0)
+
+    def _faults_changed(self) -> None:  # the admin handler that changed the policy
+        if self._monitor is not None:
+            self._monitor.post("faults")
 
     # --- lifecycle (the CLI's threads) ------------------------------------------------
 

@@ -40,11 +40,10 @@ import selectors
 import signal
 import socket
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Config
 from server.engine.os_names import name_process
@@ -59,19 +58,22 @@ from server.observe.totals import pack
 from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
 from server.workers.worker_connections import ASK, answer_question
 
+if TYPE_CHECKING:
+    from server.faults.policy import FaultPolicy
+
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-# A worker sends connections' log lines at most once per this long, so that the
-# supervisor takes them by the dozen at full churn (a quiet worker's go at once);
-# anything else (a snapshot, a log record) goes at once and takes them along. It is also
-# how many lines a worker killed by SIGKILL may leave unsaid: this long's worth.
+# Woken by a message, the Uplink lets the burst it begins gather this long (Actor's
+# gather_s), then sends it as one batch: the supervisor takes a busy worker's lines by
+# the dozen. It is also what a worker killed by SIGKILL may leave unsaid: this long's worth.
 LINGER_S = 0.02
-DRAIN = "drain"  # the supervisor's command to stop (the others: WATCH, a /connections question)
+DRAIN = "drain"  # the supervisor's command to stop (the others: WATCH, FAULTS, a /connections question)
 HAND_OVER = "hand over"  # stop, leaving the listeners' queued connections to the next generation
 WATCH = "watch"
 # Worker events that the supervisor's own events replace (it acts on them, not logs them).
 SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
+FAULTS = "faults"
 _UNLIMITED = 1 << 62
 
 log = logging.getLogger("echo.worker")
@@ -88,6 +90,7 @@ class WorkerSpec:
     uplink: Pipe  # write end: worker -> supervisor
     control: Pipe  # read end: supervisor -> worker
     log_lines: bool = False  # format its events' log lines itself (Uplink)
+    faults: dict[str, Any] | None = None  # --faults on: the supervisor's policy now (FaultPolicy.export)
 
 
 def worker_config(config: Config) -> Config:
@@ -103,6 +106,7 @@ def worker_config(config: Config) -> Config:
         workers=1,
         udp_rate=max(config.udp_rate / n, MIN_UDP_RATE),
         udp_global_rate=max(config.udp_global_rate / n, MIN_UDP_RATE),
+        faults_rules=None,  # the supervisor's policy comes in the spec (its states keep their time)
     )
 
 
@@ -209,7 +213,7 @@ class Uplink(Actor):
         log_format: str = "text",
         log_level: str = "info",
     ) -> None:
-        super().__init__("uplink", mailbox_size)
+        super().__init__("uplink", mailbox_size, gather_s=LINGER_S)
         self._pipe = pipe
         self._stats = stats
         self._batch: list[tuple[Any, ...]] = []
@@ -221,9 +225,6 @@ class Uplink(Actor):
         self._threshold = LEVELS[log_level]
         self.watched = False  # set by the main thread (the supervisor says so)
         self.handler = _UplinkHandler(self)
-        self._urgent = False  # the batch holds more than lines and watchers' events
-        self._sent_at = 0.0  # when the last batch went
-        self._closing = False
 
     def send(self, message: Any) -> bool:  # any thread
         delivered = super().send(message)
@@ -231,15 +232,10 @@ class Uplink(Actor):
             self._stats.log_event_dropped()
         return delivered
 
-    def close(self, timeout: float = 5.0) -> bool:
-        self._closing = True  # the last idle() sends whatever is left
-        return super().close(timeout)
-
     def handle(self, message: Any) -> None:
         if isinstance(message, Event):
             if not self._log_lines or message.name in SUMMED_UP:
                 self._batch.append(wire_event(message))
-                self._urgent = True
             else:
                 if LEVELS.get(message.level, logging.INFO) >= self._threshold:
                     record = message.as_dict()
@@ -249,28 +245,15 @@ class Uplink(Actor):
                     self._batch.append(("w", *wire_event(message)[1:]))
         elif isinstance(message, logging.LogRecord):
             self._batch.append(wire_log(message))
-            self._urgent = True
         else:
             self._batch.append(message)
-            self._urgent = True
         if len(self._batch) + len(self._lines) >= BATCH:
             self._flush()
 
     def idle(self) -> None:
-        """The mailbox ran empty (or stayed so for ``linger()``): send now if the batch
-        holds more than connections' lines, or the last batch went LINGER_S ago (so a
-        quiet worker's lines go at once, a busy one's by the dozen)."""
-        if self._urgent or self._closing or time.monotonic() - self._sent_at >= LINGER_S:
-            self._flush()
-
-    def linger(self) -> float | None:
-        if not self._batch and not self._lines:
-            return None  # nothing waits: sleep until a message comes
-        return max(0.0, self._sent_at + LINGER_S - time.monotonic())
+        self._flush()
 
     def _flush(self) -> None:
-        self._urgent = False
-        self._sent_at = time.monotonic()
         if self._lines:
             self._batch.append(("L", "".join(self._lines), len(self._lines)))
             self._lines = []
@@ -339,6 +322,8 @@ def main(spec: WorkerSpec) -> None:
         worker=spec.index,
         next_id=spec.limits.next_id,
     )
+    if server.faults is not None and spec.faults is not None:
+        server.faults.install(spec.faults)
     failed: list[BaseException] = []
 
     def on_failure(error: BaseException) -> None:  # any thread
@@ -374,14 +359,17 @@ def _wait_for_stop(
 ) -> str:
     """Send a snapshot, with the heartbeat of the loop stalled longest
     (``server.oldest_loop``), every SNAPSHOT_INTERVAL_S until a reason to stop arrives:
-    HAND_OVER (a reload), else DRAIN. Meanwhile hear WATCH and answer the supervisor's
-    /connections questions (worker_connections.py)."""
+    HAND_OVER (a reload), else DRAIN. Meanwhile hear WATCH, answer the supervisor's
+    /connections questions and take its fault policy."""
+    faults: FaultPolicy | None = server.faults
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
         while not failed:
             ready = selector.select(SNAPSHOT_INTERVAL_S)
             uplink.send(("s", pack(stats.snapshot()), *server.oldest_loop()))
+            if faults is not None:
+                uplink.send(("q", faults.report()))
             for key, _ in ready:
                 if key.fileobj is wake:
                     try:
@@ -399,4 +387,6 @@ def _wait_for_stop(
                     uplink.watched = bool(command[1])
                 elif isinstance(command, tuple) and command[:1] == (ASK,):
                     uplink.send(answer_question(server.connections, command))
+                elif faults is not None and isinstance(command, tuple) and command[:1] == (FAULTS,):
+                    faults.install(command[1])
     return DRAIN

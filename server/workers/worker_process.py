@@ -28,7 +28,7 @@ from typing import Any
 from server.config import Config
 from server.listeners import Listener
 from server.workers.shared_limits import SharedLimits
-from server.workers.worker import DRAIN, HAND_OVER, WATCH, WorkerSpec
+from server.workers.worker import DRAIN, FAULTS, HAND_OVER, WATCH, WorkerSpec
 from server.workers.worker import main as worker_main
 
 log = logging.getLogger("echo.supervisor")
@@ -130,11 +130,13 @@ class WorkerProcess:
         listeners: tuple[Listener, ...],
         limits: SharedLimits,
         row: int,
+        *,
         log_lines: bool = False,
+        faults: dict[str, Any] | None = None,
     ) -> WorkerProcess:
         up_r, up_w = ctx.Pipe(duplex=False)
         down_r, down_w = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(index, generation, config, listeners, limits, row, up_w, down_r, log_lines)
+        spec = WorkerSpec(index, generation, config, listeners, limits, row, up_w, down_r, log_lines, faults)
         process = ctx.Process(target=worker_main, args=(spec,), name=f"echo-worker-{index}", daemon=True)
         try:
             process.start()
@@ -209,6 +211,13 @@ class WorkerProcess:
     def signal(self, signum: int) -> None:
         try:
             os.kill(self.pid, signum)
+        except OSError:
+            pass  # already gone: its sentinel will say so
+
+    def send_faults(self, policy: dict[str, Any]) -> None:
+        """The supervisor's fault policy changed (FaultPolicy.export)."""
+        try:
+            self._control.send((FAULTS, policy))
         except OSError:
             pass  # already gone: its sentinel will say so
 
