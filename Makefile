@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 IMAGE ?= echo-service:latest
 
-.PHONY: run test lint bench image clean venv
+.PHONY: run test lint bench bench-workers image clean venv
 
 run:  ## run the server from this checkout (nothing installed): make run ARGS="--port 9000"
 	$(PYTHON) -m server $(ARGS)
@@ -30,8 +30,13 @@ lint: $(BIN)/.installed  ## ruff, mypy and hadolint
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-bench: $(BIN)/.installed  ## the performance table against reference servers (loadtest/bench.py)
+bench: $(BIN)/.installed  ## the performance table against reference servers (loadtest/bench.py), then the workers' rows
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-workers
+
+bench-workers: $(BIN)/.installed  ## --workers: connections/s, CPU and the supervisor's per connection; accept wake-ups (docs/workers.md)
+	$(BIN)/python -m loadtest.workers_churn --workers 1 2
+	$(BIN)/python -m loadtest.wakeups
 
 VERSION := $(shell $(PYTHON) -c 'import server; print(server.__version__)')
 SOURCE_URL := $(shell git remote get-url origin 2>/dev/null)

@@ -124,7 +124,7 @@ def serve(
                 log.warning("%s", warning)
             server: EchoServer | Supervisor
             if config.workers > 1:
-                server = Supervisor(config, stats=stats, exchange=exchange)
+                server = Supervisor(config, stats=stats, exchange=exchange, log_actor=actor)
             else:
                 server = EchoServer(config, stats=stats, exchange=exchange)
             run = _Run(server, signals, actor, finish_logging, reload_config)

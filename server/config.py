@@ -221,6 +221,26 @@ class Config:
         check=_between(1, 1024),
         metavar="N",
     )
+    # Liveness (docs/workers.md). The scheduler turns at least once a second even when
+    # idle, so 5 s without a turn is a loop stuck in code that never yields, not a quiet one.
+    heartbeat_timeout: float = setting(
+        5.0,
+        "/healthz answers 503, naming the loop, when a scheduler has not turned for this long; 0 turns it off",
+        parse=_number,
+        check=_between(0, DAY_S),
+        unit="s",
+        metavar="SECONDS",
+    )
+    # Past /healthz's alarm, the supervisor acts: room for a GC pause or a swapped-in page.
+    worker_timeout: float = setting(
+        10.0,
+        "with --workers: a worker whose loop has not turned (or that sent nothing) for this long "
+        "is killed and replaced (worker_hung); 0 turns it off",
+        parse=_number,
+        check=_between(0, DAY_S),
+        unit="s",
+        metavar="SECONDS",
+    )
     # Sized for bursts: a load balancer's health checks plus a load test's ramp-up can
     # open thousands of connections within one scheduler turn.
     backlog: int = setting(

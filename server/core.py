@@ -56,7 +56,7 @@ from server.engine.banner import Banner
 from server.engine.connection import Connection
 from server.engine.listener import backlog_capped, fit_fd_limit
 from server.engine.reflection import reflect
-from server.engine.scheduler import Scheduler, every
+from server.engine.scheduler import Scheduler, every, most_stalled, stall_problem
 from server.engine.tls import TlsContext
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
@@ -125,6 +125,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
         self.config = config
         self._specs = specs if specs is not None else listener_specs(config)
         self._given = listeners
+        self._handing_over = False  # set by shutdown(hand_over=True), read by the acceptors
         self._next_id = next_id or itertools.count(1).__next__
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
@@ -168,6 +169,14 @@ class EchoServer(FailureAttributes, ListenerAddresses):
 
     def is_ready(self) -> bool:
         return self.ready.is_set()
+
+    def oldest_loop(self) -> tuple[str, float]:
+        """The scheduler that has gone longest without a turn, and how long (any thread)."""
+        return most_stalled(self._schedulers)
+
+    def stalled(self) -> str | None:
+        """Why /healthz fails for liveness: a loop stalled over heartbeat_timeout (any thread)."""
+        return stall_problem(*self.oldest_loop(), self.config.heartbeat_timeout)
 
     def snapshot(self) -> StatsSnapshot:
         return self.stats.snapshot()
@@ -246,6 +255,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
                 banner=self._banner(config),
                 tls=tls,
                 sole_owner=self._given is None,  # a worker's are shared with the next generation
+                takes_backlog=lambda: not self._handing_over,
                 faults=self._fault_draw,
                 home=self._acceptor_loop,
             )
@@ -286,8 +296,11 @@ class EchoServer(FailureAttributes, ListenerAddresses):
         self.start()
         self.stopped.wait()
 
-    def shutdown(self) -> None:
-        """Stop accepting, drain, stop. Idempotent; returns once stopped."""
+    def shutdown(self, *, hand_over: bool = False) -> None:
+        """Stop accepting, drain, stop. Idempotent; returns once stopped. ``hand_over``
+        (a worker at a reload): leave the connections the kernel has queued on the shared
+        listeners to the next generation instead of taking them into this drain."""
+        self._handing_over = hand_over
         with self._lock:
             if not self._started or self.stopped.is_set():
                 self.stopped.set()

@@ -156,6 +156,7 @@ class ServerParts:
     banner: Banner | None
     tls: TlsContext | None
     sole_owner: bool  # no other process accepts on these sockets (not a worker's)
+    takes_backlog: Callable[[], bool] | None = None  # asked at the stop (Acceptor)
     handshake_failures: HandshakeFailures = field(default_factory=HandshakeFailures)
     faults: FaultDraw | None = None  # --faults on: each connection (datagram) draws (server/faults/)
     home: Scheduler | None = None  # the acceptors' scheduler: a hand-off to it is a direct call
@@ -204,6 +205,7 @@ def serve(listener: Listener, parts: ServerParts, first: bool) -> list[Serving]:
         proxy=proxy,
         sole_owner=parts.sole_owner,
         name=spec.name,
+        takes_backlog=parts.takes_backlog,
         home=parts.home,
     )
     acceptor.start_connection = pipeline_for(spec, parts, acceptor).start

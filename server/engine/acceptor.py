@@ -45,11 +45,11 @@ from typing import Any
 from server.engine.connection import Connection
 from server.engine.listener import refuse_new_connections
 from server.engine.proxy_protocol import Accept, ProxyHeader
-from server.engine.scheduler import READ, Scheduler, Sleep, TaskGen, Wait
+from server.engine.scheduler import ACCEPT, READ, Scheduler, Sleep, TaskGen, Wait
 from server.lib.net import peer_text
 from server.lib.networks import Network, parse_networks, trusted
 from server.observe.events import Event, event
-from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats
+from server.observe.stats import ADMISSION_BUSY, REJECT_MAX_CONNECTIONS, REJECT_PROXY_PROTOCOL, Stats
 from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.acceptor")
@@ -57,6 +57,12 @@ log = logging.getLogger("echo.acceptor")
 ACCEPT_BATCH = 64  # connections accepted per wake-up before giving other tasks a turn
 ACCEPT_PAUSE_S = 0.1
 BACKLOG_TAKEN_AT_STOP = 65_535  # at most the largest listen backlog
+# With workers, the admission lock may be held by another process (ADMISSION_BUSY): the
+# acceptor yields to its scheduler and tries again this often, for at most this long,
+# then rejects the connection as max_connections (fail closed: a frozen holder is
+# replaced after --worker-timeout).
+ADMIT_RETRY_S = 0.001
+ADMIT_PATIENCE_S = 1.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # Hand-off target: called on the chosen scheduler's thread with the new connection.
@@ -94,6 +100,7 @@ class Acceptor:
         proxy: ProxyPolicy | None = None,
         sole_owner: bool = False,
         name: str = "tcp",
+        takes_backlog: Callable[[], bool] | None = None,
         home: Scheduler | None = None,
     ) -> None:
         """``start_connection`` (set before ``run``): the hand-off, on the chosen
@@ -102,9 +109,12 @@ class Acceptor:
         ``sole_owner``: no other process accepts on ``listener``, so the stop may make
         the kernel refuse new handshakes on it before taking the backlog (listener.py).
         ``name``: the listener, named in its events (``listener=``) unless it is ``tcp``.
+        ``takes_backlog``: asked at the stop; False (a worker handing over to the next
+        generation at a reload) leaves the queued connections to whoever accepts next.
         ``home``: the scheduler this acceptor runs on; a connection handed to it starts at
         once, with no trip through its queue."""
         self._listener = listener
+        self._takes_backlog = takes_backlog
         self._sole_owner = sole_owner
         self._named: dict[str, Any] = {} if name == "tcp" else {"listener": name}
         self._schedulers = schedulers
@@ -132,16 +142,18 @@ class Acceptor:
     def run(self) -> TaskGen:
         assert self.start_connection is not None, "set start_connection before run()"
         accept = self._listener.accept
-        readable = Wait(READ)
+        # A listener shared with other processes (workers) wakes one of them per connection.
+        readable = Wait(READ if self._sole_owner else ACCEPT)
         self._on_ready()
         try:
             while True:
                 yield readable
                 yield from self._accept_batch(accept)
         except GeneratorExit:  # the stop: the listener closes right after this
-            if self._sole_owner:
-                refuse_new_connections(self._listener)
-            self._take_backlog(accept)
+            if self._takes_backlog is None or self._takes_backlog():
+                if self._sole_owner:
+                    refuse_new_connections(self._listener)
+                self._take_backlog(accept)
             raise
         finally:
             # So that the counts of the rejected events add up to every rejection (but for
@@ -163,7 +175,7 @@ class Acceptor:
                 sock, address = accept()
             except OSError:
                 return  # BlockingIOError: none left
-            self._admit(sock, address)
+            self._admit(sock, address, last_try=True)
 
     def _accept_batch(self, accept: Callable[[], tuple[socket.socket, Any]]) -> TaskGen:
         for _ in range(ACCEPT_BATCH):
@@ -181,9 +193,25 @@ class Acceptor:
                 continue
             if self._paused_errno:
                 self._note_resume()
-            self._admit(sock, address)
+            if not self._admit(sock, address):
+                yield from self._admit_when_free(sock, address)
 
-    def _admit(self, sock: socket.socket, address: tuple[object, ...]) -> None:
+    def _admit_when_free(self, sock: socket.socket, address: tuple[object, ...]) -> TaskGen:
+        """The admission lock is another process's for now: give the scheduler back and
+        try again, for at most ADMIT_PATIENCE_S; then reject (never a wait in a thread)."""
+        try:
+            for _ in range(int(ADMIT_PATIENCE_S / ADMIT_RETRY_S)):
+                yield Sleep(ADMIT_RETRY_S)
+                if self._admit(sock, address):
+                    return
+        except GeneratorExit:  # the stop: this one is ours already, as the backlog's are
+            self._admit(sock, address, last_try=True)
+            raise
+        self._admit(sock, address, last_try=True)
+
+    def _admit(self, sock: socket.socket, address: tuple[object, ...], *, last_try: bool = False) -> bool:
+        """Admit or reject the connection (True); False if the admission lock was busy
+        (with workers) and it is to be tried again, unless ``last_try`` (then rejected)."""
         ip, peer = peer_text(address)
         proxy = self._proxy
         if proxy is None:
@@ -192,13 +220,20 @@ class Acceptor:
             self._stats.reject(REJECT_PROXY_PROTOCOL)
             sock.close()
             self.note_rejection(REJECT_PROXY_PROTOCOL, peer, detail="untrusted")
-            return
+            return True
         else:
             reason = self._stats.reserve(self._max_connections)
+        if reason == ADMISSION_BUSY:
+            if not last_try:
+                return False
+            self._stats.reject(REJECT_MAX_CONNECTIONS)
+            sock.close()
+            self.note_rejection(REJECT_MAX_CONNECTIONS, peer, detail="admission_busy")
+            return True
         if reason is not None:
             sock.close()
             self.note_rejection(reason, peer)
-            return
+            return True
         try:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -214,6 +249,7 @@ class Acceptor:
             self.start_connection(scheduler, sock, conn_id, peer, ip)
         else:
             scheduler.call_soon_threadsafe(self.start_connection, scheduler, sock, conn_id, peer, ip)
+        return True
 
     def note_rejection(self, reason: str, peer: str, **detail: Any) -> None:
         """Publish a ``rejected`` event at most once a second per reason (any thread)."""

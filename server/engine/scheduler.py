@@ -6,6 +6,13 @@ waits for and is resumed when that happens:
     yield Wait(READ, timeout)    # its socket is readable (or WaitTimeout is thrown in)
     yield Wait(WRITE, timeout)   # its socket is writable (or WaitTimeout)
     yield Sleep(seconds)         # time passed
+    yield Wait(ACCEPT, timeout)  # as READ, for a listening socket shared by processes
+
+ACCEPT registers the socket with EPOLLEXCLUSIVE (where there is epoll): when a
+connection arrives on a listener that several workers wait on, the kernel wakes one of
+them (or a few), not all (the thundering herd). The kernel wakes the first idle waiter
+in its queue, so each ACCEPT wait re-queues the socket at the back (two epoll_ctl calls
+per wake-up): idle workers take turns instead of the first one taking every connection.
 
 A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
 that socket's registration and closes it when the task ends (the task must not close
@@ -23,9 +30,14 @@ and every deadline fires in the first loop turn at or after it is due. A task th
 ends drops its socket and state at once; its heap entry goes at its own time or the
 next compaction, whichever comes first.
 
+Heartbeat: ``now`` is read once a turn, after the poll; the loop turns at least every
+MAX_IDLE_S even with nothing to do, so ``stalled_for()`` (any thread) is how long the
+loop has been stuck in a task that does not yield: /healthz names such a loop.
+
 Threads: ``run``/``run_once``, ``spawn`` and ``tasks`` belong to the scheduler's own
-thread (tasks run there). ``call_soon_threadsafe`` and ``request_stop`` may be called
-from any thread: they go through a queue plus a socketpair wake-up.
+thread (tasks run there). ``call_soon_threadsafe``, ``request_stop`` and
+``stalled_for`` may be called from any thread: the first two go through a queue plus a
+socketpair wake-up.
 
 Stopping: ``request_stop(grace, abort)`` closes daemon tasks at once, throws Shutdown
 into the others at ``grace`` (they finish on their own terms), and closes whatever is
@@ -43,15 +55,19 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
+from server.engine.os_names import name_thread
 from server.engine.timers import COMPACT_MIN, Deadlines
 
 # The poller's own event bits (EPOLLIN/POLLIN, EPOLLOUT/POLLOUT: the same values).
 READ = select.POLLIN
 WRITE = select.POLLOUT
 _HAS_EPOLL = hasattr(select, "epoll")
+_EXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0) if _HAS_EPOLL else 0  # Linux 4.5+
+ACCEPT = READ | _EXCLUSIVE
+MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
 
 log = logging.getLogger("echo.scheduler")
 
@@ -154,6 +170,25 @@ def every(interval_s: float, action: Callable[[], None]) -> TaskGen:
         action()
 
 
+def most_stalled(loops: Iterable[Scheduler | None]) -> tuple[str, float]:
+    """The loop stalled longest and for how long (any thread); ("", 0.0) if none is."""
+    name, worst = "", 0.0
+    for loop in loops:
+        if loop is not None:
+            stalled = loop.stalled_for()
+            if stalled > worst:
+                name, worst = loop.name, stalled
+    return name, worst
+
+
+def stall_problem(name: str, stalled_s: float, limit_s: float) -> str | None:
+    """What /healthz says of a loop stalled ``stalled_s``: None while within ``limit_s``
+    (0: never a problem)."""
+    if limit_s <= 0 or stalled_s <= limit_s:
+        return None
+    return f"{name} has not turned for {stalled_s:.1f} s"
+
+
 class Scheduler:
     """Generator tasks on one selector, in one thread. See the module docstring."""
 
@@ -185,6 +220,7 @@ class Scheduler:
         self._stop: _StopRequest | None = None
         self._shutdown_thrown = False
         self._closing = False  # run() is ending (stopped, or a fault escaped a turn)
+        self._running = False  # inside run(): only then can the loop stall
 
     # --- any thread ---------------------------------------------------------------
 
@@ -211,6 +247,13 @@ class Scheduler:
         (both on the scheduler's clock)."""
         self._inbox.put(_StopRequest(grace, abort))
         self._wake()
+
+    def stalled_for(self) -> float:
+        """Seconds since the running loop last turned, less the idle wait it may take
+        (0 when it is not running). Any thread: a float attribute, read once."""
+        if not self._running:
+            return 0.0
+        return max(0.0, self._clock() - self.now - MAX_IDLE_S)
 
     def _wake(self) -> None:
         try:
@@ -247,16 +290,20 @@ class Scheduler:
 
     def run(self) -> None:
         """Run tasks until a stop was requested and every task has ended."""
+        self.now = self._clock()
+        self._running = True
+        name_thread(f"echo {self.name}")  # top -H shows which loop is busy
         try:
             while self.run_once():
                 pass
         finally:
+            self._running = False
             self._close()
 
     def run_once(self, block: bool = True) -> bool:
         """One loop turn; returns False once stopped and empty."""
         timeout = self._next_timeout() if block else 0.0
-        ready = self._poller.poll(-1 if timeout is None else timeout * self._poll_scale)
+        ready = self._poller.poll(timeout * self._poll_scale)
         self.now = now = self._clock()
         step = self._step
         by_fd = self._by_fd
@@ -293,12 +340,17 @@ class Scheduler:
             events = wait.events
             if events != task.events:
                 assert task.sock is not None, "a Wait needs the task's socket"
-                if task.events:
+                if task.events and not (events | task.events) & _EXCLUSIVE:
                     self._poller.modify(task.fd, events)
-                else:
+                else:  # EPOLLEXCLUSIVE cannot be modified: register afresh
+                    if task.events:
+                        self._unregister(task)
                     self._poller.register(task.fd, events)
                     self._by_fd[task.fd] = task
                 task.events = events
+            elif events & _EXCLUSIVE:  # to the back of the socket's exclusive waiters
+                self._poller.unregister(task.fd)
+                self._poller.register(task.fd, events)
             task.sleeping = False
             timeout = wait.timeout
         elif type(wait) is Sleep:
@@ -368,7 +420,7 @@ class Scheduler:
                 except Exception:
                     log.exception("call on %s failed", self.name)
 
-    def _next_timeout(self) -> float | None:
+    def _next_timeout(self) -> float:
         when = self._deadlines.next_when()
         if self._stop is not None:
             if not self._tasks:
@@ -376,9 +428,9 @@ class Scheduler:
             stop_at = self._stop.abort if self._shutdown_thrown else self._stop.grace
             when = stop_at if when is None else min(when, stop_at)
         if when is None:
-            return None
+            return MAX_IDLE_S
         # self.now was read after this turn's select: no second clock read per turn.
-        return max(0.0, when - self.now)
+        return min(MAX_IDLE_S, max(0.0, when - self.now))
 
     # --- stopping (the scheduler's thread) ------------------------------------------------
 

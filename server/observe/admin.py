@@ -1,8 +1,8 @@
 """The admin HTTP endpoint: its listener, its connections, its limits and its stop.
 
-    GET /          a plain-text index        GET /metrics  Prometheus text
-    GET /healthz   200 healthy, 503 failed  GET /stats    the Stats snapshot as JSON
-    GET /readyz    200 ready, 503 draining   GET /events   live events, JSON lines (chunked)
+    GET /          a plain-text index            GET /metrics  Prometheus text
+    GET /healthz   200 healthy, 503 failed/stalled  GET /stats    the Stats snapshot as JSON
+    GET /readyz    200 ready, 503 draining       GET /events   live events, JSON lines (chunked)
 
 (HEAD works wherever GET does; the requests themselves are served by
 ``server.admin_http``.) It only reads server state: ``Stats.snapshot()``, the
@@ -102,6 +102,10 @@ class ServerView(Protocol):
         ...
 
     def is_ready(self) -> bool: ...
+
+    def stalled(self) -> str | None:
+        """A scheduler (or a worker's) that stopped turning, named: /healthz says 503."""
+        ...
 
     def snapshot(self) -> StatsSnapshot: ...
 

@@ -32,7 +32,7 @@ ALLOWED = "GET, HEAD"
 LINGER_S = 0.5  # after an error answer, how long to wait for the client to finish sending
 LINGER_READS = 16  # and at most this many reads of up to 64 KiB
 INDEX = """echo-service admin endpoint
-GET /healthz  200 while the process is serving, 503 once a server thread died
+GET /healthz  200 while the process is serving, 503 once a server thread died or a loop stalled
 GET /readyz   200 when accepting, 503 while draining or not yet listening
 GET /metrics  Prometheus text exposition
 GET /stats    connection statistics as JSON
@@ -178,7 +178,13 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
             if healthy and (policy := faults_api.policy_of(view)) is not None and policy.unhealthy():
                 self._send(503, "unhealthy: a fault rule says so (GET /faults)\n")
                 return
-            self._send(200 if healthy else 503, "ok\n" if healthy else "failed: a server thread died\n")
+            stalled = view.stalled() if healthy else None
+            if not healthy:
+                self._send(503, "failed: a server thread died\n")
+            elif stalled is not None:
+                self._send(503, f"stalled: {stalled}\n")
+            else:
+                self._send(200, "ok\n")
         elif path == "/readyz":
             ready = view.is_ready() and not view.draining
             if ready and (policy := faults_api.policy_of(view)) is not None and policy.unready():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -34,10 +34,15 @@ class Exchange:
         self._subscribers: tuple[Subscriber, ...] = ()
         self._failures = 0
         self._report_throttle = Throttle()
+        # Told after each attach/detach (on that thread): the supervisor asks its workers
+        # for their events only while someone besides its log reads them.
+        self.on_change: Callable[[], None] | None = None
 
     def attach(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._subscribers = (*self._subscribers, subscriber)
+        if self.on_change is not None:
+            self.on_change()
 
     def detach(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -45,6 +50,8 @@ class Exchange:
             if subscriber in subscribers:
                 subscribers.remove(subscriber)
             self._subscribers = tuple(subscribers)
+        if self.on_change is not None:
+            self.on_change()
 
     @contextmanager
     def subscribed(self, subscriber: Subscriber) -> Iterator[Subscriber]:
@@ -56,6 +63,17 @@ class Exchange:
 
     def send(self, event: Any) -> None:
         for subscriber in self._subscribers:
+            try:
+                subscriber.send(event)
+            except Exception:
+                self._report(subscriber)
+
+    def send_except(self, event: Any, skipped: Subscriber | None) -> None:
+        """``send`` to every subscriber but ``skipped`` (the supervisor's log, for events
+        whose lines a worker has already written)."""
+        for subscriber in self._subscribers:
+            if subscriber is skipped:
+                continue
             try:
                 subscriber.send(event)
             except Exception:

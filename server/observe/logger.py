@@ -8,7 +8,8 @@ device (see sinks.py).
 Never blocking a server thread: the mailbox is bounded (``log_queue``). When it is
 full, an event is dropped and counted in Stats; when the actor catches up it writes
 "dropped N log events". Lifecycle events (started ... stopped) wait up to a second
-for room instead, so the first and last words of a run are not the ones lost.
+for room instead, so the first and last words of a run are not the ones lost; but for
+``ready``, which a scheduler thread publishes: it never waits.
 
 Never stopping for the log: a line that cannot be written (a full disk, a closed pipe)
 is dropped and counted in the same Stats counter; stderr says so at most once a second
@@ -38,6 +39,9 @@ from server.observe.throttle import Throttle
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 LIFECYCLE = frozenset({"started", "listening", "ready", "stopping", "stopped"})
+# Those that wait for room: not "ready", published on the acceptor's scheduler thread,
+# which never waits (and the mailbox then holds only the few lines of the start).
+WAITS_FOR_ROOM = LIFECYCLE - {"ready"}
 LIFECYCLE_WAIT_S = 1.0
 # Lines reach the sink at most this late, and a busy server's log costs one wake-up of
 # this thread per GATHER_S instead of one per line (see actor.py).
@@ -85,7 +89,7 @@ class LogActor(Actor):
         if isinstance(message, Event):
             if LEVELS.get(message.level, logging.INFO) < self._threshold:
                 return True
-            if message.name in LIFECYCLE:
+            if message.name in WAITS_FOR_ROOM:
                 delivered = self.send_wait(message, LIFECYCLE_WAIT_S)
             else:
                 delivered = super().send(message)
@@ -93,6 +97,15 @@ class LogActor(Actor):
             delivered = super().send(message)
         if not delivered:
             self._stats.log_event_dropped()
+        return delivered
+
+    def send_lines(self, text: str, count: int) -> bool:
+        """Post ``count`` lines formatted elsewhere, written in one piece; never blocks
+        (if the mailbox is full they are dropped and counted, as events are)."""
+        delivered = super().send(Lines(text, count))
+        if not delivered:
+            for _ in range(count):
+                self._stats.log_event_dropped()
         return delivered
 
     def reopen(self) -> None:
@@ -108,6 +121,9 @@ class LogActor(Actor):
             self._reopen()
             if message is _REOPEN:
                 return
+        if type(message) is Lines:  # a worker's batch, formatted there
+            self._write(message.text)
+            return
         if isinstance(message, Event):
             record = message.as_dict()
         elif isinstance(message, logging.LogRecord):
@@ -159,19 +175,35 @@ class LogActor(Actor):
         return ended
 
     def _format(self, record: dict[str, Any]) -> str:
-        if self._json:
-            return json.dumps(record, separators=(",", ":"), default=str) + "\n"
-        name = record.pop("event")
-        if name == "log":  # a logging record: "<ts> <LEVEL> <logger>: <message>"
-            name = record.pop("logger") + ":"
-        head = f"{record.pop('ts')} {record.pop('level').upper():7} {name}"
-        message = record.pop("message", None)
-        exc = record.pop("exc", None)
-        parts = [head] + [f"{k}={v}" for key, value in record.items() for k, v in _text_fields(key, value)]
-        if message is not None:
-            parts.append(str(message))
-        line = " ".join(parts)
-        return line + ("\n" + exc if exc else "") + "\n"
+        return format_record(record, json_lines=self._json)
+
+
+def format_record(record: dict[str, Any], *, json_lines: bool) -> str:
+    """One log line (with its newline) for an event's or a log record's fields: JSON, or
+    text. Any thread (a worker formats its own events' lines with it)."""
+    if json_lines:
+        return json.dumps(record, separators=(",", ":"), default=str) + "\n"
+    name = record.pop("event")
+    if name == "log":  # a logging record: "<ts> <LEVEL> <logger>: <message>"
+        name = record.pop("logger") + ":"
+    head = f"{record.pop('ts')} {record.pop('level').upper():7} {name}"
+    message = record.pop("message", None)
+    exc = record.pop("exc", None)
+    parts = [head] + [f"{k}={v}" for key, value in record.items() for k, v in _text_fields(key, value)]
+    if message is not None:
+        parts.append(str(message))
+    line = " ".join(parts)
+    return line + ("\n" + exc if exc else "") + "\n"
+
+
+class Lines:
+    """Log lines formatted elsewhere (a worker's, in a batch): written as they are."""
+
+    __slots__ = ("count", "text")
+
+    def __init__(self, text: str, count: int) -> None:
+        self.text = text
+        self.count = count
 
 
 def _say(line: str) -> None:

@@ -42,6 +42,9 @@ BYTES_BUCKETS = (0, 64, 1024, 16_384, 262_144, 4_194_304, 67_108_864, 1_073_741_
 REJECT_MAX_CONNECTIONS = "max_connections"
 REJECT_PER_IP = "max_connections_per_ip"
 REJECT_PROXY_PROTOCOL = "proxy_protocol"
+# Not a rejection: with workers, the admission lock is held by another process (admit and
+# reserve may answer it; nothing is counted). The caller tries again (acceptor.py).
+ADMISSION_BUSY = "busy"
 
 # The listeners every snapshot names (zero where not configured), so that dashboards and
 # alerts see the same series whatever the flags; ``add_listener`` names more.

@@ -15,10 +15,18 @@ up pipe and exit sentinel on one selector, and acts on what it hears:
   (then the supervisor fails: the CLI drains the rest and exits 1);
 - /connections questions from admin threads (``ask``): sent down each ready worker's
   control pipe, their answers handed back as they come (worker_connections.py);
+- a hung worker: one whose loop has not turned, or that has sent nothing, for
+  ``--worker-timeout`` (its snapshots carry its heartbeat, every
+  worker.SNAPSHOT_INTERVAL_S), or that is still draining that long after its drain's
+  bound: ``worker_hung`` names why, it gets SIGABRT (its stacks on stderr) and SIGKILL
+  HUNG_GRACE_S later, and its exit is handled like any other (replaced, and counted by
+  the crash-loop rule, unless it was draining);
 - commands from the supervisor's lifecycle thread (``post``): ``reload`` starts a new
   generation and, once it is all ready, drains the old one (if it is not ready within
   RELOAD_READY_S, or one of it dies first, it is drained instead and the old one stays);
-  ``stop`` drains every worker, closes this process's copy of the listener and, past
+  ``stop`` drains every worker (each takes the connections queued on the shared
+  listeners into its drain; a reload's drain leaves them to the generation that stays),
+  closes this process's copy of the listener and, past
   shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S, kills what is left.
 
 Threads: ``post`` and ``ask`` from any thread (a queue plus a wake-up socketpair); everything else
@@ -30,6 +38,7 @@ from __future__ import annotations
 import logging
 import queue
 import selectors
+import signal
 import socket
 import time
 from collections import deque
@@ -44,8 +53,9 @@ from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
 from server.observe.totals import WorkersSnapshot, unpack
 from server.workers.shared_limits import SharedLimits
+from server.workers.worker import SUMMED_UP
 from server.workers.worker_connections import ANSWER, Ask
-from server.workers.worker_counts import WorkerCounts
+from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from server.workers.worker_process import WorkerProcess, exit_status
 
 if TYPE_CHECKING:
@@ -58,8 +68,8 @@ CRASH_LOOP_WINDOW_S = 10.0  # ... within this long: give up (exit 1)
 RELOAD_READY_S = 30.0  # a new generation not ready by then is abandoned; the old one stays
 KILL_MARGIN_S = 0.3  # past shutdown_timeout + FINAL_FLUSH_S: then SIGKILL what is left
 REAP_S = 1.0  # after SIGKILL, how long to wait for the exits
-# Worker events that the supervisor's own events replace.
-_SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
+HUNG_GRACE_S = 1.0  # after a hung worker's SIGABRT, its SIGKILL
+LIVENESS_CHECK_S = 0.25  # how often the monitor looks for hung workers
 
 
 class Owner(Protocol):
@@ -74,6 +84,14 @@ class Owner(Protocol):
     def ready(self) -> Any: ...
 
     def publish(self, record: Event) -> None: ...
+
+    def publish_unlogged(self, record: Event) -> None: ...
+
+    def write_lines(self, text: str, count: int) -> None: ...
+
+    def log_lines(self) -> bool: ...
+
+    def watched(self) -> bool: ...
 
     def snapshot(self) -> WorkersSnapshot: ...
 
@@ -105,9 +123,11 @@ class Monitor:
         self._stop_deadline = 0.0
         self._killed = False
         self._next_stats = 0.0
+        self._watched = False  # the workers were told that /events has readers
 
     def post(self, command: str, config: Config | None = None) -> None:
-        """``stop``, or ``reload`` with its config (any thread)."""
+        """``stop``, ``reload`` with its config, or ``watch`` (the event readers changed)
+        (any thread)."""
         self._commands.put((command, config))
         try:
             self._wake_w.send(b"\0")
@@ -133,7 +153,9 @@ class Monitor:
                         self._take_commands()
                     elif isinstance(key.data, WorkerProcess):
                         self._heard(key.data, key.fileobj)
-                self._tick(time.monotonic())
+                now = time.monotonic()
+                self._owner.counts.turned(now)
+                self._tick(now)
         except Exception as error:
             self._owner.fail("supervisor monitor failed", error)  # logs it, with the traceback
             self._owner.kill_workers()
@@ -150,7 +172,9 @@ class Monitor:
             deadlines.append(self._pending_deadline)
         if self._stopping:
             deadlines.append(self._stop_deadline)
-        return max(0.0, min(deadlines, default=now + 1.0) - now)
+        if self.config.worker_timeout > 0 or any(w.hung_at is not None for w in self._workers.values()):
+            deadlines.append(now + LIVENESS_CHECK_S)
+        return max(0.0, min(deadlines, default=now + MONITOR_IDLE_S) - now)
 
     def _take_commands(self) -> None:
         try:
@@ -169,6 +193,8 @@ class Monitor:
                 self._begin_stop()
             elif command == "reload" and config is not None:
                 self._begin_reload(config)
+            elif command == "watch":
+                self._update_watch()
             elif command == "faults" and self._owner.faults is not None:
                 policy = self._owner.faults.export()
                 for worker in self._workers.values():
@@ -199,6 +225,46 @@ class Monitor:
                     self._owner.kill_workers()
             else:
                 self._workers.clear()  # not reaped in time: leave them (they are SIGKILLed)
+        self._check_liveness(now)
+        self._update_watch()
+
+    def _update_watch(self) -> None:
+        """Tell the workers if someone besides the log now reads events (or stopped)."""
+        watched = self._owner.watched()
+        if watched != self._watched:
+            self._watched = watched
+            for worker in self._workers.values():
+                worker.watch(watched)
+
+    def _check_liveness(self, now: float) -> None:
+        drain_bound = self.config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S
+        for worker in list(self._workers.values()):
+            if worker.hung_at is not None:
+                if now >= worker.hung_at + HUNG_GRACE_S:
+                    worker.signal(signal.SIGKILL)  # again each check until reaped: harmless
+                continue
+            why = worker.hung(now, self.config.worker_timeout, None if self._stopping else drain_bound)
+            if why is not None:
+                self._hung(worker, now, why)
+
+    def _hung(self, worker: WorkerProcess, now: float, why: str) -> None:
+        worker.hung_at = now
+        self._owner.publish(
+            event(
+                "worker_hung",
+                level="error",
+                worker=worker.index,
+                pid=worker.pid,
+                generation=worker.generation,
+                reason=why,
+                worker_timeout_s=self.config.worker_timeout,
+            )
+        )
+        worker.signal(signal.SIGABRT)
+
+    def _drain(self, worker: WorkerProcess, *, hand_over: bool = False) -> None:
+        worker.drain(hand_over=hand_over)
+        self._owner.counts.draining(worker.pid)
 
     def _spawn_generation(self, config: Config) -> int:
         self._generation += 1 if self._pending is None else 0
@@ -224,8 +290,11 @@ class Monitor:
             self._listeners,
             self._limits,
             row,
-            faults.export() if faults is not None else None,
+            log_lines=self._owner.log_lines(),
+            faults=faults.export() if faults is not None else None,
         )
+        if self._watched:
+            worker.watch(True)
         worker.replacing_at = replacing_at
         self._workers[worker.pid] = worker
         self._selector.register(worker.uplink, selectors.EVENT_READ, worker)
@@ -249,6 +318,8 @@ class Monitor:
         batch = worker.receive()
         if batch is None:
             return None
+        if batch:
+            worker.heard_at = time.monotonic()
         for message in batch:
             self._take(worker, message)
         return len(batch)
@@ -259,9 +330,15 @@ class Monitor:
             _, name, level, conn_id, peer, data, at = message
             if name == "ready":
                 self._worker_ready(worker)
-            elif name not in _SUMMED_UP:
+            elif name not in SUMMED_UP:
                 fields = MappingProxyType({**data, "worker": worker.index})
                 self._owner.publish(Event(name, level, conn_id, peer, fields, at))
+        elif kind == "L":  # log lines the worker formatted: written as they are
+            self._owner.write_lines(message[1], message[2])
+        elif kind == "w":  # an event whose line the worker wrote: for /events readers only
+            _, name, level, conn_id, peer, data, at = message
+            fields = MappingProxyType({**data, "worker": worker.index})
+            self._owner.publish_unlogged(Event(name, level, conn_id, peer, fields, at))
         elif kind == "l":
             _, name, levelno, text, created = message
             record = logging.makeLogRecord(
@@ -271,6 +348,9 @@ class Monitor:
             logging.getLogger(name).handle(record)
         elif kind in ("s", "f"):
             self._owner.counts.update(worker.pid, unpack(message[1]))
+            if len(message) >= 4:  # a heartbeat: its loop stalled longest, and how long
+                worker.stalled_loop, worker.stalled_s = message[2], message[3]
+                self._owner.counts.heard(worker.pid, worker.heard_at, worker.stalled_loop, worker.stalled_s)
         elif kind == "q" and self._owner.faults is not None:
             self._owner.faults.note(worker.pid, message[1])
         elif kind == ANSWER:
@@ -350,7 +430,7 @@ class Monitor:
         config = self.config
         self._stop_deadline = time.monotonic() + config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S
         for worker in self._workers.values():
-            worker.drain()
+            self._drain(worker)
         self._close_listeners()  # the workers' copies keep them open until they stop accepting
 
     def _close_listeners(self) -> None:
@@ -379,13 +459,14 @@ class Monitor:
         self.config = self._owner.config = self._configs[self._generation]
         for worker in self._workers.values():
             if worker.generation != self._generation:
-                worker.drain()
+                self._drain(worker, hand_over=True)  # the queued connections are the new ones'
+
         self._owner.publish(event("reloaded", generation=self._generation, previous=old, workers=self.config.workers))
 
     def _abandon_reload(self, why: str) -> None:
         generation, self._pending = self._pending, None
         for worker in self._workers.values():
             if worker.generation == generation:
-                worker.drain()
+                self._drain(worker, hand_over=True)  # the old generation goes on accepting
         log.error("reload failed: generation %s %s; generation %d keeps serving", generation, why, self._generation)
         self._owner.publish(event("reload_failed", level="error", generation=generation, reason=why))

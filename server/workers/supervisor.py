@@ -30,7 +30,7 @@ Threads: the *monitor* thread (monitor.py) owns the worker processes; what it le
 that others read (snapshots, rows, pids) is in ``counts`` (worker_counts.py).
 ``start``, ``reload``, ``shutdown`` and ``kill_workers`` are for the threads that own
 the lifecycle (the CLI's main and stopper threads); they reach the monitor through
-``Monitor.post``. The ServerView methods (``snapshot``, ``is_ready``, ``draining``),
+``Monitor.post``. The ServerView methods (``snapshot``, ``is_ready``, ``draining``, ``stalled``),
 ``fail`` and ``kill_workers`` may be called from any thread. ``failure``, ``healthy`` and
 ``add_failure_callback`` come from failure.py; the callbacks run on the thread that
 failed (the monitor's).
@@ -39,6 +39,7 @@ failed (the monitor's).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from server.config import Config
 from server.core import FINAL_FLUSH_S, STOP_BUDGET_S, admin_close_budget
 from server.engine.listener import refuse_new_connections
+from server.engine.os_names import name_process
 from server.engine.tls import TlsError
 from server.failure import FailureAttributes, FailureRecord
 from server.lib.net import format_address
@@ -58,6 +60,7 @@ from server.observe.admin import AdminServer
 from server.observe.events import Event, event
 from server.observe.exchange import Exchange, get_exchange
 from server.observe.faults_api import load_token
+from server.observe.logger import LogActor
 from server.observe.stats import Stats, StatsSnapshot
 from server.observe.totals import WorkersSnapshot
 from server.workers.monitor import KILL_MARGIN_S, REAP_S, Monitor
@@ -87,8 +90,18 @@ RESTART_ONLY = (
 
 
 class Supervisor(FailureAttributes, ListenerAddresses):
-    def __init__(self, config: Config, *, stats: Stats | None = None, exchange: Exchange | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stats: Stats | None = None,
+        exchange: Exchange | None = None,
+        log_actor: LogActor | None = None,
+    ) -> None:
+        """``log_actor``: the LogActor subscribed to ``exchange``; given, the workers format
+        their events' lines themselves and it writes them in batches (worker.Uplink)."""
         self.config = config
+        self._log = log_actor
         self.stats = stats or Stats()  # the supervisor's own: the log's drops, its uptime
         self.exchange = exchange or get_exchange("events")
         self.ready = threading.Event()
@@ -124,12 +137,35 @@ class Supervisor(FailureAttributes, ListenerAddresses):
     def is_ready(self) -> bool:
         return self.ready.is_set() and not self._draining
 
+    def stalled(self) -> str | None:
+        """A stalled loop of a worker, a silent worker, or this process's stalled monitor
+        thread, past heartbeat_timeout, named: /healthz answers 503 with it."""
+        return self.counts.stalled(self.config.heartbeat_timeout)
+
     def snapshot(self) -> WorkersSnapshot:
         """Totals across every worker, past and present, plus one row per live worker."""
         return self.counts.snapshot(self.stats.snapshot())
 
     def publish(self, record: Event) -> None:
         self.exchange.send(record)
+
+    # --- the monitor thread: the workers' lines and events ----------------------------
+
+    def log_lines(self) -> bool:
+        """Whether workers format their own events' log lines (a LogActor was given)."""
+        return self._log is not None
+
+    def write_lines(self, text: str, count: int) -> None:
+        if self._log is not None:
+            self._log.send_lines(text, count)
+
+    def publish_unlogged(self, record: Event) -> None:
+        """A worker's event whose line it already wrote: to every subscriber but the log."""
+        self.exchange.send_except(record, self._log)
+
+    def watched(self) -> bool:
+        """Someone besides the log reads the events (/events, a test): workers send them."""
+        return self.exchange.subscriber_count > (1 if self._log is not None else 0)
 
     def _faults_changed(self) -> None:  # the admin handler that changed the policy
         if self._monitor is not None:
@@ -142,12 +178,14 @@ class Supervisor(FailureAttributes, ListenerAddresses):
         with self._lock:
             if self._started:
                 return
+            name_process("echo-supervisor")  # ps -e, top; its workers are "echo-worker N"
             config = self.config
             listeners = open_listeners(listener_specs(config), config.backlog)
             self.listeners = listeners
             self.server_address = listeners[0].address
             # Rows for a generation, the one draining behind it, and spares for replacements.
             limits = SharedLimits(rows=3 * max(config.workers, 4), context=self._ctx)
+            self.counts.count_peak_with(limits.peak)
             if config.admin_port is not None:
                 try:
                     self.admin = AdminServer(self, config.effective_admin_host, config.admin_port)
@@ -159,6 +197,7 @@ class Supervisor(FailureAttributes, ListenerAddresses):
             names = tuple(listener.name for listener in listeners if listener.spec.streams)
             self.connections = WorkerConnections(self._monitor.ask, names)  # GET /connections
             self._monitor_thread = threading.Thread(target=self._monitor.run, name="supervisor", daemon=True)
+            self.exchange.on_change = functools.partial(self._monitor.post, "watch")
             self._started = True
             self.publish(
                 event("started", workers=config.workers, loops=config.loops, max_connections=config.max_connections)
@@ -215,6 +254,7 @@ class Supervisor(FailureAttributes, ListenerAddresses):
             assert self._monitor is not None and self._monitor_thread is not None
             self._monitor.post("stop")
             self._monitor_thread.join(config.shutdown_timeout + FINAL_FLUSH_S + KILL_MARGIN_S + REAP_S + 1.0)
+            self.exchange.on_change = None
             final = self.snapshot()
             fields = StatsSnapshot.as_dict(final)
             self.publish(event("stopped", **fields, workers_restarted=final.restarts))

@@ -10,11 +10,16 @@ the process. The worker then runs ``main(spec)``:
   off (the supervisor publishes the totals), admitting through ``GlobalStats`` so that
   max_connections and max_connections_per_ip hold for the whole server (shared_limits.py);
 - an ``Uplink`` actor: subscribed to the worker's events Exchange and its ``echo``
-  logger, it sends them in batches up the worker's pipe, plus a stats snapshot every
-  SNAPSHOT_INTERVAL_S and a final one after the drain. Its mailbox is bounded
+  logger, it sends them in batches up the worker's pipe (its events as log lines it
+  formats itself: see Uplink), plus a stats snapshot every SNAPSHOT_INTERVAL_S and a
+  final one after the drain. Its mailbox is bounded
   (``log_queue``): if the supervisor falls behind, events are dropped and counted, and
   no server thread ever waits for the pipe;
-- the main thread waits for a stop: ``drain`` on the control pipe, the control pipe's
+- the main thread sends, with each snapshot, the heartbeat of its loop stalled longest
+  (``EchoServer.oldest_loop``): the supervisor replaces a worker whose loop stalls, or
+  that stops sending, for ``--worker-timeout`` (monitor.py);
+- the main thread waits for a stop (and hears ``("watch", bool)``: whether the
+  supervisor wants the events themselves): ``drain`` on the control pipe, the control pipe's
   end (the supervisor is gone), or SIGTERM. Then it drains (EchoServer.shutdown), sends
   its final snapshot and exits 0 (1 if a server thread had failed).
 
@@ -28,24 +33,29 @@ thread); GlobalStats as Stats (any thread).
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
+import resource
 import selectors
 import signal
 import socket
+import threading
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import TYPE_CHECKING, Any
 
 from server.config import Config
+from server.engine.os_names import name_process
 from server.listeners import Listener
 from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
-from server.observe.logger import LEVELS
-from server.observe.stats import Stats
+from server.observe.logger import LEVELS, format_record
+from server.observe.stats import REJECT_PER_IP, Stats
+from server.observe.throttle import Throttle
 from server.observe.totals import pack
-from server.workers.shared_limits import SharedLimits
+from server.workers.shared_limits import BUSY, CONTENDED_S, SharedLimits
 from server.workers.worker_connections import ASK, answer_question
 
 if TYPE_CHECKING:
@@ -54,9 +64,19 @@ if TYPE_CHECKING:
 MIN_UDP_RATE = 0.001  # the lowest udp_rate a Config accepts
 SNAPSHOT_INTERVAL_S = 0.5  # how often a worker's counters reach the supervisor
 BATCH = 256  # messages sent up the pipe in one write, at most
-DRAIN = "drain"  # the supervisor's commands: drain; (FAULTS, policy) with --faults on; a /connections question
+# Woken by a message, the Uplink lets the burst it begins gather this long (Actor's
+# gather_s), then sends it as one batch: the supervisor takes a busy worker's lines by
+# the dozen. It is also what a worker killed by SIGKILL may leave unsaid: this long's worth.
+LINGER_S = 0.02
+DRAIN = "drain"  # the supervisor's command to stop (the others: WATCH, FAULTS, a /connections question)
+HAND_OVER = "hand over"  # stop, leaving the listeners' queued connections to the next generation
+WATCH = "watch"
+# Worker events that the supervisor's own events replace (it acts on them, not logs them).
+SUMMED_UP = frozenset({"started", "listening", "ready", "stopping", "stopped", "stats"})
 FAULTS = "faults"
 _UNLIMITED = 1 << 62
+
+log = logging.getLogger("echo.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +89,7 @@ class WorkerSpec:
     row: int
     uplink: Pipe  # write end: worker -> supervisor
     control: Pipe  # read end: supervisor -> worker
+    log_lines: bool = False  # format its events' log lines itself (Uplink)
     faults: dict[str, Any] | None = None  # --faults on: the supervisor's policy now (FaultPolicy.export)
 
 
@@ -92,14 +113,24 @@ def worker_config(config: Config) -> Config:
 class GlobalStats(Stats):
     """Stats whose admission asks the shared limits (one check for all workers), then
     counts here what they decided, under the same reason. The same for the two steps
-    of PROXY protocol admission (see stats.py)."""
+    of PROXY protocol admission (see stats.py).
+
+    If the admission lock stays held (shared_limits.BUSY: its holder was preempted, or
+    is stopped or frozen), ``admit`` and ``reserve`` say BUSY, counting nothing: the
+    acceptor yields and tries again (acceptor.py). ``admit_reserved`` (after a PROXY
+    header, on a connection's scheduler) rejects instead, as max_connections_per_ip
+    (fail closed), with a warning at most once a second."""
 
     def __init__(self, limits: SharedLimits) -> None:
         super().__init__()
         self._limits = limits
+        self._busy_lock = threading.Lock()
+        self._busy_throttle = Throttle()
 
     def admit(self, ip: str, max_total: int, max_per_ip: int, listener: str = "tcp") -> str | None:
         reason = self._limits.admit(ip, max_total, max_per_ip)
+        if reason == BUSY:
+            return reason  # nothing decided, nothing counted: try again
         if reason is None:
             return super().admit(ip, _UNLIMITED, _UNLIMITED, listener)  # counts it here
         super().reject(reason)
@@ -107,6 +138,8 @@ class GlobalStats(Stats):
 
     def reserve(self, max_total: int) -> str | None:
         reason = self._limits.reserve(max_total)
+        if reason == BUSY:
+            return reason  # as admit
         if reason is None:
             return super().reserve(_UNLIMITED)
         super().reject(reason)
@@ -114,6 +147,9 @@ class GlobalStats(Stats):
 
     def admit_reserved(self, ip: str, max_per_ip: int, listener: str = "tcp") -> str | None:
         reason = self._limits.admit_reserved(ip, max_per_ip)
+        if reason == BUSY:
+            self._limits.unreserve()  # the place goes back, as with any rejection
+        reason = self._settle(reason, REJECT_PER_IP)
         if reason is None:
             return super().admit_reserved(ip, _UNLIMITED, listener)
         super().reject_reserved(reason)
@@ -126,6 +162,22 @@ class GlobalStats(Stats):
     def connection_closed(self, ip: str, *args: Any, **kwargs: Any) -> None:
         super().connection_closed(ip, *args, **kwargs)
         self._limits.release(ip)
+
+    def _settle(self, reason: str | None, busy_as: str) -> str | None:
+        """``busy_as`` for BUSY (fail closed, said at most once a second), else ``reason``."""
+        if reason != BUSY:
+            return reason
+        with self._busy_lock:
+            held_back = self._busy_throttle.allow()
+        if held_back is not None:
+            log.warning(
+                "the admission lock stayed held over %.0f ms (a preempted, stopped or frozen worker?): "
+                "rejecting as %s (%d times in this worker so far)",
+                CONTENDED_S * 1000,
+                busy_as,
+                self._limits.contended,
+            )
+        return busy_as
 
 
 def wire_event(record: Event) -> tuple[Any, ...]:
@@ -140,14 +192,38 @@ def wire_log(record: logging.LogRecord) -> tuple[Any, ...]:
 
 
 class Uplink(Actor):
-    """Events, log records and snapshots up the pipe, in batches (see the module docstring)."""
+    """Events, log records and snapshots up the pipe, in batches (see the module docstring).
 
-    def __init__(self, pipe: Pipe, stats: Stats, mailbox_size: int) -> None:
-        super().__init__("uplink", mailbox_size)
+    With ``log_lines`` (the supervisor has a LogActor), the worker formats its events'
+    log lines itself, as the supervisor's LogActor would (with ``worker``), and sends
+    each batch's lines as one text: the supervisor writes them without unpickling an
+    event, building it again or formatting it (its cost per connection is what bounds a
+    host with many workers). Events go up as events too only while ``watched`` (the
+    supervisor has /events readers), and the lifecycle ones (SUMMED_UP) always: the
+    supervisor acts on them and writes its own lines for them."""
+
+    def __init__(
+        self,
+        pipe: Pipe,
+        stats: Stats,
+        mailbox_size: int,
+        *,
+        worker: int = 0,
+        log_lines: bool = False,
+        log_format: str = "text",
+        log_level: str = "info",
+    ) -> None:
+        super().__init__("uplink", mailbox_size, gather_s=LINGER_S)
         self._pipe = pipe
         self._stats = stats
         self._batch: list[tuple[Any, ...]] = []
+        self._lines: list[str] = []
         self._broken = False
+        self._worker = worker
+        self._log_lines = log_lines
+        self._json = log_format == "json"
+        self._threshold = LEVELS[log_level]
+        self.watched = False  # set by the main thread (the supervisor says so)
         self.handler = _UplinkHandler(self)
 
     def send(self, message: Any) -> bool:  # any thread
@@ -158,15 +234,29 @@ class Uplink(Actor):
 
     def handle(self, message: Any) -> None:
         if isinstance(message, Event):
-            self._batch.append(wire_event(message))
+            if not self._log_lines or message.name in SUMMED_UP:
+                self._batch.append(wire_event(message))
+            else:
+                if LEVELS.get(message.level, logging.INFO) >= self._threshold:
+                    record = message.as_dict()
+                    record["worker"] = self._worker
+                    self._lines.append(format_record(record, json_lines=self._json))
+                if self.watched:
+                    self._batch.append(("w", *wire_event(message)[1:]))
         elif isinstance(message, logging.LogRecord):
             self._batch.append(wire_log(message))
         else:
             self._batch.append(message)
-        if len(self._batch) >= BATCH:
-            self.idle()
+        if len(self._batch) + len(self._lines) >= BATCH:
+            self._flush()
 
     def idle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._lines:
+            self._batch.append(("L", "".join(self._lines), len(self._lines)))
+            self._lines = []
         if not self._batch:
             return
         batch, self._batch = self._batch, []
@@ -193,17 +283,29 @@ def main(spec: WorkerSpec) -> None:
 
     for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+    # A hung worker gets SIGABRT (monitor.py): every thread's stack on stderr, no core file.
+    faulthandler.enable()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)  # set_wakeup_fd does the telling
 
+    name_process(f"echo-worker {spec.index}")  # as the logs' ``worker`` field
     config = worker_config(spec.config)
     spec.limits.bind(spec.row)
     stats = GlobalStats(spec.limits)
     exchange = Exchange("events")
-    uplink = Uplink(spec.uplink, stats, config.log_queue)
+    uplink = Uplink(
+        spec.uplink,
+        stats,
+        config.log_queue,
+        worker=spec.index,
+        log_lines=spec.log_lines,
+        log_format=config.log_format,
+        log_level=config.log_level,
+    )
     echo_logger = logging.getLogger("echo")
     echo_logger.setLevel(LEVELS[config.log_level])
     echo_logger.propagate = False
@@ -212,7 +314,14 @@ def main(spec: WorkerSpec) -> None:
     exchange.attach(uplink)
     for listener in spec.listeners:
         listener.sock.setblocking(False)
-    server = EchoServer(config, stats=stats, exchange=exchange, listeners=spec.listeners, worker=spec.index)
+    server = EchoServer(
+        config,
+        stats=stats,
+        exchange=exchange,
+        listeners=spec.listeners,
+        worker=spec.index,
+        next_id=spec.limits.next_id,
+    )
     if server.faults is not None and spec.faults is not None:
         server.faults.install(spec.faults)
     failed: list[BaseException] = []
@@ -228,8 +337,8 @@ def main(spec: WorkerSpec) -> None:
     code = 0
     try:
         server.start()
-        _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server)
-        server.shutdown()
+        why = _wait_for_stop(spec.control, wake_r, stats, uplink, failed, server)
+        server.shutdown(hand_over=why == HAND_OVER)
         code = 1 if failed else 0
     finally:
         uplink.send_wait(("f", pack(stats.snapshot())), 2.0)  # the totals need this one
@@ -247,16 +356,18 @@ def main(spec: WorkerSpec) -> None:
 
 def _wait_for_stop(
     control: Pipe, wake: socket.socket, stats: Stats, uplink: Uplink, failed: list[Any], server: Any
-) -> None:
-    """Send a snapshot every SNAPSHOT_INTERVAL_S until a reason to stop arrives; answer
-    the supervisor's /connections questions and take its fault policy meanwhile."""
+) -> str:
+    """Send a snapshot, with the heartbeat of the loop stalled longest
+    (``server.oldest_loop``), every SNAPSHOT_INTERVAL_S until a reason to stop arrives:
+    HAND_OVER (a reload), else DRAIN. Meanwhile hear WATCH, answer the supervisor's
+    /connections questions and take its fault policy."""
     faults: FaultPolicy | None = server.faults
     with selectors.DefaultSelector() as selector:
         selector.register(control.fileno(), selectors.EVENT_READ)
         selector.register(wake, selectors.EVENT_READ)
         while not failed:
             ready = selector.select(SNAPSHOT_INTERVAL_S)
-            uplink.send(("s", pack(stats.snapshot())))
+            uplink.send(("s", pack(stats.snapshot()), *server.oldest_loop()))
             if faults is not None:
                 uplink.send(("q", faults.report()))
             for key, _ in ready:
@@ -265,14 +376,17 @@ def _wait_for_stop(
                         wake.recv(64)
                     except BlockingIOError:
                         pass
-                    return  # SIGTERM, or a failure
+                    return DRAIN  # SIGTERM, or a failure
                 try:
                     command = control.recv()
                 except (EOFError, OSError):
-                    return  # the supervisor is gone: drain and go
-                if command == DRAIN:
-                    return
-                if isinstance(command, tuple) and command[:1] == (ASK,):
+                    return DRAIN  # the supervisor is gone: drain and go
+                if command in (DRAIN, HAND_OVER):
+                    return str(command)
+                if isinstance(command, tuple) and command[:1] == (WATCH,):
+                    uplink.watched = bool(command[1])
+                elif isinstance(command, tuple) and command[:1] == (ASK,):
                     uplink.send(answer_question(server.connections, command))
                 elif faults is not None and isinstance(command, tuple) and command[:1] == (FAULTS,):
                     faults.install(command[1])
+    return DRAIN
