@@ -7,7 +7,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from server.engine.scheduler import ACCEPT, READ, Scheduler, TaskGen, Wait
+from server.engine.scheduler import Scheduler
+from server.engine.waits import ACCEPT, READ, TaskGen, Wait
 
 
 def serve(listener: socket.socket, exclusive: bool, stop: socket.socket, report: Any) -> None:

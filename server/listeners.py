@@ -30,10 +30,11 @@ from server.engine.connection import Connection
 from server.engine.echo import plain_echo
 from server.engine.pipeline import EchoWaits, Pipeline, Step, Transport
 from server.engine.proxy_step import proxy_step
-from server.engine.scheduler import Scheduler, TaskGen, every
+from server.engine.scheduler import Scheduler
 from server.engine.tls import TlsContext
 from server.engine.tls_echo import HandshakeFailures, handshake_step, tls_echo, wrapper
 from server.engine.udp import UdpEcho, open_udp
+from server.engine.waits import TaskGen, every
 from server.lib.net import ListenError, open_listener
 from server.observe.events import Event
 from server.observe.stats import Stats

@@ -18,7 +18,7 @@ from server.engine import echo as echo_module
 from server.engine.connection import Connection
 from server.engine.echo import plain_echo
 from server.engine.pipeline import STALL_CHECKS, EchoWaits, Pipeline, Step, Transport
-from server.engine.scheduler import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout
+from server.engine.waits import READ, WRITE, Shutdown, TaskGen, Wait, WaitTimeout
 
 Script = bytes | int | BaseException  # recv: data (b"" = EOF) or an error; send: bytes taken or an error
 

@@ -12,7 +12,7 @@ import pytest
 from server.engine import echo as echo_module
 from server.engine.connection import Connection
 from server.engine.pipeline import EchoWaits
-from server.engine.scheduler import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
+from server.engine.waits import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
 from server.faults.behaviours import BURST_S, faulted_loop
 from server.faults.policy import Fault
 from server.faults.rules import parse_flag

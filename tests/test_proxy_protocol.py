@@ -27,7 +27,7 @@ from server.engine.proxy_protocol import (
     parse,
 )
 from server.engine.proxy_step import ProxyRejected, read_proxy_header
-from server.engine.scheduler import Shutdown, Wait, WaitTimeout
+from server.engine.waits import Shutdown, Wait, WaitTimeout
 from server.lib.networks import parse_networks, trusted
 from server.observe.events import Event
 from server.observe.stats import REJECT_PROXY_PROTOCOL, Stats

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.engine.scheduler import READ, Scheduler, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
+from server.engine.scheduler import Scheduler
+from server.engine.waits import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
 
 
 class FakeClock:

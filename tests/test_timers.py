@@ -13,8 +13,9 @@ import random
 import socket
 from dataclasses import dataclass
 
-from server.engine.scheduler import READ, Scheduler, Shutdown, TaskGen, Wait, WaitTimeout
+from server.engine.scheduler import Scheduler
 from server.engine.timers import COMPACT_MIN, Deadlines
+from server.engine.waits import READ, Shutdown, TaskGen, Wait, WaitTimeout
 
 # What a byte sent to a task means: its next wait's timeout (None: no deadline), or end.
 TIMEOUTS: dict[bytes, float | None] = {b"a": 10.0, b"b": 3.0, b"c": 0.5, b"n": None}

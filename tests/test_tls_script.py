@@ -14,8 +14,8 @@ from collections import deque
 import pytest
 
 from server.engine.pipeline import STALL_CHECKS
-from server.engine.scheduler import READ, WRITE, Shutdown, WaitTimeout
 from server.engine.tls_echo import HandshakeFailures, handshake_step, tls_echo
+from server.engine.waits import READ, WRITE, Shutdown, WaitTimeout
 from tests.test_echo_script import Run, Script, ScriptedSocket
 
 

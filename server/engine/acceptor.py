@@ -45,7 +45,8 @@ from typing import Any
 from server.engine.connection import Connection
 from server.engine.listener import refuse_new_connections
 from server.engine.proxy_protocol import Accept, ProxyHeader
-from server.engine.scheduler import ACCEPT, READ, Scheduler, Sleep, TaskGen, Wait
+from server.engine.scheduler import Scheduler
+from server.engine.waits import ACCEPT, READ, Sleep, TaskGen, Wait
 from server.lib.net import peer_text
 from server.lib.networks import Network, parse_networks, trusted
 from server.observe.events import Event, event

@@ -27,7 +27,7 @@ from server.engine.connection import CloseConnection, Connection
 from server.engine.echo import flush
 from server.engine.pipeline import EchoWaits, Step
 from server.engine.reflection import FIELD_PARTS, flat_fields, local_address, reflect, to_json
-from server.engine.scheduler import Sleep, Wait
+from server.engine.waits import Sleep, Wait
 from server.lib.banner_template import check_template, fields_used
 
 _NOTHING_SEEN = dict.fromkeys(FIELD_PARTS, "")

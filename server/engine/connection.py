@@ -20,7 +20,7 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from server.engine.scheduler import Shutdown, WaitTimeout
+from server.engine.waits import Shutdown, WaitTimeout
 
 if TYPE_CHECKING:
     from server.engine.proxy_protocol import ProxyHeader

@@ -43,7 +43,7 @@ from collections.abc import Generator
 
 from server.engine.connection import Connection
 from server.engine.pipeline import STALL_CHECKS, EchoWaits, Pipeline, ended_by
-from server.engine.scheduler import READ, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
+from server.engine.waits import READ, Shutdown, TaskGen, Wait, WaitTimeout, reset_on_close
 
 # After a shutdown FIN, read and drop what the client still sends until it closes, so
 # that closing does not turn into an RST that could destroy echo the client has not yet

@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 from server.engine import tcp_info
 from server.engine.connection import Connection
-from server.engine.scheduler import READ, WRITE, Scheduler, Sleep, TaskGen
+from server.engine.scheduler import Scheduler
+from server.engine.waits import READ, WRITE, Sleep, TaskGen
 
 CHUNK = 500  # connections summarized between two scheduler turns
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from server.engine.connection import CloseConnection, Connection, close_reason
-from server.engine.scheduler import READ, WRITE, Scheduler, Sleep, TaskGen, Wait, reset_on_close
+from server.engine.scheduler import Scheduler
+from server.engine.waits import READ, WRITE, Sleep, TaskGen, Wait, reset_on_close
 
 if TYPE_CHECKING:
     from server.engine.proxy_step import ProxyGate

@@ -25,7 +25,7 @@ from typing import Protocol
 from server.engine.connection import CloseConnection, Connection
 from server.engine.pipeline import Step
 from server.engine.proxy_protocol import Accept, ProxyHeader, ProxyProtocolError, examine, parse
-from server.engine.scheduler import READ, Shutdown, Sleep, Wait, WaitTimeout
+from server.engine.waits import READ, Shutdown, Sleep, Wait, WaitTimeout
 
 _raw_recv = socket.socket.recv  # SSLSocket overrides recv; this reads the descriptor itself
 

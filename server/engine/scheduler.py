@@ -1,12 +1,8 @@
 """Scheduler: runs many generator tasks in one thread, on one epoll set.
 
 A task is a generator written like the blocking loop it replaces. It yields what it
-waits for and is resumed when that happens:
-
-    yield Wait(READ, timeout)    # its socket is readable (or WaitTimeout is thrown in)
-    yield Wait(WRITE, timeout)   # its socket is writable (or WaitTimeout)
-    yield Sleep(seconds)         # time passed
-    yield Wait(ACCEPT, timeout)  # as READ, for a listening socket shared by processes
+waits for (waits.py: Wait(READ | WRITE | ACCEPT, timeout), Sleep(seconds)) and is
+resumed when that happens, or has WaitTimeout or Shutdown thrown in.
 
 ACCEPT registers the socket with EPOLLEXCLUSIVE (where there is epoll): when a
 connection arrives on a listener that several workers wait on, the kernel wakes one of
@@ -53,55 +49,27 @@ import logging
 import queue
 import select
 import socket
-import struct
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from server.engine.os_names import name_thread
 from server.engine.timers import COMPACT_MIN, Deadlines
+from server.engine.waits import (
+    EXCLUSIVE,
+    READ,
+    Shutdown,
+    Sleep,
+    TaskGen,
+    Wait,
+    WaitTimeout,
+    reset_on_close,
+)
 
-# The poller's own event bits (EPOLLIN/POLLIN, EPOLLOUT/POLLOUT: the same values).
-READ = select.POLLIN
-WRITE = select.POLLOUT
-_HAS_EPOLL = hasattr(select, "epoll")
-_EXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0) if _HAS_EPOLL else 0  # Linux 4.5+
-ACCEPT = READ | _EXCLUSIVE
 MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
+_HAS_EPOLL = hasattr(select, "epoll")
 
 log = logging.getLogger("echo.scheduler")
-
-
-class Wait:
-    """Wait until the task's socket is ready for ``events``; ``timeout`` seconds or None."""
-
-    __slots__ = ("events", "timeout")
-
-    def __init__(self, events: int, timeout: float | None = None) -> None:
-        self.events = events
-        self.timeout = timeout
-
-
-class Sleep:
-    __slots__ = ("seconds",)
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-
-class WaitTimeout(Exception):
-    """Thrown into a task whose Wait lasted ``timeout`` seconds with no readiness."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__(timeout)
-        self.timeout = timeout
-
-
-class Shutdown(Exception):
-    """Thrown into each remaining task at the stop's grace deadline: finish up."""
-
-
-TaskGen = Generator["Wait | Sleep", None, None]
 
 
 class Task:
@@ -150,24 +118,6 @@ class _StopRequest:
     def __init__(self, grace: float, abort: float) -> None:
         self.grace = grace
         self.abort = abort
-
-
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-
-
-def reset_on_close(sock: socket.socket) -> None:
-    """Make close() send RST: no orphaned kernel buffers for a peer that stopped reading."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except OSError:
-        pass
-
-
-def every(interval_s: float, action: Callable[[], None]) -> TaskGen:
-    """A task that calls ``action`` every ``interval_s`` seconds on its scheduler."""
-    while True:
-        yield Sleep(interval_s)
-        action()
 
 
 def most_stalled(loops: Iterable[Scheduler | None]) -> tuple[str, float]:
@@ -340,7 +290,7 @@ class Scheduler:
             events = wait.events
             if events != task.events:
                 assert task.sock is not None, "a Wait needs the task's socket"
-                if task.events and not (events | task.events) & _EXCLUSIVE:
+                if task.events and not (events | task.events) & EXCLUSIVE:
                     self._poller.modify(task.fd, events)
                 else:  # EPOLLEXCLUSIVE cannot be modified: register afresh
                     if task.events:
@@ -348,7 +298,7 @@ class Scheduler:
                     self._poller.register(task.fd, events)
                     self._by_fd[task.fd] = task
                 task.events = events
-            elif events & _EXCLUSIVE:  # to the back of the socket's exclusive waiters
+            elif events & EXCLUSIVE:  # to the back of the socket's exclusive waiters
                 self._poller.unregister(task.fd)
                 self._poller.register(task.fd, events)
             task.sleeping = False

@@ -38,8 +38,8 @@ from typing import cast
 from server.engine.connection import CloseConnection, Connection, ssl_detail
 from server.engine.echo import flush, half_close
 from server.engine.pipeline import EchoWaits, Pipeline, Step, ended_by
-from server.engine.scheduler import READ, WRITE, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.engine.tls import TlsContext
+from server.engine.waits import READ, WRITE, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.tls")

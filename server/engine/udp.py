@@ -38,7 +38,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from server.engine.scheduler import READ, Shutdown, TaskGen, Wait, WaitTimeout
+from server.engine.waits import READ, Shutdown, TaskGen, Wait, WaitTimeout
 from server.lib.net import ListenError, format_address
 from server.observe.stats import Stats
 from server.observe.throttle import Throttle

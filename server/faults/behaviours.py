@@ -42,7 +42,7 @@ from collections.abc import Callable, Generator
 from server.engine.connection import Connection
 from server.engine.echo import discard_until_eof, flush
 from server.engine.pipeline import EchoWaits
-from server.engine.scheduler import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
+from server.engine.waits import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
 from server.faults.policy import Fault
 
 BURST_S = 0.02  # bandwidth: bytes go out in pieces of this long's worth (at least one byte)

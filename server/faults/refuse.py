@@ -21,7 +21,8 @@ import socket
 import time
 
 from server.engine.listener import accept_new_connections, refuse_new_connections
-from server.engine.scheduler import Scheduler, Sleep, TaskGen
+from server.engine.scheduler import Scheduler
+from server.engine.waits import Sleep, TaskGen
 from server.faults.policy import FaultPolicy
 
 

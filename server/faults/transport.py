@@ -27,7 +27,7 @@ import socket
 
 from server.engine.connection import Connection
 from server.engine.pipeline import Pipeline, Transport, ended_by
-from server.engine.scheduler import TaskGen
+from server.engine.waits import TaskGen
 from server.faults.behaviours import acts_at_accept, faulted_loop
 from server.faults.draw import FaultDraw
 

@@ -1,0 +1,75 @@
+"""What a task may yield, and what may be thrown into it: the vocabulary every generator
+task on a Scheduler speaks (scheduler.py runs them).
+
+    yield Wait(READ, timeout)    # its socket is readable (or WaitTimeout is thrown in)
+    yield Wait(WRITE, timeout)   # its socket is writable (or WaitTimeout)
+    yield Sleep(seconds)         # time passed
+    yield Wait(ACCEPT, timeout)  # as READ, for a listening socket shared by processes
+
+Shutdown is thrown into each task still running at a stop's grace deadline. Plain
+immutable values and two helpers (``reset_on_close``, ``every``): any thread may use
+them; a task uses them on its scheduler's thread.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+from collections.abc import Callable, Generator
+
+# The poller's own event bits (EPOLLIN/POLLIN, EPOLLOUT/POLLOUT: the same values).
+READ = select.POLLIN
+WRITE = select.POLLOUT
+EXCLUSIVE: int = getattr(select, "EPOLLEXCLUSIVE", 0)  # epoll only, Linux 4.5+
+ACCEPT = READ | EXCLUSIVE
+
+
+class Wait:
+    """Wait until the task's socket is ready for ``events``; ``timeout`` seconds or None."""
+
+    __slots__ = ("events", "timeout")
+
+    def __init__(self, events: int, timeout: float | None = None) -> None:
+        self.events = events
+        self.timeout = timeout
+
+
+class Sleep:
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class WaitTimeout(Exception):
+    """Thrown into a task whose Wait lasted ``timeout`` seconds with no readiness."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+
+class Shutdown(Exception):
+    """Thrown into each remaining task at the stop's grace deadline: finish up."""
+
+
+TaskGen = Generator["Wait | Sleep", None, None]
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make close() send RST: no orphaned kernel buffers for a peer that stopped reading."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+
+
+def every(interval_s: float, action: Callable[[], None]) -> TaskGen:
+    """A task that calls ``action`` every ``interval_s`` seconds on its scheduler."""
+    while True:
+        yield Sleep(interval_s)
+        action()
