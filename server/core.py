@@ -19,7 +19,8 @@ Threads: ``start``, ``shutdown``, ``close`` and ``serve_forever`` may be called 
 any thread (a lock orders them); ``shutdown`` is idempotent and blocks until stopped.
 ``stats``, ``ready``, ``stopped``, ``draining`` and ``failure`` may be read from anywhere.
 
-Stopping: stop accepting (the listeners close, the UDP task ends) -> connections are echoed until they
+Stopping: stop accepting (the acceptors take their backlog and end; the UDP task ends at
+once, or at the grace deadline when it shares the one scheduler) -> connections are echoed until they
 close or shutdown_timeout passes -> then they stop reading, flush what is owed, send
 FIN and close, for at most FINAL_FLUSH_S, after which what is left is reset -> the
 schedulers return and the pool shuts down -> ``stopped`` event -> the admin endpoint

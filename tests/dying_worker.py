@@ -22,15 +22,15 @@ _FILE = shared_limits_module.__file__
 
 def _call(limits: SharedLimits, method: str) -> None:
     if method == "admit":
-        limits.admit("10.9.0.1", LIMIT, LIMIT)
+        limits.admit("127.9.0.1", LIMIT, LIMIT)
     elif method == "reserve":
         limits.reserve(LIMIT)
     elif method == "admit_reserved":
-        limits.admit_reserved("10.9.0.1", LIMIT)
+        limits.admit_reserved("127.9.0.1", LIMIT)
     elif method == "unreserve":
         limits.unreserve()
     elif method == "release":
-        limits.release("10.9.0.1")
+        limits.release("127.9.0.1")
     elif method == "next_id":
         limits.next_id()
 
@@ -40,7 +40,7 @@ def _prepare(limits: SharedLimits, method: str) -> None:
     if method in ("admit_reserved", "unreserve"):
         assert limits.reserve(LIMIT) is None
     elif method == "release":
-        assert limits.admit("10.9.0.1", LIMIT, LIMIT) is None
+        assert limits.admit("127.9.0.1", LIMIT, LIMIT) is None
     elif method == "next_id":
         limits._ids.clear()  # so that it takes one under the lock
 
