@@ -3,10 +3,13 @@ banner over TLS, and the same through a real HAProxy (``send-proxy-v2`` to the T
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -147,6 +150,22 @@ def test_a_bad_or_missing_header_on_the_tls_port_is_rejected_as_on_tcp(
     assert rejected.data["listener"] == "tls"
     stats = server.stats.snapshot()
     assert stats.rejected == {"proxy_protocol": 1} and stats.accepted == 0 and stats.active == 0
+
+
+def test_clients_that_reset_before_the_tls_wrap_leave_no_socket_behind(make_server: ServerFactory, pki: Pki) -> None:
+    """A peer gone before the hand-off's wrap: CPython's wrap detaches the accepted socket
+    and raises, leaving an SSLSocket only the garbage collector would close (tls_echo.wrapper)."""
+    server, _ = make_server(**_tls_settings(pki))
+    for _ in range(300):
+        with socket.create_connection(_address(server, "tls"), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() resets
+    with tls_client(_address(server, "tls"), pki) as tls:  # after all of them, in accept order
+        assert _echo_over(tls, b"still here") == b"still here"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    leaked = [str(warning.message) for warning in seen if "SSLSocket" in str(warning.message)]
+    assert not leaked, leaked
 
 
 # --- through a real HAProxy ---------------------------------------------------------------------

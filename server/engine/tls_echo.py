@@ -62,12 +62,34 @@ class HandshakeFailures:
 
 
 def wrapper(tls: TlsContext) -> Callable[[socket.socket], socket.socket]:
-    """The hand-off's wrap: the accepted socket in the context current at that moment."""
+    """The hand-off's wrap: the accepted socket in the context current at that moment.
+
+    A peer that reset before the wrap: CPython's SSLSocket._create detaches the accepted
+    socket, then raises from its own peer check, leaving the descriptor in an SSLSocket
+    nobody holds (closed only by the garbage collector, with a ResourceWarning). So the
+    peer is checked first (the wrap is not tried on a connection already gone), and in
+    the microseconds between that check and the wrap's, the orphan is closed here."""
 
     def wrap(sock: socket.socket) -> socket.socket:
-        return tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        sock.getpeername()  # OSError (ENOTCONN) for a peer already gone: the caller closes sock
+        try:
+            return tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as error:
+            _close_orphan(error)
+            raise
 
     return wrap
+
+
+def _close_orphan(error: BaseException) -> None:
+    """Close the SSLSocket a failed wrap made and dropped (see ``wrapper``)."""
+    trace = error.__traceback__
+    while trace is not None:
+        made = trace.tb_frame.f_locals.get("self")
+        if isinstance(made, ssl.SSLSocket):
+            made.close()
+            return
+        trace = trace.tb_next
 
 
 def handshake_step(timeout_s: float, failures: HandshakeFailures) -> Step:
