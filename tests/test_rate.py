@@ -60,7 +60,7 @@ sock = socket.create_connection((host, port))
 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 start = time.monotonic() + 0.3
 for n in range(count):
-    time.sleep(max(0.0, start + n / rate - time.monotonic()))
+    time.sleep(max(0.0, start + n / rate - time.monotonic()))  # the pacing itself, not a wait for an event
     sock.sendall(bytes(64))
     sock.recv(64)
 """
