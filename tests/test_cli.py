@@ -299,25 +299,29 @@ acceptor.Acceptor._accept_batch = broken
     "scheduler": """
 from server.engine import scheduler
 from server.engine.connection import Connection
-turn = scheduler.Scheduler.run_once
-def broken(self, block=True):
-    alive = turn(self, block)
-    if self.name == "loop-0" and any(isinstance(task.state, Connection) for task in self.tasks()):
-        raise RuntimeError("injected bug")
-    return alive
-scheduler.Scheduler.run_once = broken
+turn = scheduler.Scheduler._turn
+def broken(self, block, once):
+    while True:  # one turn at a time, then the check
+        alive = turn(self, block, True)
+        if self.name == "loop-0" and any(isinstance(task.state, Connection) for task in self.tasks()):
+            raise RuntimeError("injected bug")
+        if once or not alive:
+            return alive
+scheduler.Scheduler._turn = broken
 """,
     "wedged": """
 import threading
 from server.engine import scheduler
 from server.engine.connection import Connection
-turn = scheduler.Scheduler.run_once
-def wedged(self, block=True):
-    alive = turn(self, block)
-    if self.name == "loop-0" and any(isinstance(task.state, Connection) for task in self.tasks()):
-        threading.Event().wait()
-    return alive
-scheduler.Scheduler.run_once = wedged
+turn = scheduler.Scheduler._turn
+def wedged(self, block, once):
+    while True:  # one turn at a time, then the check
+        alive = turn(self, block, True)
+        if self.name == "loop-0" and any(isinstance(task.state, Connection) for task in self.tasks()):
+            threading.Event().wait()
+        if once or not alive:
+            return alive
+scheduler.Scheduler._turn = wedged
 """,
 }
 

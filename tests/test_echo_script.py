@@ -48,6 +48,14 @@ class ScriptedSocket:
         buffer[: len(step)] = step
         return len(step)
 
+    def fileno(self) -> int:
+        return 1_000_000  # no real descriptor: Run routes the echo loop's read_fd/write_fd here
+
+    def read(self, nbytes: int) -> bytes:
+        """os.read's answer, played from the same script as recv_into."""
+        buffer = memoryview(bytearray(nbytes))
+        return bytes(buffer[: self.recv_into(buffer)])
+
     def send(self, data: memoryview) -> int:
         step: Script = self.sends.popleft() if self.sends else len(data)
         if isinstance(step, BaseException):
@@ -80,6 +88,8 @@ class Run:
         self.conn = Connection(1, "127.0.0.1:9", "127.0.0.1", 0.0)
         self.closed: list[Connection] = []
         monkeypatch.setattr(echo_module, "unsent_bytes", lambda _sock: self.sock.unsent)
+        monkeypatch.setattr(echo_module, "read_fd", lambda _fd, nbytes: sock.read(nbytes))
+        monkeypatch.setattr(echo_module, "write_fd", lambda _fd, data: sock.send(memoryview(data)))
         self.waits = EchoWaits.from_timeouts(300.0, 30.0)
         pipeline = Pipeline("tcp", steps, transport, self.waits, self.closed.append)
         self.gen: TaskGen = transport(sock, self.conn, memoryview(bytearray(64)), pipeline)  # type: ignore[arg-type]

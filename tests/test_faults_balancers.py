@@ -195,8 +195,10 @@ def test_haproxy_timeout_server_ends_a_hung_connection_as_configured(replicas: l
         for replica in replicas:  # whichever replica HAProxy picks hangs for this client only
             rule = {"kind": "hang", "mode": "no_read", "from": f"{client}/32"}
             assert faults_request(replica, "PUT", [rule])[0] == 200
+        # From before the connect: HAProxy's timer may start as it accepts, and it counts
+        # in whole milliseconds, so a clock started later can read a hair under 1.0 s.
+        began = time.monotonic()
         with socket.create_connection(("127.0.0.1", balancer.port), timeout=10, source_address=(client, 0)) as sock:
-            began = time.monotonic()
             sock.sendall(b"anyone there?")
             assert read_banner(sock) is None  # no banner, no echo: closed by HAProxy
             waited = time.monotonic() - began

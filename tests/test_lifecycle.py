@@ -21,8 +21,24 @@ from server.core import EchoServer
 from server.engine.acceptor import Acceptor
 from server.engine.connection import Connection
 from server.engine.pipeline import Pipeline
+from server.engine.scheduler import Scheduler
 from server.observe.exchange import Exchange
 from tests.helpers import EventRecorder, read_exactly, read_until_eof
+
+
+def break_loop(loop: Scheduler, error: Exception) -> None:
+    """Make the loop's own code (not a task's) raise ``error`` at its next turn: its
+    inbox drain is swapped for one that raises, and the loop woken again from inside
+    the drain that swaps it, so the broken one surely runs."""
+
+    def broken_drain() -> None:
+        raise error
+
+    def swap() -> None:
+        loop._drain_inbox = broken_drain  # type: ignore[method-assign]
+        loop._wake()
+
+    loop.call_soon_threadsafe(swap)
 
 
 class ErrorLog(logging.Handler):
@@ -83,10 +99,7 @@ def test_a_scheduler_that_dies_is_reported_once_and_unhealthy(error_log: ErrorLo
             assert read_exactly(sock, 6) == b"before"
             loop = server._loops[0]
 
-            def broken_turn(block: bool = True) -> bool:
-                raise RuntimeError("injected scheduler fault")
-
-            loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+            break_loop(loop, RuntimeError("injected scheduler fault"))
             assert failed.wait(5), "the failure callback was not called"
             # The dead scheduler's connections are closed (reset), not left hanging.
             with pytest.raises(ConnectionResetError):
@@ -166,11 +179,7 @@ def test_a_callback_added_after_the_failure_still_hears_of_it(error_log: ErrorLo
     server, _, failed, _ = start_server()
     try:
         loop = server._loops[0]
-
-        def broken_turn(block: bool = True) -> bool:
-            raise RuntimeError("early fault")
-
-        loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+        break_loop(loop, RuntimeError("early fault"))
         assert failed.wait(5)
         late: list[BaseException] = []
         server.add_failure_callback(late.append)
@@ -205,11 +214,7 @@ def test_an_acceptor_scheduler_that_dies_is_logged_with_its_own_exception(error_
     try:
         loop = server._acceptor_loop
         assert loop is not None
-
-        def broken_turn(block: bool = True) -> bool:
-            raise RuntimeError("acceptor turn fault")
-
-        loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+        break_loop(loop, RuntimeError("acceptor turn fault"))
         assert failed.wait(5)
         assert [str(f) for f in failures] == ["acceptor turn fault"]
         tracebacks = [r for r in error_log.records if r.exc_info]
@@ -222,11 +227,7 @@ def test_a_second_failure_is_logged_too_but_called_back_once(error_log: ErrorLog
     server, _, failed, failures = start_server(loops=2)
     try:
         for index, loop in enumerate(server._loops):
-
-            def broken_turn(block: bool = True, index: int = index) -> bool:
-                raise RuntimeError(f"fault {index}")
-
-            loop.call_soon_threadsafe(setattr, loop, "run_once", broken_turn)
+            break_loop(loop, RuntimeError(f"fault {index}"))
         assert failed.wait(5)
         deadline = time.monotonic() + 5
         while len([r for r in error_log.records if r.exc_info]) < 2 and time.monotonic() < deadline:

@@ -166,3 +166,44 @@ def test_call_soon_threadsafe_runs_on_the_next_turn(scheduler: Scheduler) -> Non
     scheduler.call_soon_threadsafe(calls.append, 7)
     scheduler.run_once(block=False)
     assert calls == [7]
+
+
+def test_the_same_wait_after_a_sleep_is_registered_again(scheduler: Scheduler, clock: FakeClock) -> None:
+    """A Wait yielded again is taken on without settling, unless something in between
+    (here a Sleep, which unregisters the socket) changed what the scheduler holds."""
+    left, right = socket.socketpair()
+    log: list[str] = []
+    wait = Wait(READ, 5.0)
+
+    def napper() -> TaskGen:
+        while True:
+            try:
+                yield wait
+            except WaitTimeout:
+                log.append("timeout")
+                return
+            if not left.recv(16):
+                return
+            log.append("readable")
+            yield Sleep(1.0)
+            log.append("slept")
+
+    with right:
+        scheduler.spawn(napper(), left)
+        right.send(b"x")
+        scheduler.run_once(block=False)
+        assert log == ["readable"]
+        clock.now += 1.0
+        scheduler.run_once(block=False)  # the Sleep ends; the same Wait again
+        assert log == ["readable", "slept"]
+        right.send(b"y")
+        scheduler.run_once(block=False)
+        assert log == ["readable", "slept", "readable"]  # heard: registered again
+        clock.now += 1.0
+        scheduler.run_once(block=False)
+        clock.now += 4.9  # 4.9 s into the wait that began after the second Sleep
+        scheduler.run_once(block=False)
+        assert log[-1] == "slept"
+        clock.now += 0.2
+        scheduler.run_once(block=False)
+        assert log[-1] == "timeout"

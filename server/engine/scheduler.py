@@ -20,6 +20,11 @@ lookup per ready socket. ``selectors`` costs a Python-level loop, a SelectorKey 
 and a tuple per ready event on top (measured: most of the interpreter time of a turn
 with one event; see docs/design.md).
 
+A task that yields the very Wait object it yielded last (the echo loop does, message
+after message: EchoWaits are made once) is taken on at once: its registration and its
+heap entry still hold, so the loop only records when the wait began. Wait objects are
+never changed once made, which is what makes identity enough.
+
 Deadlines are lazy but exact (see timers.py): the hot path reads no clock and touches
 no timer structure; a wait records when it began (``now``, read once per loop turn),
 and every deadline fires in the first loop turn at or after it is due. A task that
@@ -54,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from server.engine.os_names import name_thread
-from server.engine.timers import COMPACT_MIN, Deadlines
+from server.engine.timers import Deadlines
 from server.engine.waits import (
     EXCLUSIVE,
     READ,
@@ -85,12 +90,15 @@ class Task:
         "sleeping",
         "sock",
         "state",
+        "send",
         "timeout",
+        "wait",
         "wait_since",
     )
 
     def __init__(self, gen: TaskGen, sock: socket.socket | None, daemon: bool, state: Any, critical: bool) -> None:
         self.gen = gen
+        self.send = gen.send  # bound once: the loop resumes the task with it per event
         self.sock = sock
         self.fd = -1 if sock is None else sock.fileno()  # its key in the scheduler's table
         self.daemon = daemon
@@ -99,6 +107,8 @@ class Task:
         self.events = 0  # what the socket is registered for; 0 = not registered
         self.wait_since = 0.0  # when the current Wait or Sleep began
         self.timeout: float | None = None  # its length; None = no deadline
+        # The Wait last yielded, when yielding it again needs no settling (see run_once).
+        self.wait: Wait | None = None
         self.sleeping = False  # the current wait is a Sleep (resume, not WaitTimeout)
         self.armed: float | None = None  # ``when`` of the task's live heap entry
         self.armed_seq = 0  # and its sequence number (see timers.py)
@@ -157,7 +167,10 @@ class Scheduler:
         self.now = clock()
         self._on_critical_exit = on_critical_exit
         self._poller: Any = select.epoll() if _HAS_EPOLL else select.poll()
-        self._poll_scale = 1.0 if _HAS_EPOLL else 1000.0  # epoll takes seconds, poll milliseconds
+        # Wait up to so many seconds for ready sockets: epoll takes seconds, poll milliseconds.
+        self._poll: Callable[[float], list[tuple[int, int]]] = (
+            self._poller.poll if _HAS_EPOLL else lambda seconds: self._poller.poll(seconds * 1000.0)
+        )
         self._by_fd: dict[int, Task] = {}  # the registered sockets' tasks
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -167,6 +180,7 @@ class Scheduler:
         self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | _StopRequest] = queue.SimpleQueue()
         self._tasks: set[Task] = set()
         self._deadlines: Deadlines[Task] = Deadlines()
+        self._heap = self._deadlines.heap  # the same list for good (timers.py)
         self._stop: _StopRequest | None = None
         self._shutdown_thrown = False
         self._closing = False  # run() is ending (stopped, or a fault escaped a turn)
@@ -244,48 +258,88 @@ class Scheduler:
         self._running = True
         name_thread(f"echo {self.name}")  # top -H shows which loop is busy
         try:
-            while self.run_once():
-                pass
+            self._turn(block=True, once=False)
         finally:
             self._running = False
             self._close()
 
     def run_once(self, block: bool = True) -> bool:
         """One loop turn; returns False once stopped and empty."""
-        timeout = self._next_timeout() if block else 0.0
-        ready = self._poller.poll(timeout * self._poll_scale)
-        self.now = now = self._clock()
-        step = self._step
-        by_fd = self._by_fd
-        for fd, _ in ready:
-            task = by_fd.get(fd)
-            if task is not None:
-                if not task.done:
-                    step(task, None)
-            elif fd == self._wake_fd:
-                self._drain_inbox()
-        deadlines = self._deadlines
-        when = deadlines.next_when()
-        if when is not None and when <= now:
-            for task in deadlines.pop_due(now):
-                self._step(task, None if task.sleeping else WaitTimeout(task.timeout or 0.0))
-        if deadlines.stale > COMPACT_MIN:
-            deadlines.compact_if_worth_it()
-        if self._stop is not None:
-            return self._advance_stop()
-        return True
+        return self._turn(block, once=True)
+
+    def _turn(self, block: bool, once: bool) -> bool:
+        """Loop turns (one if ``once``); False once stopped and empty.
+
+        With one message per turn, the turn's own bookkeeping is a measurable share of
+        the interpreter's time per message: so what it uses is bound once here, outside
+        the loop, and nothing in a turn calls a method or reads the clock but the poll.
+        """
+        poll, clock, by_fd, heap, wake_fd = self._poll, self._clock, self._by_fd, self._heap, self._wake_fd
+        while True:
+            if not block:
+                timeout = 0.0
+            elif self._stop is not None:
+                timeout = self._next_timeout()
+            elif heap:
+                # self.now was read after the last poll: no second clock read per turn.
+                timeout = heap[0][0] - self.now
+                if timeout > MAX_IDLE_S:
+                    timeout = MAX_IDLE_S
+                elif timeout < 0.0:
+                    timeout = 0.0
+            else:
+                timeout = MAX_IDLE_S
+            ready = poll(timeout)
+            self.now = now = clock()
+            for fd, _ in ready:
+                # Only live tasks are registered: _end unregisters before anything else.
+                task = by_fd.get(fd)
+                if task is None:
+                    if fd == wake_fd:
+                        self._drain_inbox()
+                    continue  # a task ended earlier in this turn
+                try:
+                    wait = task.send(None)
+                except StopIteration:
+                    self._end(task)
+                    continue
+                except Exception as failure:
+                    self._failed(task, failure)
+                    continue
+                if wait is task.wait:
+                    # The same Wait again (the echo loop, message after message): the
+                    # registration and the heap entry still hold (an entry at or before
+                    # the old deadline is at or before the new one); only its start moves.
+                    task.wait_since = now
+                else:
+                    self._settle(task, wait)
+            if heap and heap[0][0] <= now:
+                for task in self._deadlines.pop_due(now):
+                    self._step(task, None if task.sleeping else WaitTimeout(task.timeout or 0.0))
+            if self._stop is not None and not self._advance_stop():
+                return False
+            if once:
+                return True
 
     def _step(self, task: Task, error: BaseException | None) -> None:
+        """Resume ``task`` (or throw ``error`` into it) and settle what it yields next."""
         try:
-            wait = task.gen.send(None) if error is None else task.gen.throw(error)
+            wait = task.send(None) if error is None else task.gen.throw(error)
         except StopIteration:
             self._end(task)
             return
         except Exception as failure:
-            if not (task.critical and self._on_critical_exit):  # else that one reports it
-                log.exception("task %s on %s failed", _name(task), self.name)
-            self._end(task, failure=failure)
+            self._failed(task, failure)
             return
+        self._settle(task, wait)
+
+    def _failed(self, task: Task, failure: Exception) -> None:
+        if not (task.critical and self._on_critical_exit):  # else that one reports it
+            log.exception("task %s on %s failed", _name(task), self.name)
+        self._end(task, failure=failure)
+
+    def _settle(self, task: Task, wait: object) -> None:
+        """Register what ``task`` now waits for and arm its deadline."""
         if type(wait) is Wait:
             events = wait.events
             if events != task.events:
@@ -301,14 +355,18 @@ class Scheduler:
             elif events & EXCLUSIVE:  # to the back of the socket's exclusive waiters
                 self._poller.unregister(task.fd)
                 self._poller.register(task.fd, events)
+            # An exclusive wait re-queues at every yield: never the loop's shortcut.
+            task.wait = None if events & EXCLUSIVE else wait
             task.sleeping = False
             timeout = wait.timeout
         elif type(wait) is Sleep:
             if task.events:
                 self._unregister(task)
+            task.wait = None
             task.sleeping = True
             timeout = wait.seconds
         else:
+            task.wait = None
             self._step(task, TypeError(f"a task yielded {wait!r}, not a Wait or Sleep"))
             return
         now = task.wait_since = self.now

@@ -12,7 +12,8 @@ So popping every entry with ``when <= now`` finds every task that is due. A popp
 live entry whose task was active since is re-pushed at the true deadline (exact, never
 late); a due one is handed back to fire. An entry is stale once its task ended or was
 re-armed earlier; stale entries are counted, skipped when popped, and the heap is
-rebuilt without them when they are more than COMPACT_MIN and outnumber the live ones.
+rebuilt without them as soon as they are more than COMPACT_MIN and outnumber the live
+ones (looked at as each entry goes stale, never in the scheduler's turn).
 An entry is told from a stale one by its sequence number, not its time (a task can be
 armed again at the very time of an entry it left). So a closed task's entry outlives
 it until its own time or the next compaction, whichever comes first, and the heap
@@ -45,38 +46,42 @@ T = TypeVar("T", bound=Timed)
 
 class Deadlines(Generic[T]):
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, T]] = []
+        # Earliest entry at [0]. The same list object for the Deadlines' whole life
+        # (compaction rebuilds it in place), so the scheduler's loop keeps a reference
+        # and reads heap[0][0] without a call; only Deadlines changes it.
+        self.heap: list[tuple[float, int, T]] = []
         self._order = itertools.count()
         self.stale = 0
 
     def __len__(self) -> int:
         """Entries held, live and stale."""
-        return len(self._heap)
+        return len(self.heap)
 
     def next_when(self) -> float | None:
         """The earliest entry's time (maybe stale: then an early wake-up, never a late one)."""
-        return self._heap[0][0] if self._heap else None
+        return self.heap[0][0] if self.heap else None
 
     def arm(self, task: T, when: float) -> None:
         """Make sure ``task`` is looked at by ``when``: call when its new wait's deadline
         is earlier than ``task.armed`` (or it has none)."""
-        if task.armed is not None:
-            self.stale += 1  # the later entry stays in the heap, stale
+        replaced = task.armed is not None  # the later entry stays in the heap, stale
         seq = next(self._order)
         task.armed = when
         task.armed_seq = seq
-        heapq.heappush(self._heap, (when, seq, task))
+        heapq.heappush(self.heap, (when, seq, task))
+        if replaced:
+            self._went_stale()
 
     def cancel(self, task: T) -> None:
         """The task ended: its entry, if any, is stale from now on."""
         if task.armed is not None:
             task.armed = None
-            self.stale += 1
+            self._went_stale()
 
     def pop_due(self, now: float) -> Iterator[T]:
         """Yield each task whose deadline is at or before ``now``; re-arm the rest that
         an entry <= now stood for. The caller may arm and cancel while iterating."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][0] <= now:
             _, seq, task = heapq.heappop(heap)
             if task.armed is None or task.armed_seq != seq:
@@ -91,8 +96,12 @@ class Deadlines(Generic[T]):
             else:
                 yield task
 
-    def compact_if_worth_it(self) -> None:
-        if self.stale > COMPACT_MIN and self.stale * 2 > len(self._heap):
-            self._heap = [e for e in self._heap if e[2].armed is not None and e[2].armed_seq == e[1]]
-            heapq.heapify(self._heap)
+    def _went_stale(self) -> None:
+        """One more entry is stale: rebuild the heap without them once they are more
+        than COMPACT_MIN and outnumber the live ones (O(n), paid for by n/2 stale ones)."""
+        self.stale += 1
+        if self.stale > COMPACT_MIN and self.stale * 2 > len(self.heap):
+            # In place: the scheduler holds this list, and pop_due may be iterating it.
+            self.heap[:] = [e for e in self.heap if e[2].armed is not None and e[2].armed_seq == e[1]]
+            heapq.heapify(self.heap)
             self.stale = 0

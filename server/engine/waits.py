@@ -26,7 +26,10 @@ ACCEPT = READ | EXCLUSIVE
 
 
 class Wait:
-    """Wait until the task's socket is ready for ``events``; ``timeout`` seconds or None."""
+    """Wait until the task's socket is ready for ``events``; ``timeout`` seconds or None.
+
+    Never changed once made: the scheduler takes the same object yielded again as the
+    same wait (a task keeps its Waits and yields them again and again)."""
 
     __slots__ = ("events", "timeout")
 
