@@ -34,6 +34,11 @@ itself, the measured window following at once at the same rate. Per row: connect
 second offered and achieved, the server's CPU microseconds per connection, and the log
 lines it wrote per connection.
 
+Scenario 8 is pipelined: 50 connections each keeping 16 messages of 1 KiB in flight,
+so a read finds several messages and the server's turns carry more bytes each (a
+pipelining client, or a proxy that coalesces a stream). Warmed the same way, with the
+same depth.
+
 ``--baseline DIR`` adds echo-service from another checkout to every scenario (whatever
 ``--servers`` lists); its rows pair with echo-service's like any other server's, repeat
 by repeat, with targets of no regression beyond 5%.
@@ -101,6 +106,7 @@ class Scenario:
     tls: bool = False  # driven by loadtest.tls_load, for TLS_SERVERS only
     workers: bool = False  # WORKER_SERVERS only, unpinned
     churn: bool = False  # short connections at --churn-rate, driven by loadtest.churn_bench
+    pipeline: int = 1  # messages in flight per connection
 
 
 SCENARIOS = [
@@ -112,6 +118,7 @@ SCENARIOS = [
     Scenario("50 conns, 1 KiB: plain vs TLS", 50, 1024, tls=True),
     Scenario("50 conns, 1 KiB: 1 vs 2 workers, unpinned", 50, 1024, workers=True),
     Scenario("churn: short connections, info logging", 0, churn_bench.PAYLOAD_BYTES, churn=True),
+    Scenario("50 conns, 1 KiB, 16 in flight", 50, 1024, pipeline=16),
 ]
 
 
@@ -148,7 +155,7 @@ def measure(
         if scenario.churn:  # then the load's own first warmup_s seconds
             echo_and_close(server.address, scenario.size)
         elif not scenario.tls:
-            warm_up(server.address, scenario.conns, scenario.size, warmup_s, processes)
+            warm_up(server.address, scenario.conns, scenario.size, warmup_s, processes, scenario.pipeline)
         rss_before_kib = server.memory_kib("VmRSS")
         window: dict[str, float] = {}
         lock = threading.Lock()
@@ -189,7 +196,7 @@ def measure(
             conns=scenario.conns,
             size=scenario.size,
             duration_s=duration_s,
-            pipeline=1,
+            pipeline=scenario.pipeline,
             processes=processes,
             idle=scenario.idle,
             connect_timeout_s=10,
@@ -256,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=1.0, help="seconds of load before each measured window (after one closed echo)"
     )
     parser.add_argument(
-        "--scenarios", help="comma-separated indexes into the scenario list (0-7; 5 is TLS, 6 workers, 7 churn)"
+        "--scenarios",
+        help="comma-separated indexes into the scenario list (0-8; 5 is TLS, 6 workers, 7 churn, 8 pipelined)",
     )
     parser.add_argument("--servers", help="comma-separated server names: " + ", ".join(SERVERS))
     parser.add_argument(

@@ -37,10 +37,12 @@ def echo_and_close(address: tuple[str, int], size: int) -> None:
             pass
 
 
-def warm_up(address: tuple[str, int], conns: int, size: int, warmup_s: float, processes: int) -> None:
+def warm_up(
+    address: tuple[str, int], conns: int, size: int, warmup_s: float, processes: int, pipeline: int = 1
+) -> None:
     """The same for every server: one connection opened, echoed and closed, then
     ``warmup_s`` seconds of the scenario's busy load, ``conns`` connections echoing
-    ``size`` bytes (they close at the end)."""
+    ``size`` bytes with ``pipeline`` messages in flight on each (they close at the end)."""
     echo_and_close(address, size)
     if warmup_s > 0:
         loadgen.run(
@@ -50,6 +52,7 @@ def warm_up(address: tuple[str, int], conns: int, size: int, warmup_s: float, pr
                 conns=conns,
                 size=size,
                 duration_s=warmup_s,
+                pipeline=pipeline,
                 processes=processes,
                 connect_timeout_s=WARMUP_TIMEOUT_S,
             )
