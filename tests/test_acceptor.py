@@ -14,21 +14,29 @@ import pytest
 
 from server.engine.acceptor import Acceptor
 from server.engine.scheduler import Scheduler
+from server.lib.net import format_address
 from server.observe.events import Event
 from server.observe.stats import Stats
 
 CONNECTIONS = 5
 
 
-def accepted_options(listener: socket.socket, clear_on_listener: bool) -> tuple[list[tuple[int, bool]], list[Event]]:
-    """(TCP_NODELAY, blocking) of each socket the acceptor hands over, and its events."""
+Seen = tuple[int, bool, socket.AddressFamily, tuple[object, ...], str]
+
+
+def accepted_options(
+    listener: socket.socket, clear_on_listener: bool
+) -> tuple[list[Seen], list[Event], list[tuple[object, ...]]]:
+    """(TCP_NODELAY, blocking, family, remote address, peer) of each socket the acceptor
+    hands over, its events, and the clients' own addresses."""
     listener.setblocking(False)
     loop = Scheduler("acceptor", buffer_size=0)
-    seen: list[tuple[int, bool]] = []
+    seen: list[Seen] = []
     published: list[Event] = []
 
     def start(scheduler: Scheduler, sock: socket.socket, conn_id: int, peer: str, ip: str) -> None:
-        seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), sock.getblocking()))
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        seen.append((nodelay, sock.getblocking(), sock.family, sock.getpeername(), peer))
         sock.close()
 
     acceptor = Acceptor(
@@ -48,6 +56,7 @@ def accepted_options(listener: socket.socket, clear_on_listener: bool) -> tuple[
     loop.spawn(acceptor.run(), listener, daemon=True, critical=True)
     host, port = listener.getsockname()[:2]
     clients = [socket.create_connection((host, port), timeout=5) for _ in range(CONNECTIONS)]
+    addresses = [client.getsockname() for client in clients]
     try:
         deadline = time.monotonic() + 10
         while len(seen) < CONNECTIONS and time.monotonic() < deadline:
@@ -58,7 +67,7 @@ def accepted_options(listener: socket.socket, clear_on_listener: bool) -> tuple[
         loop.request_stop(loop.now, loop.now)
         loop.run()
         listener.close()
-    return seen, published
+    return seen, published, addresses
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
@@ -66,7 +75,10 @@ def accepted_options(listener: socket.socket, clear_on_listener: bool) -> tuple[
 def test_every_admitted_connection_is_non_blocking_with_nodelay(host: str, inherited: bool) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, 0), family=family, backlog=16)
-    seen, published = accepted_options(listener, clear_on_listener=not inherited)
+    seen, published, addresses = accepted_options(listener, clear_on_listener=not inherited)
     assert len(seen) == CONNECTIONS
-    assert all(nodelay != 0 and not blocking for nodelay, blocking in seen), seen
+    assert all(nodelay != 0 and not blocking for nodelay, blocking, *_ in seen), seen
+    assert {kind for _, _, kind, _, _ in seen} == {family}
+    assert sorted(remote for *_, remote, _ in seen) == sorted(addresses)
+    assert sorted(peer for *_, peer in seen) == sorted(format_address(address) for address in addresses)
     assert [record.conn_id for record in published if record.name == "opened"] == list(range(1, CONNECTIONS + 1))
