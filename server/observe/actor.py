@@ -1,4 +1,4 @@
-"""Actor: a thread that owns some state and is reached only through its Queue mailbox.
+"""Actor: a thread that owns some state and is reached only through its mailbox.
 
     actor.start()            # any thread, once
     actor.send(message)      # any thread; never blocks: False (and counted) if full
@@ -16,13 +16,15 @@ silent. stderr, not ``logging``, because logging may itself be routed to an acto
 A dead actor empties its mailbox and refuses what is sent after (``send`` returns
 False at once), so that no sender waits for room that would never come.
 
-The mailbox is a deque, not a ``queue.Queue``: a send is an append and a length check,
-with no lock, and wakes the actor's thread only if it sleeps (once per burst, not once
-per message); the actor takes messages one by one without a lock either. A Queue costs
-a lock and a condition on both sides of every message: at connection churn, with two
-log lines per connection, that was a tenth of the log's cost. The bound is checked
-before the append, so threads sending at the very same moment may each add one past
-it; only senders waiting for room (``send_wait``, ``close``) take a lock.
+The mailbox is a deque, not a ``queue.Queue``: a send is an append (thread-safe on a
+deque) and a length check, with no lock, and wakes the actor's thread only if it sleeps
+(once per burst, not once per message); the actor takes messages one by one without a
+lock either. A Queue takes a lock and signals a condition on both sides of every
+message: at connection churn (two log lines per connection) the log actor's CPU per
+connection went from 9 to 7 us without it. The bound is checked before the append, so
+threads sending at the very same moment may each add one past it; only senders waiting
+for room (``send_wait``, ``close``) take a lock. The wake-up hand-shake
+(``_sleep_until_sent``) relies on the GIL's ordering of plain reads and writes.
 """
 
 from __future__ import annotations
