@@ -214,3 +214,92 @@ def test_rotation_keeps_n_gzipped_backups(tmp_path: Path) -> None:
             ids += [r["conn"] for r in _lines(rotated.read())]
     ids += [r["conn"] for r in _lines(path.read_text())]
     assert ids == list(range(ids[0], 400)), "rotated files hold the newest events, in order"
+
+
+class Counting(Actor):
+    """Counts what it handles per sender, in order, and says when a total is reached."""
+
+    def __init__(self, size: int = 0) -> None:
+        super().__init__("counting", size)
+        self.seen: dict[int, list[int]] = {}
+        self.handled = 0
+        self.target = 0
+        self.reached = threading.Event()
+
+    def handle(self, message: Any) -> None:
+        sender, index = message
+        self.seen.setdefault(sender, []).append(index)
+        self.handled += 1
+        if self.handled >= self.target:
+            self.reached.set()
+
+
+def test_actor_sleeping_between_bursts_misses_no_wake_up() -> None:
+    """Thousands of bursts, each sent while the actor may be going to sleep: a lost
+    wake-up would leave a burst unhandled and the wait for it would time out."""
+    actor = Counting()
+    actor.start()
+    senders = 3
+    sent = [0] * senders
+    start = threading.Barrier(senders)
+    for round_number in range(2_000):
+        burst = 1 + round_number % 4
+        actor.reached.clear()
+        actor.target = actor.handled + senders * burst
+
+        def send_burst(sender: int, burst: int = burst) -> None:
+            start.wait(10)
+            for _ in range(burst):
+                assert actor.send((sender, sent[sender]))
+                sent[sender] += 1
+
+        threads = [threading.Thread(target=send_burst, args=(s,)) for s in range(senders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert actor.reached.wait(10), f"round {round_number}: {actor.handled} of {actor.target} handled"
+    assert actor.close() and actor.join(10)
+    assert actor.seen == {s: list(range(sent[s])) for s in range(senders)}
+
+
+def test_send_wait_gets_the_room_the_actor_makes() -> None:
+    actor = Recording(size=1)
+    actor.gate.clear()
+    actor.start()
+    assert actor.send("first")
+    sent_all = threading.Event()
+    waited: list[bool] = []
+
+    def fill() -> None:
+        # "first" may still be in the mailbox or already in handle(): either way, the
+        # mailbox is full again at the latest after one more.
+        waited.extend(actor.send_wait(name, 10) for name in ("second", "third"))
+        sent_all.set()
+
+    sender = threading.Thread(target=fill)
+    sender.start()
+    assert not sent_all.wait(0.1), "the mailbox has room for one while the actor is stuck"
+    actor.gate.set()
+    sender.join(10)
+    assert waited == [True, True]
+    assert actor.close() and actor.join(10)
+    assert actor.handled == ["first", "second", "third"]
+
+
+def test_send_wait_gives_up_at_its_timeout_and_when_the_actor_dies() -> None:
+    actor = Recording(size=1)
+    actor.gate.clear()
+    actor.start()
+    assert actor.send("boom")
+    while not actor.send("queued"):  # until "boom" is in handle() and "queued" holds the place
+        assert actor.alive
+    assert actor.send_wait("late", 0.05) is False
+    outcome: list[bool] = []
+    waiter = threading.Thread(target=lambda: outcome.append(actor.send_wait("later", 30)))
+    waiter.start()
+    actor.gate.set()  # handle("boom") raises: the actor dies and empties its mailbox
+    waiter.join(10)
+    assert outcome == [False], "a dead actor tells the senders waiting for room at once"
+    assert actor.join(10) and isinstance(actor.error, ValueError)
+    assert actor.send("after") is False

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -160,3 +161,52 @@ def test_text_log_shows_each_lifecycle_step_once() -> None:
     assert not any(mark in stopped for mark in "{}'"), stopped
     fields = dict(part.split("=", 1) for part in stopped.split()[3:])
     assert fields["listeners.tcp.accepted"] == "0" and fields["closed_by_reason"] == "-", stopped
+
+
+def test_a_burst_cut_by_sigterm_logs_each_connection_once_opened_then_closed() -> None:
+    """Client threads open connections as fast as they can; SIGTERM lands mid-burst. Every
+    connection the server accepted has exactly one ``opened`` line and, after it, one
+    ``closed`` line, and the counts match the final statistics: no line lost or doubled
+    by the log's gathered bursts, nor at the stop."""
+    process = ServerProcess("--port", "0", "--admin-port", "off", "--stats-interval", "0").start()
+    completed = 0
+    enough = threading.Event()
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal completed
+        while True:
+            try:
+                with socket.create_connection(process.address, timeout=10) as sock:
+                    sock.sendall(CANARY)
+                    read_exactly(sock, len(CANARY))
+            except (OSError, AssertionError):  # the listener closed at the stop, or the drain cut us
+                return
+            with lock:
+                completed += 1
+                if completed >= 1500:
+                    enough.set()
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        for thread in clients:
+            thread.start()
+        assert enough.wait(60), f"only {completed} connections completed"
+        process.signal(signal.SIGTERM)  # the clients are still connecting
+        assert process.finish() == 0
+        for thread in clients:
+            thread.join(30)
+    finally:
+        process.stop()
+    records = process.seen
+    assert not [r for r in records if r["event"] == "log_dropped"]
+    where: dict[int, list[str]] = {}
+    for record in records:
+        if record["event"] in ("opened", "closed"):
+            where.setdefault(record["conn"], []).append(record["event"])
+    assert all(events == ["opened", "closed"] for events in where.values()), [
+        (conn, events) for conn, events in where.items() if events != ["opened", "closed"]
+    ][:5]
+    stopped = next(r for r in records if r["event"] == "stopped")
+    assert len(where) == stopped["accepted"] == stopped["closed"] >= completed >= 1500
+    assert sorted(where) == list(range(1, len(where) + 1)), "connection ids are 1..N, none missing"

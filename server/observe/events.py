@@ -43,8 +43,19 @@ def event(name: str, *, level: str = "info", conn_id: int | None = None, peer: s
     return Event(name, level, conn_id, peer, MappingProxyType(data) if data else _EMPTY)
 
 
+# The last second formatted, and its text: a busy log's lines share their second, and
+# strftime(gmtime()) costs more than the rest of a short line. One tuple, replaced whole:
+# any thread may read or replace it.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def iso_utc(at: float) -> str:
-    """2026-11-24T21:23:16.123Z"""
+    """2026-11-24T21:23:16.123Z (any thread)."""
+    global _last_second
     seconds = int(at)
     millis = int((at - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    cached_second, text = _last_second
+    if seconds != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second = (seconds, text)
+    return f"{text}.{millis:03d}Z"

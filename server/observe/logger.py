@@ -23,16 +23,16 @@ until it is all written (the main thread).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from typing import IO, Any
 
 from server.observe.actor import Actor
 from server.observe.events import Event, event, iso_utc
+from server.observe.lines import format_event, format_record
 from server.observe.sinks import FdSink, LogSink, TextSink, open_sink
 from server.observe.stats import Stats
 from server.observe.throttle import Throttle
@@ -125,8 +125,9 @@ class LogActor(Actor):
             self._write(message.text)
             return
         if isinstance(message, Event):
-            record = message.as_dict()
-        elif isinstance(message, logging.LogRecord):
+            self._write(format_event(message, json_lines=self._json))
+            return
+        if isinstance(message, logging.LogRecord):
             record = _record_fields(message)
         else:
             record = {"ts": iso_utc(0), "level": "error", "event": "log", "message": repr(message)}
@@ -178,24 +179,6 @@ class LogActor(Actor):
         return format_record(record, json_lines=self._json)
 
 
-def format_record(record: dict[str, Any], *, json_lines: bool) -> str:
-    """One log line (with its newline) for an event's or a log record's fields: JSON, or
-    text. Any thread (a worker formats its own events' lines with it)."""
-    if json_lines:
-        return json.dumps(record, separators=(",", ":"), default=str) + "\n"
-    name = record.pop("event")
-    if name == "log":  # a logging record: "<ts> <LEVEL> <logger>: <message>"
-        name = record.pop("logger") + ":"
-    head = f"{record.pop('ts')} {record.pop('level').upper():7} {name}"
-    message = record.pop("message", None)
-    exc = record.pop("exc", None)
-    parts = [head] + [f"{k}={v}" for key, value in record.items() for k, v in _text_fields(key, value)]
-    if message is not None:
-        parts.append(str(message))
-    line = " ".join(parts)
-    return line + ("\n" + exc if exc else "") + "\n"
-
-
 class Lines:
     """Log lines formatted elsewhere (a worker's, in a batch): written as they are."""
 
@@ -223,25 +206,6 @@ def _stdout_sink(report: Callable[[str, int], None]) -> LogSink:
     except (AttributeError, OSError, ValueError):  # replaced by something without a descriptor
         return TextSink(sys.stdout, report)
     return FdSink(fd, report, owns=False)
-
-
-def _text_fields(key: str, value: Any) -> Iterator[tuple[str, str]]:
-    """``key=value`` pairs for the text format: a mapping (or a list of them, as the
-    supervisor's ``workers``) is flattened into dotted keys, ``listeners.tcp.accepted=4``,
-    so a line never carries a Python repr; an empty one is ``key=-``."""
-    if isinstance(value, Mapping):
-        items: Iterable[tuple[Any, Any]] = value.items()
-    elif isinstance(value, (list, tuple)) and any(isinstance(item, Mapping) for item in value):
-        items = enumerate(value)
-    else:
-        yield key, str(value)
-        return
-    empty = True
-    for inner_key, inner in items:
-        empty = False
-        yield from _text_fields(f"{key}.{inner_key}", inner)
-    if empty:
-        yield key, "-"
 
 
 def _record_fields(record: logging.LogRecord) -> dict[str, Any]:

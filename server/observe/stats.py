@@ -139,7 +139,7 @@ class Stats:
         self._log_events_dropped = 0
         self._rejected: Counter[str] = Counter()
         self._closed_by_reason: Counter[str] = Counter()
-        self._per_ip: Counter[str] = Counter()
+        self._per_ip: dict[str, int] = {}  # a plain dict: Counter's __missing__ and __delitem__ are Python calls
         self._pending = 0  # places reserved for connections awaiting a PROXY header
         self._duration_counts = [0] * (len(DURATION_BUCKETS_S) + 1)
         self._duration_sum = 0.0
@@ -168,13 +168,14 @@ class Stats:
 
     def _admit_per_ip(self, ip: str, max_per_ip: int, listener: str) -> str | None:
         """Under the lock: the per-address check, then count the admitted connection."""
-        if self._per_ip[ip] >= max_per_ip:
+        count = self._per_ip.get(ip, 0)
+        if count >= max_per_ip:
             self._rejected[REJECT_PER_IP] += 1
             return REJECT_PER_IP
         self._accepted += 1
         self._active += 1
-        self._per_ip[ip] += 1
-        self._listener_counts.setdefault(listener, Counter())["accepted"] += 1
+        self._per_ip[ip] = count + 1
+        self._listener(listener)["accepted"] += 1
         if self._active > self._peak_active:
             self._peak_active = self._active
         return None
@@ -218,8 +219,14 @@ class Stats:
             self._bytes_sent += sent
             self._add_listener_bytes(listener, received, sent)
 
+    def _listener(self, name: str) -> Counter[str]:  # under the lock
+        counts = self._listener_counts.get(name)
+        if counts is None:  # (setdefault would build a Counter on every call)
+            counts = self._listener_counts[name] = Counter()
+        return counts
+
     def _add_listener_bytes(self, listener: str, received: int, sent: int) -> None:  # under the lock
-        counts = self._listener_counts.setdefault(listener, Counter())
+        counts = self._listener(listener)
         counts["bytes_received"] += received
         counts["bytes_sent"] += sent
 
@@ -229,7 +236,7 @@ class Stats:
             self._bytes_received += bytes_in
             self._bytes_sent += bytes_out
             self._add_listener_bytes("udp", bytes_in, bytes_out)
-            counts = self._listener_counts.setdefault("udp", Counter())
+            counts = self._listener("udp")
             counts["datagrams_received"] += received
             counts["datagrams_sent"] += sent
             self._udp_dropped.update(dropped)
@@ -243,11 +250,11 @@ class Stats:
         bytes_slot = bisect.bisect_left(BYTES_BUCKETS, total_bytes)
         with self._lock:
             self._active -= 1
-            left = self._per_ip[ip] - 1
+            left = self._per_ip.get(ip, 0) - 1
             if left > 0:
                 self._per_ip[ip] = left
             else:
-                del self._per_ip[ip]
+                self._per_ip.pop(ip, None)
             self._closed += 1
             self._closed_by_reason[reason] += 1
             if reason == "error":

@@ -51,7 +51,8 @@ from server.listeners import Listener
 from server.observe.actor import Actor
 from server.observe.events import Event
 from server.observe.exchange import Exchange
-from server.observe.logger import LEVELS, format_record
+from server.observe.lines import format_event
+from server.observe.logger import LEVELS
 from server.observe.stats import REJECT_PER_IP, Stats
 from server.observe.throttle import Throttle
 from server.observe.totals import pack
@@ -220,6 +221,7 @@ class Uplink(Actor):
         self._lines: list[str] = []
         self._broken = False
         self._worker = worker
+        self._worker_field = {"worker": worker}  # after each line's own fields
         self._log_lines = log_lines
         self._json = log_format == "json"
         self._threshold = LEVELS[log_level]
@@ -238,9 +240,7 @@ class Uplink(Actor):
                 self._batch.append(wire_event(message))
             else:
                 if LEVELS.get(message.level, logging.INFO) >= self._threshold:
-                    record = message.as_dict()
-                    record["worker"] = self._worker
-                    self._lines.append(format_record(record, json_lines=self._json))
+                    self._lines.append(format_event(message, json_lines=self._json, extra=self._worker_field))
                 if self.watched:
                     self._batch.append(("w", *wire_event(message)[1:]))
         elif isinstance(message, logging.LogRecord):
