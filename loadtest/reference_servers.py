@@ -11,6 +11,10 @@ KIND is one of:
                fastest event loop Python has; a development-only dependency of the
                bench, never of the product (the row is skipped where it is missing)
     streams    asyncio streams: await reader.read(), writer.write(), await writer.drain()
+    floor      the least a Python event loop can do per message: one thread, select.epoll,
+               os.read + os.write, nothing else (no deadlines, no accounting, no partial
+               write handling: a fixture, not a server). The interpreter's floor that a
+               pure-Python engine's CPU per message is measured against
 
 Each prints ``LISTENING HOST PORT`` once it listens, and runs until killed. All use a
 1024 backlog and TCP_NODELAY, like echo-service, so the comparison is of the designs.
@@ -112,12 +116,66 @@ def serve_uvloop(host: str, port: int) -> None:
     uvloop.run(_serve_asyncio(host, port))
 
 
+def serve_floor(host: str, port: int) -> None:
+    import os
+    import select
+
+    listener = socket.create_server((host, port), backlog=BACKLOG)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.setblocking(False)
+    _ready(listener)
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    listening = listener.fileno()
+    connections: dict[int, socket.socket] = {}
+    owed: dict[int, memoryview] = {}  # what a partial write left, until writable
+    read, write = os.read, os.write
+    while True:
+        for fd, _ in poller.poll():
+            if fd == listening:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                connections[conn.fileno()] = conn
+                poller.register(conn.fileno(), select.EPOLLIN)
+                continue
+            try:
+                if fd in owed:  # writable: go on with what is owed, read nothing meanwhile
+                    rest = owed.pop(fd)
+                    rest = rest[write(fd, rest) :]
+                    if rest:
+                        owed[fd] = rest
+                    else:
+                        poller.modify(fd, select.EPOLLIN)
+                    continue
+                data = read(fd, CHUNK)
+                if data:
+                    try:
+                        written = write(fd, data)
+                    except BlockingIOError:
+                        written = 0
+                    if written != len(data):
+                        owed[fd] = memoryview(data)[written:]
+                        poller.modify(fd, select.EPOLLOUT)
+                    continue
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            owed.pop(fd, None)
+            poller.unregister(fd)
+            connections.pop(fd).close()
+
+
 SERVERS: dict[str, Callable[[str, int], None]] = {
     "seed": serve_seed,
     "threading": serve_threading,
     "asyncio": lambda host, port: asyncio.run(_serve_asyncio(host, port)),
     "streams": lambda host, port: asyncio.run(_serve_streams(host, port)),
     "uvloop": serve_uvloop,
+    "floor": serve_floor,
 }
 
 

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 C_SOURCE = ROOT / "loadtest" / "epoll_echo.c"
 C_SERVER = "c-epoll"
 UVLOOP_SERVER = "uvloop-protocol"
+FLOOR_SERVER = "python-floor"  # the interpreter's floor: a bare epoll loop, no engine
 TLS_SERVER = "echo-service-tls"
 TLS_SERVERS = ("echo-service", TLS_SERVER)
 SERVERS = {
@@ -40,6 +41,7 @@ SERVERS = {
     ],
     "asyncio-protocol": [sys.executable, "-m", "loadtest.reference_servers", "asyncio"],
     UVLOOP_SERVER: [sys.executable, "-m", "loadtest.reference_servers", "uvloop"],
+    FLOOR_SERVER: [sys.executable, "-m", "loadtest.reference_servers", "floor"],
     "asyncio-streams": [sys.executable, "-m", "loadtest.reference_servers", "streams"],
     "threading-tcpserver": [sys.executable, "-m", "loadtest.reference_servers", "threading"],
     "seed-threadpool-128": [sys.executable, "-m", "loadtest.reference_servers", "seed"],
