@@ -55,9 +55,10 @@ import server
 from server.config import Config
 from server.engine.banner import Banner
 from server.engine.connection import Connection
+from server.engine.heartbeat import most_stalled, stall_problem
 from server.engine.listener import backlog_capped, fit_fd_limit
 from server.engine.reflection import reflect
-from server.engine.scheduler import Scheduler, most_stalled, stall_problem
+from server.engine.scheduler import Scheduler
 from server.engine.tls import TlsContext
 from server.engine.waits import every
 from server.failure import FailureAttributes, FailureRecord

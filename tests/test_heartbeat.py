@@ -10,7 +10,8 @@ import threading
 import time
 from types import SimpleNamespace
 
-from server.engine.scheduler import MAX_IDLE_S, Scheduler, most_stalled, stall_problem
+from server.engine.heartbeat import most_stalled, stall_problem
+from server.engine.scheduler import MAX_IDLE_S, Scheduler
 from server.engine.waits import Sleep, TaskGen
 from server.observe.events import event
 from server.observe.logger import LIFECYCLE_WAIT_S, LogActor

@@ -55,10 +55,11 @@ import queue
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from server.engine.os_names import name_thread
+from server.engine.task import Task
 from server.engine.timers import Deadlines
 from server.engine.waits import (
     EXCLUSIVE,
@@ -77,47 +78,6 @@ _HAS_EPOLL = hasattr(select, "epoll")
 log = logging.getLogger("echo.scheduler")
 
 
-class Task:
-    __slots__ = (
-        "armed",
-        "armed_seq",
-        "critical",
-        "daemon",
-        "done",
-        "events",
-        "fd",
-        "gen",
-        "sleeping",
-        "sock",
-        "state",
-        "send",
-        "timeout",
-        "wait",
-        "wait_since",
-    )
-
-    def __init__(self, gen: TaskGen, sock: socket.socket | None, daemon: bool, state: Any, critical: bool) -> None:
-        self.gen = gen
-        self.send = gen.send  # bound once: the loop resumes the task with it per event
-        self.sock = sock
-        self.fd = -1 if sock is None else sock.fileno()  # its key in the scheduler's table
-        self.daemon = daemon
-        self.critical = critical
-        self.state = state  # the owner's per-task data (the echo Connection)
-        self.events = 0  # what the socket is registered for; 0 = not registered
-        self.wait_since = 0.0  # when the current Wait or Sleep began
-        self.timeout: float | None = None  # its length; None = no deadline
-        # The Wait last yielded, when yielding it again needs no settling (see run_once).
-        self.wait: Wait | None = None
-        self.sleeping = False  # the current wait is a Sleep (resume, not WaitTimeout)
-        self.armed: float | None = None  # ``when`` of the task's live heap entry
-        self.armed_seq = 0  # and its sequence number (see timers.py)
-        self.done = False
-
-    def due(self) -> float | None:
-        return None if self.timeout is None else self.wait_since + self.timeout
-
-
 def _name(task: Task) -> str:
     return getattr(task.gen, "__qualname__", repr(task.gen))
 
@@ -128,25 +88,6 @@ class _StopRequest:
     def __init__(self, grace: float, abort: float) -> None:
         self.grace = grace
         self.abort = abort
-
-
-def most_stalled(loops: Iterable[Scheduler | None]) -> tuple[str, float]:
-    """The loop stalled longest and for how long (any thread); ("", 0.0) if none is."""
-    name, worst = "", 0.0
-    for loop in loops:
-        if loop is not None:
-            stalled = loop.stalled_for()
-            if stalled > worst:
-                name, worst = loop.name, stalled
-    return name, worst
-
-
-def stall_problem(name: str, stalled_s: float, limit_s: float) -> str | None:
-    """What /healthz says of a loop stalled ``stalled_s``: None while within ``limit_s``
-    (0: never a problem)."""
-    if limit_s <= 0 or stalled_s <= limit_s:
-        return None
-    return f"{name} has not turned for {stalled_s:.1f} s"
 
 
 class Scheduler:
