@@ -107,6 +107,7 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
     error_content_type = "text/plain; charset=utf-8"
     error_message_format = "%(code)d %(message)s\n"
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's, which typeshed leaves out; _send writes it
 
     def __init__(self, conn: Conn, admin: AdminServer) -> None:
         self.conn = conn
@@ -304,9 +305,13 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (extra or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        # Headers and body in one write (end_headers would send the headers alone): with
+        # two, Nagle holds the body until the client's delayed ACK, 40 ms on every
+        # keep-alive request such as the dashboard's polls.
+        head = b""
+        if self.request_version != "HTTP/0.9":  # as end_headers does: 0.9 has no headers
+            head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+        self.wfile.write(head if self.command == "HEAD" else head + data)
 
     def log_message(self, format: str, *args: Any) -> None:
         limits.log.debug("admin %s %s", self.address_string(), format % args)
