@@ -346,12 +346,12 @@ class _ConnectLoop:
 
 
 def test_the_bench_counts_every_process_of_a_supervised_server() -> None:
-    from loadtest import bench, servers
+    from loadtest import bench, scenarios, servers
 
-    workers_row = bench.SCENARIOS[6]
+    workers_row = scenarios.SCENARIOS[6]
     assert workers_row.workers
     assert [n for n in servers.SERVERS if bench.runs_in(n, workers_row)] == ["echo-service", servers.WORKERS_SERVER]
-    assert servers.WORKERS_SERVER not in [n for n in servers.SERVERS if bench.runs_in(n, bench.SCENARIOS[1])]
+    assert servers.WORKERS_SERVER not in [n for n in servers.SERVERS if bench.runs_in(n, scenarios.SCENARIOS[1])]
     server = servers.ServerUnderTest(servers.WORKERS_SERVER, None)
     try:
         assert round_trip(server.address) == b"ping"
