@@ -222,7 +222,7 @@ def udp_faults(draw: FaultDraw) -> UdpFaults:
 def pipeline_for(spec: ListenerSpec, parts: ServerParts, acceptor: Acceptor) -> Pipeline:
     """A stream listener's connection life: [PROXY] -> [TLS handshake] -> [banner] -> loop."""
     config = parts.config
-    waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout)
+    waits = EchoWaits.from_timeouts(config.idle_timeout, config.write_stall_timeout, config.buffer_size)
     steps: list[Step] = []
     gate = acceptor.proxy_admission
     if gate is not None:

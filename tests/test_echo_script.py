@@ -87,10 +87,9 @@ class Run:
         self.sock = sock
         self.conn = Connection(1, "127.0.0.1:9", "127.0.0.1", 0.0)
         self.closed: list[Connection] = []
+        self.echo_steps = 0  # messages the played scheduler echoed without resuming the task
         monkeypatch.setattr(echo_module, "unsent_bytes", lambda _sock: self.sock.unsent)
-        monkeypatch.setattr(echo_module, "read_fd", lambda _fd, nbytes: sock.read(nbytes))
-        monkeypatch.setattr(echo_module, "write_fd", lambda _fd, data: sock.send(memoryview(data)))
-        self.waits = EchoWaits.from_timeouts(300.0, 30.0)
+        self.waits = EchoWaits.from_timeouts(300.0, 30.0, read_size=64)
         pipeline = Pipeline("tcp", steps, transport, self.waits, self.closed.append)
         self.gen: TaskGen = transport(sock, self.conn, memoryview(bytearray(64)), pipeline)  # type: ignore[arg-type]
         self.wait: Wait | None = self._advance(lambda: next(self.gen))
@@ -104,9 +103,36 @@ class Run:
         return wait
 
     def ready(self) -> Wait | None:
-        """The socket is ready for what the task waits for."""
-        self.wait = self._advance(lambda: self.gen.send(None))
+        """The socket is ready for what the task waits for (an echo wait: the
+        scheduler's echo step, played as waits.py describes it)."""
+        wait = self.wait
+        if wait is not None and wait.echo:
+            self.wait = self._advance(lambda: self._echo_step(wait))
+        else:
+            self.wait = self._advance(lambda: self.gen.send(None))
         return self.wait
+
+    def _echo_step(self, wait: Wait) -> object:
+        try:
+            data = self.sock.read(wait.echo)
+        except BlockingIOError:
+            return wait  # woken for nothing: the task is not resumed
+        except Exception as error:
+            return self.gen.throw(error)
+        sent = 0
+        if data:
+            self.conn.bytes_in += len(data)
+            try:
+                sent = self.sock.send(memoryview(data))
+            except BlockingIOError:
+                pass
+            except Exception as error:
+                return self.gen.throw(error)
+            if sent == len(data):
+                self.conn.bytes_out += sent
+                self.echo_steps += 1
+                return wait  # echoed whole: the task is not resumed
+        return self.gen.send((data, sent))
 
     def throw(self, error: BaseException) -> Wait | None:
         self.wait = self._advance(lambda: self.gen.throw(error))

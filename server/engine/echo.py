@@ -3,16 +3,18 @@
 It reads the loop top to bottom like the blocking code it replaces: wait readable,
 read what is there, write it back; if the write was partial, keep what is owed and wait
 writable until it drains, reading nothing more meanwhile. So a client that never reads
-costs at most one buffer's worth (``len(buffer)`` bytes), and then the write-stall
+costs at most one buffer's worth (``buffer_size`` bytes), and then the write-stall
 deadline.
 
-Per message: one ``os.read`` of up to ``len(buffer)`` bytes on the socket's descriptor
-(the one allocation: the bytes object it returns, freed once written), one ``os.write``
-of it, two attribute updates. No lock, clock read, event or log line, and no copy: on a
-partial write, what is owed is a view of those bytes. Bytes are counted on the
-Connection; its scheduler folds them into Stats once a second, and the task folds the
-rest at close. (The scheduler's shared buffer still serves the linger after a
-shutdown's FIN, and TLS.)
+Per message, the loop's steady state is the scheduler's echo step (waits.py): one
+``os.read`` of up to ``buffer_size`` bytes on the socket's descriptor (the one
+allocation: the bytes object it returns, freed once written), one ``os.write`` of it,
+two counter updates on the Connection, and no resume of this generator. It is resumed
+only at EOF, on a partial write (then what is owed is a view of the bytes read, not a
+copy) or with the error either call raised. No lock, clock read, event or log line per
+message. Its scheduler folds the Connection's counters into Stats once a second, and
+the task folds the rest at close. (The scheduler's shared buffer still serves the
+linger after a shutdown's FIN, and TLS.)
 
 A write stall means *no progress* for write_stall_timeout, not "could not flush
 everything within it": a slow but steady reader keeps its connection. The kernel only
@@ -38,7 +40,6 @@ Everything here runs on the connection's scheduler thread only.
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
 import ssl
 import struct
@@ -59,14 +60,6 @@ LINGER_CHECK_S = 0.05
 _LINGER_WAIT = Wait(READ, LINGER_CHECK_S)
 _INT = struct.Struct("i")
 
-# The hot loop's two calls. os.read/os.write on the socket's descriptor cost about 1.4
-# us less interpreter time per message than sock.recv_into/sock.send of a buffer slice
-# (measured at one connection x 64 B: their argument parsing and the slice object go),
-# and make the same read()/write() system calls' worth of kernel work. Names here so
-# that the scripted tests can play a socket without a descriptor.
-read_fd = os.read
-write_fd = os.write
-
 
 def unsent_bytes(sock: socket.socket) -> int | None:
     """Bytes the kernel still holds for the peer (not yet acknowledged), or None."""
@@ -79,48 +72,35 @@ def unsent_bytes(sock: socket.socket) -> int | None:
 def plain_echo(sock: socket.socket, conn: Connection, buffer: memoryview, pipeline: Pipeline) -> TaskGen:
     """The connection's task on a plain TCP listener: the steps, then echo until EOF, a
     deadline, an error or shutdown; then ``pipeline.finish``."""
-    fd = sock.fileno()
-    size = len(buffer)
-    read = read_fd
-    write = write_fd
     waits = pipeline.waits
-    read_wait = waits.read
+    echo_wait = waits.echo
     try:
         for step in pipeline.steps:
             yield from step(sock, conn)
         while True:
             try:
-                yield read_wait
+                # The scheduler echoes whole messages itself, counting them into conn;
+                # this resumes only at EOF or a partial write (waits.py).
+                echoed = yield echo_wait
             except WaitTimeout:
                 conn.reason = "idle_timeout"
                 return
             except Shutdown:
                 conn.reason = "shutdown"
                 break
-            try:
-                data = read(fd, size)
-            except BlockingIOError:
-                continue
+            assert echoed is not None, "an echo wait resumes with what it echoed"
+            data, sent = echoed
             if not data:
                 conn.reason = "eof"
                 break
-            received = len(data)
-            conn.bytes_in += received
-            try:
-                sent = write(fd, data)
-            except BlockingIOError:
-                sent = 0
-            if sent != received:
-                # The bytes read are this task's own: what is owed is a view, not a copy.
-                if not (yield from flush(sock, memoryview(data)[sent:], waits, conn)):
-                    # Closing with RST makes the kernel drop the echo it still holds.
-                    reset_on_close(sock)
-                    return
-                conn.bytes_out += received
-                if conn.reason == "shutdown":  # arrived while flushing: read no more
-                    break
-            else:
-                conn.bytes_out += received
+            # The bytes read are this task's own: what is owed is a view, not a copy.
+            if not (yield from flush(sock, memoryview(data)[sent:], waits, conn)):
+                # Closing with RST makes the kernel drop the echo it still holds.
+                reset_on_close(sock)
+                return
+            conn.bytes_out += len(data)
+            if conn.reason == "shutdown":  # arrived while flushing: read no more
+                break
         # Graceful end (EOF or shutdown): nothing is owed here, so say we are done.
         yield from half_close(sock, conn, buffer)
     except Exception as error:

@@ -61,12 +61,17 @@ class EchoWaits:
     write: Wait  # the whole write-stall timeout (TLS: a read that must write first)
     write_check: Wait  # a flush's wait: a STALL_CHECKS-th of it (echo.flush counts them)
     write_check_wants_read: Wait  # TLS: a write that needs the peer's bytes first is still a write
+    echo: Wait  # as ``read``, with the scheduler's echo step (waits.py): the plain loop's
 
     @classmethod
-    def from_timeouts(cls, idle_timeout: float, write_stall_timeout: float) -> EchoWaits:
+    def from_timeouts(cls, idle_timeout: float, write_stall_timeout: float, read_size: int = 65_536) -> EchoWaits:
         check = write_stall_timeout / STALL_CHECKS
         return EchoWaits(
-            Wait(READ, idle_timeout), Wait(WRITE, write_stall_timeout), Wait(WRITE, check), Wait(READ, check)
+            Wait(READ, idle_timeout),
+            Wait(WRITE, write_stall_timeout),
+            Wait(WRITE, check),
+            Wait(READ, check),
+            Wait(READ, idle_timeout, echo=read_size),
         )
 
 

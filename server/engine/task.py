@@ -21,6 +21,7 @@ class Task:
         "critical",
         "daemon",
         "done",
+        "echo",
         "events",
         "fd",
         "gen",
@@ -46,6 +47,7 @@ class Task:
         self.timeout: float | None = None  # its length; None = no deadline
         # The Wait last yielded, when yielding it again needs no settling (see run_once).
         self.wait: Wait | None = None
+        self.echo = 0  # the current Wait's echo size: the loop echoes for the task (waits.py)
         self.sleeping = False  # the current wait is a Sleep (resume, not WaitTimeout)
         self.armed: float | None = None  # ``when`` of the task's live heap entry
         self.armed_seq = 0  # and its sequence number (see timers.py)
