@@ -4,12 +4,6 @@ A task is a generator written like the blocking loop it replaces. It yields what
 waits for (waits.py: Wait(READ | WRITE | ACCEPT, timeout), Sleep(seconds)) and is
 resumed when that happens, or has WaitTimeout or Shutdown thrown in.
 
-ACCEPT registers the socket with EPOLLEXCLUSIVE (where there is epoll): when a
-connection arrives on a listener that several workers wait on, the kernel wakes one of
-them (or a few), not all (the thundering herd). The kernel wakes the first idle waiter
-in its queue, so each ACCEPT wait re-queues the socket at the back (two epoll_ctl calls
-per wake-up): idle workers take turns instead of the first one taking every connection.
-
 A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
 that socket's registration and closes it when the task ends (the task must not close
 it: the registration goes first).
@@ -20,15 +14,12 @@ lookup per ready socket. ``selectors`` costs a Python-level loop, a SelectorKey 
 and a tuple per ready event on top (measured: most of the interpreter time of a turn
 with one event; see docs/design.md).
 
-An echo wait (waits.py) is completed here, in the loop: read, write back, count, and
-keep the wait; the task is resumed only for EOF, a partial write or an error. At 50
-connections x 1 KiB that takes a generator resume and yield, and the same-Wait check,
-off every message (measured: 9% of the server's user time; docs/design.md).
-
-A task that yields the very Wait object it yielded last (the echo loop does, message
-after message: EchoWaits are made once) is taken on at once: its registration and its
-heap entry still hold, so the loop only records when the wait began. Wait objects are
-never changed once made, which is what makes identity enough.
+An echo wait (waits.py) is completed here, in the loop: read, write back, count, keep
+the wait. The task is resumed only for EOF, a partial write or an error, which takes a
+generator resume, a yield and a Wait check off every message (measured: 9% of the
+server's user time at 50 connections x 1 KiB; docs/design.md). A task that yields the
+very Wait it yielded last is taken on at once (registration and heap entry still hold;
+only the wait's start moves): Waits are never changed once made.
 
 Deadlines are lazy but exact (see timers.py): the hot path reads no clock and touches
 no timer structure; a wait records when it began (``now``, read once per loop turn),
@@ -77,6 +68,7 @@ from server.engine.waits import (
     WaitTimeout,
     reset_on_close,
 )
+from server.lib.waker import Waker
 
 MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
 # The echo step's two calls (waits.py): names here, so a test can play a socket that
@@ -125,10 +117,9 @@ class Scheduler:
             self._poller.poll if _HAS_EPOLL else lambda seconds: self._poller.poll(seconds * 1000.0)
         )
         self._by_fd: dict[int, Task] = {}  # the registered sockets' tasks
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._wake_fd = self._wake_r.fileno()
+        self._waker = Waker()
+        self._wake = self._waker.wake  # any thread
+        self._wake_fd = self._waker.fileno()
         self._poller.register(self._wake_fd, READ)
         self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | _StopRequest] = queue.SimpleQueue()
         self._tasks: set[Task] = set()
@@ -171,12 +162,6 @@ class Scheduler:
         if not self._running:
             return 0.0
         return max(0.0, self._clock() - self.now - MAX_IDLE_S)
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # full: a wake-up is already pending; closed: the scheduler is gone
 
     # --- the scheduler's thread ---------------------------------------------------------
 
@@ -288,9 +273,8 @@ class Scheduler:
                     self._failed(task, failure)
                     continue
                 if wait is task.wait:
-                    # The same Wait again (the echo loop, message after message): the
-                    # registration and the heap entry still hold (an entry at or before
-                    # the old deadline is at or before the new one); only its start moves.
+                    # The same Wait again: an entry at or before the old deadline is at
+                    # or before the new one; only the wait's start moves.
                     task.wait_since = now
                 else:
                     self._settle(task, wait)
@@ -398,11 +382,7 @@ class Scheduler:
         task.events = 0
 
     def _drain_inbox(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._waker.drain()
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -457,5 +437,4 @@ class Scheduler:
             self._end(task, close_gen=True, reset=True)
         if _HAS_EPOLL:
             self._poller.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()

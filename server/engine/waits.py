@@ -21,6 +21,12 @@ task is resumed only when that step did not complete, with what it got:
 An EAGAIN on the read (woken for nothing) keeps waiting, and is not activity. So a
 connection echoing whole messages costs the interpreter no generator resume at all.
 
+ACCEPT registers the socket with EPOLLEXCLUSIVE (where there is epoll): when a
+connection arrives on a listener that several workers wait on, the kernel wakes one of
+them (or a few), not all (the thundering herd). It wakes the first idle waiter in its
+queue, so the scheduler re-queues the socket at the back at each ACCEPT wait (two
+epoll_ctl calls per wake-up): idle workers take turns.
+
 Shutdown is thrown into each task still running at a stop's grace deadline. Plain
 immutable values and two helpers (``reset_on_close``, ``every``): any thread may use
 them; a task uses them on its scheduler's thread.

@@ -63,6 +63,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from server.lib.net import format_address, open_listener
+from server.lib.waker import Waker
 from server.observe.admin_conn import Conn, Watcher
 from server.observe.exchange import Exchange
 from server.observe.history import History, HistorySampler
@@ -124,12 +125,10 @@ class AdminServer:
         self._stream_refusals = Throttle()  # under _lock
         self._requests: queue.SimpleQueue[tuple[Request, Conn | None]] = queue.SimpleQueue()
         try:
-            self._wake_r, self._wake_w = socket.socketpair()
+            self._waker = Waker()
         except OSError:
             self._listener.close()
             raise
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
         self._evictions = Throttle()  # admin thread
         self._refusals = Throttle()  # admin thread
         self._pauses = Throttle()  # admin thread
@@ -187,8 +186,7 @@ class AdminServer:
             )
         if loop_stopped:
             self._listener.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     # --- the admin thread ------------------------------------------------------------
 
@@ -196,7 +194,7 @@ class AdminServer:
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._listener, selectors.EVENT_READ)
-                selector.register(self._wake_r, selectors.EVENT_READ)
+                selector.register(self._waker.reader, selectors.EVENT_READ)
                 self._loop(selector)
         except Exception:
             log.exception("admin: the accept loop failed; the admin endpoint is down")
@@ -210,12 +208,8 @@ class AdminServer:
         while True:
             timeout = None if resume_at is None else max(0.0, resume_at - time.monotonic())
             for key, _ in selector.select(timeout):
-                if key.fileobj is self._wake_r:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except BlockingIOError:
-                        pass
+                if key.fileobj is self._waker.reader:
+                    self._waker.drain()
                     if not self._run_requests(selector):
                         return
                 elif key.fileobj is self._listener:
@@ -341,13 +335,7 @@ class AdminServer:
 
     def _post(self, kind: Request, conn: Conn | None) -> None:
         self._requests.put((kind, conn))
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # a wake-up is already pending, or the endpoint is closed
+        self._waker.wake()
 
     @staticmethod
     def _say(throttle: Throttle, message: str, *args: object) -> None:
@@ -369,7 +357,7 @@ class AdminServer:
                 if via_loop:
                     self._requests.put(("release", conn))
             if via_loop:
-                self._wake()
+                self._waker.wake()
             else:
                 conn.sock.close()
 
@@ -410,7 +398,7 @@ class AdminServer:
             elif not self._loop_done:
                 conn.wants_watch = True
                 self._requests.put(("watch", conn))
-        self._wake()
+        self._waker.wake()
         with self._view.exchange.subscribed(watcher):
             subscribed()
             while True:

@@ -39,7 +39,6 @@ import logging
 import queue
 import selectors
 import signal
-import socket
 import time
 from collections import deque
 from types import MappingProxyType
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from server.config import Config
 from server.core import FINAL_FLUSH_S
 from server.lib.net import format_address
+from server.lib.waker import Waker
 from server.listeners import Listener
 from server.observe.events import Event, event
 from server.observe.stats import StatsSnapshot
@@ -109,9 +109,7 @@ class Monitor:
         self._limits = limits
         self._commands: queue.SimpleQueue[tuple[str, Config | Ask | None]] = queue.SimpleQueue()
         self._asks: dict[int, Ask] = {}  # /connections questions waiting for workers' answers
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = Waker()
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, WorkerProcess] = {}  # pid -> worker
         self._generation = 0
@@ -129,27 +127,21 @@ class Monitor:
         """``stop``, ``reload`` with its config, or ``watch`` (the event readers changed)
         (any thread)."""
         self._commands.put((command, config))
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
+        self._waker.wake()
 
     def ask(self, request: Ask) -> None:
         """A /connections question for every live worker (any thread; worker_connections.py)."""
         self._commands.put(("ask", request))
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
+        self._waker.wake()
 
     def run(self) -> None:  # the monitor thread's target
         try:
-            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            self._selector.register(self._waker.reader, selectors.EVENT_READ)
             self._next_stats = time.monotonic() + self.config.stats_interval
             self._spawn_generation(self.config)
             while self._workers or not self._stopping:
                 for key, _ in self._selector.select(self._timeout()):
-                    if key.fileobj is self._wake_r:
+                    if key.fileobj is self._waker.reader:
                         self._take_commands()
                     elif isinstance(key.data, WorkerProcess):
                         self._heard(key.data, key.fileobj)
@@ -161,8 +153,7 @@ class Monitor:
             self._owner.kill_workers()
         finally:
             self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
             self._close_listeners()
 
     def _timeout(self) -> float:
@@ -177,11 +168,7 @@ class Monitor:
         return max(0.0, min(deadlines, default=now + MONITOR_IDLE_S) - now)
 
     def _take_commands(self) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except BlockingIOError:
-            pass
+        self._waker.drain()
         while True:
             try:
                 command, config = self._commands.get_nowait()
