@@ -1,7 +1,8 @@
 """Config: every setting of the server, in one frozen dataclass.
 
 This module owns the list of settings: name, type, default, unit, help text and the
-rule that makes a value valid. The CLI flags (``--max-connections``), the environment
+rule that makes a value valid (the parsers and checks those rules are made of are in
+setting_values.py). The CLI flags (``--max-connections``), the environment
 variables (``ECHO_MAX_CONNECTIONS``) and ``--help`` are built from the ``SETTINGS``
 below; the README's configuration table is written by hand and a test checks it
 against them, so none of them can drift apart unnoticed.
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server import setting_values as values
 from server.engine.proxy_protocol import ACCEPT_CHOICES
 from server.lib.alpn import check_alpn, parse_alpn
 from server.lib.banner_template import check_template, parse_template
@@ -37,123 +38,6 @@ class ConfigError(ValueError):
         super().__init__(f"{setting}: {problem}")
         self.setting = setting
         self.problem = problem
-
-
-# --- Parsers: text (from a flag or the environment) -> value. They raise ValueError
-# with a message fit to show a user after the setting's name.
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text.strip(), 10)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
-def _optional_text(text: str) -> str | None:
-    return text.strip() or None
-
-
-def _fault_rules(text: str) -> tuple[Rule, ...]:
-    """ECHO_FAULTS_RULES: a JSON list of rule objects (server/faults/rules.py)."""
-    from server.faults.rules import FaultRuleError, rules_from_json_text  # only when a rule is given
-
-    try:
-        return rules_from_json_text(text)
-    except FaultRuleError as error:
-        raise ValueError(str(error)) from None
-
-
-def _fault_rule(text: str) -> Rule:
-    """One --fault KIND[:key=value,...]."""
-    from server.faults.rules import FaultRuleError, parse_flag
-
-    try:
-        return parse_flag(text)
-    except FaultRuleError as error:
-        raise ValueError(f"{text.strip()!r}: {error}") from None
-
-
-def _optional_integer(text: str) -> int | None:
-    return None if not text.strip() else _integer(text)
-
-
-def _admin_port(text: str) -> int | None:
-    """``off`` or a negative number disables the admin endpoint (None)."""
-    if text.strip().lower() in ("off", "none", "disabled", ""):
-        return None
-    port = _integer(text)
-    return None if port < 0 else port
-
-
-def _workers(text: str) -> int:
-    """A number, or ``auto``: the CPUs this process may run on (its affinity mask)."""
-    if text.strip().lower() == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return _integer(text)
-
-
-# --- Checks: value -> problem (str) or None when the value is valid.
-
-
-def _between(low: float, high: float) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"expected a number, got {value!r}"
-        if not low <= value <= high:
-            return f"must be between {low:g} and {high:g}, got {value:g}"
-        return None
-
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value not in choices:
-            return f"must be one of {', '.join(choices)}; got {value!r}"
-        return None
-
-    return check
-
-
-def _port_or_off(value: Any) -> str | None:
-    return None if value is None else _between(0, 65535)(value)
-
-
-def _nonempty(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "must not be empty"
-
-
-def _always_valid(value: Any) -> str | None:
-    return None
-
-
-def _seed(value: Any) -> str | None:
-    return None if value is None else _between(0, 2**63)(value)
-
-
-def _rules(value: Any) -> str | None:
-    if value is None:
-        return None
-    from server.faults.rules import Rule
-
-    if isinstance(value, tuple) and all(isinstance(rule, Rule) for rule in value):
-        return None
-    return "expected fault rules"
 
 
 def is_loopback(host: str) -> bool:
@@ -194,22 +78,22 @@ class Config:
     host: str = setting(
         "127.0.0.1",
         "address to listen on; '::' listens on IPv6 and IPv4 (dual-stack), 0.0.0.0 on all IPv4",
-        parse=_text,
-        check=_nonempty,
+        parse=values.text,
+        check=values.nonempty,
         metavar="ADDR",
     )
     port: int = setting(
         7007,
         "TCP port for echo; 0 picks a free port",
-        parse=_integer,
-        check=_between(0, 65535),
+        parse=values.integer,
+        check=values.between(0, 65535),
         metavar="PORT",
     )
     loops: int = setting(
         1,
         "scheduler threads running connections; under the GIL one is fastest",
-        parse=_integer,
-        check=_between(1, 64),
+        parse=values.integer,
+        check=values.between(1, 64),
         metavar="N",
     )
     # One process is one core (the GIL); more cores take processes. 1: no supervisor.
@@ -217,8 +101,8 @@ class Config:
         1,
         "worker processes sharing the port under a supervisor (restarts, SIGHUP reload); "
         "'auto' = the CPUs this process may use",
-        parse=_workers,
-        check=_between(1, 1024),
+        parse=values.workers,
+        check=values.between(1, 1024),
         metavar="N",
     )
     # Liveness (docs/workers.md). The scheduler turns at least once a second even when
@@ -226,8 +110,8 @@ class Config:
     heartbeat_timeout: float = setting(
         5.0,
         "/healthz answers 503, naming the loop, when a scheduler has not turned for this long; 0 turns it off",
-        parse=_number,
-        check=_between(0, DAY_S),
+        parse=values.number,
+        check=values.between(0, DAY_S),
         unit="s",
         metavar="SECONDS",
     )
@@ -236,8 +120,8 @@ class Config:
         10.0,
         "with --workers: a worker whose loop has not turned (or that sent nothing) for this long "
         "is killed and replaced (worker_hung); 0 turns it off",
-        parse=_number,
-        check=_between(0, DAY_S),
+        parse=values.number,
+        check=values.between(0, DAY_S),
         unit="s",
         metavar="SECONDS",
     )
@@ -246,38 +130,38 @@ class Config:
     backlog: int = setting(
         1024,
         "listen backlog (the kernel caps it at net.core.somaxconn)",
-        parse=_integer,
-        check=_between(1, 65535),
+        parse=values.integer,
+        check=values.between(1, 65535),
         metavar="N",
     )
     max_connections: int = setting(
         10_000,
         "connections open at once; more are accepted and closed at once (the soft RLIMIT_NOFILE is raised "
         "to fit; if the hard limit is too low, this is lowered to fit and a warning says so)",
-        parse=_integer,
-        check=_between(1, 1_000_000),
+        parse=values.integer,
+        check=values.between(1, 1_000_000),
         metavar="N",
     )
     max_connections_per_ip: int = setting(
         1_000,
         "connections open at once from one client address; more are accepted and closed at once",
-        parse=_integer,
-        check=_between(1, 1_000_000),
+        parse=values.integer,
+        check=values.between(1, 1_000_000),
         metavar="N",
     )
     idle_timeout: float = setting(
         300.0,
         "close a connection that sends nothing for this long",
-        parse=_number,
-        check=_between(0.001, DAY_S),
+        parse=values.number,
+        check=values.between(0.001, DAY_S),
         unit="s",
         metavar="SECONDS",
     )
     write_stall_timeout: float = setting(
         30.0,
         "close a connection whose peer takes none of its echo for this long (a slow reader is kept)",
-        parse=_number,
-        check=_between(0.001, DAY_S),
+        parse=values.number,
+        check=values.between(0.001, DAY_S),
         unit="s",
         metavar="SECONDS",
     )
@@ -285,36 +169,36 @@ class Config:
     tls_port: int | None = setting(
         None,
         "TCP port for echo over TLS (needs --tls-cert and --tls-key); 0 picks a free port; off by default",
-        parse=_admin_port,
-        check=_port_or_off,
+        parse=values.admin_port,
+        check=values.port_or_off,
         metavar="PORT",
     )
     tls_cert: str | None = setting(
         None,
         "PEM certificate chain for TLS, leaf first; re-read on SIGHUP",
-        parse=_optional_text,
-        check=_always_valid,
+        parse=values.optional_text,
+        check=values.always_valid,
         metavar="PATH",
     )
     tls_key: str | None = setting(
         None,
         "PEM private key of --tls-cert (unencrypted); re-read on SIGHUP",
-        parse=_optional_text,
-        check=_always_valid,
+        parse=values.optional_text,
+        check=values.always_valid,
         metavar="PATH",
     )
     tls_client_ca: str | None = setting(
         None,
         "PEM CA certificates: require TLS clients to present a certificate they signed (mTLS)",
-        parse=_optional_text,
-        check=_always_valid,
+        parse=values.optional_text,
+        check=values.always_valid,
         metavar="PATH",
     )
     tls_handshake_timeout: float = setting(
         10.0,
         "close a TLS connection whose handshake has not finished this long after it was accepted",
-        parse=_number,
-        check=_between(0.001, 3600),
+        parse=values.number,
+        check=values.between(0.001, 3600),
         unit="s",
         metavar="SECONDS",
     )
@@ -330,8 +214,8 @@ class Config:
     udp_port: int | None = setting(
         None,
         "UDP port for echo (one datagram back per datagram, rate-limited); 0 picks a free port; off by default",
-        parse=_admin_port,
-        check=_port_or_off,
+        parse=values.admin_port,
+        check=values.port_or_off,
         metavar="PORT",
     )
     # A UDP echo can be aimed at a victim by spoofing its address (reflection); these
@@ -339,15 +223,15 @@ class Config:
     udp_rate: float = setting(
         100.0,
         "UDP datagrams per second echoed to one source address (bursts of as many); more are dropped",
-        parse=_number,
-        check=_between(0.001, 1_000_000),
+        parse=values.number,
+        check=values.between(0.001, 1_000_000),
         metavar="N",
     )
     udp_global_rate: float = setting(
         10_000.0,
         "UDP datagrams per second echoed in all (bursts of as many); more are dropped",
-        parse=_number,
-        check=_between(0.001, 10_000_000),
+        parse=values.number,
+        check=values.between(0.001, 10_000_000),
         metavar="N",
     )
     # Every byte read is echoed whatever this is; the drain only lets clients finish on
@@ -355,24 +239,24 @@ class Config:
     shutdown_timeout: float = setting(
         2.0,
         "on SIGTERM, keep echoing open connections this long before closing them",
-        parse=_number,
-        check=_between(0, 3600),
+        parse=values.number,
+        check=values.between(0, 3600),
         unit="s",
         metavar="SECONDS",
     )
     buffer_size: int = setting(
         65_536,
         "receive buffer per scheduler; also the most echo a connection may owe (memory bound per slow reader)",
-        parse=_integer,
-        check=_between(1024, 16 * 1024 * 1024),
+        parse=values.integer,
+        check=values.between(1024, 16 * 1024 * 1024),
         unit="bytes",
         metavar="BYTES",
     )
     stats_interval: float = setting(
         60.0,
         "publish a stats event this often; 0 turns it off",
-        parse=_number,
-        check=_between(0, DAY_S),
+        parse=values.number,
+        check=values.between(0, DAY_S),
         unit="s",
         metavar="SECONDS",
     )
@@ -385,21 +269,21 @@ class Config:
         "each connection (TCP and TLS ports) must begin with a PROXY protocol header from a load balancer:"
         " off, v1, v2 or any",
         parse=lambda text: text.strip().lower(),
-        check=_one_of("off", *ACCEPT_CHOICES),
+        check=values.one_of("off", *ACCEPT_CHOICES),
         metavar="VERSION",
     )
     proxy_protocol_timeout: float = setting(
         5.0,
         "close a connection whose PROXY header has not fully arrived within this long",
-        parse=_number,
-        check=_between(0.001, 3600),
+        parse=values.number,
+        check=values.between(0.001, 3600),
         unit="s",
         metavar="SECONDS",
     )
     proxy_protocol_from: str = setting(
         "any",
         "source addresses allowed to send a PROXY header: any, or CIDR[,CIDR...]; others are closed",
-        parse=_text,
+        parse=values.text,
         check=check_networks,
         metavar="CIDRS",
     )
@@ -414,58 +298,58 @@ class Config:
     log_format: str = setting(
         "text",
         "log line format: text or json",
-        parse=_text,
-        check=_one_of("text", "json"),
+        parse=values.text,
+        check=values.one_of("text", "json"),
         metavar="FORMAT",
     )
     log_level: str = setting(
         "info",
         "lowest level logged: debug, info, warning or error",
         parse=lambda text: text.strip().lower(),
-        check=_one_of("debug", "info", "warning", "error"),
+        check=values.one_of("debug", "info", "warning", "error"),
         metavar="LEVEL",
     )
     log_file: str | None = setting(
         None,
         "write logs to this file (rotated, old files gzipped) instead of stdout",
-        parse=_optional_text,
-        check=_always_valid,
+        parse=values.optional_text,
+        check=values.always_valid,
         metavar="PATH",
     )
     log_max_bytes: int = setting(
         10 * 1024 * 1024,
         "rotate the log file when it would grow past this size",
-        parse=_integer,
-        check=_between(1024, 1 << 40),
+        parse=values.integer,
+        check=values.between(1024, 1 << 40),
         unit="bytes",
         metavar="BYTES",
     )
     log_backups: int = setting(
         5,
         "rotated log files to keep",
-        parse=_integer,
-        check=_between(0, 1000),
+        parse=values.integer,
+        check=values.between(0, 1000),
         metavar="N",
     )
     log_queue: int = setting(
         10_000,
         "log events waiting to be written; more are dropped and counted",
-        parse=_integer,
-        check=_between(1, 10_000_000),
+        parse=values.integer,
+        check=values.between(1, 10_000_000),
         metavar="N",
     )
     admin_host: str | None = setting(
         None,
         "address of the admin HTTP endpoint (default: the echo host)",
-        parse=_optional_text,
-        check=_always_valid,
+        parse=values.optional_text,
+        check=values.always_valid,
         metavar="ADDR",
     )
     admin_port: int | None = setting(
         DEFAULT_ADMIN_PORT,
         "port of the admin HTTP endpoint; 0 picks a free port; 'off' or negative disables it",
-        parse=_admin_port,
-        check=_port_or_off,
+        parse=values.admin_port,
+        check=values.port_or_off,
         metavar="PORT",
     )
 
@@ -475,30 +359,30 @@ class Config:
         "off",
         "on: fault rules may make connections misbehave on purpose (--fault, PUT /faults); see docs/faults.md",
         parse=lambda text: text.strip().lower(),
-        check=_one_of("on", "off"),
+        check=values.one_of("on", "off"),
         metavar="on|off",
     )
     faults_rules: tuple[Rule, ...] | None = setting(
         None,
         "a fault rule at start, KIND[:key=value,...], repeatable (the environment variable: a JSON list of rules)",
-        parse=_fault_rules,
-        check=_rules,
+        parse=values.fault_rules,
+        check=values.rules,
         metavar="RULE",
-        parse_each=_fault_rule,
+        parse_each=values.fault_rule,
     )
     faults_seed: int | None = setting(
         None,
         "seed of the fault draws, for a run that repeats exactly; unset: a random seed",
-        parse=_optional_integer,
-        check=_seed,
+        parse=values.optional_integer,
+        check=values.seed,
         metavar="N",
     )
     admin_token_file: str | None = setting(
         None,
         "file holding a bearer token that PUT and DELETE /faults must present; required with --faults on "
         "and an admin host that is not loopback",
-        parse=_optional_text,
-        check=_always_valid,
+        parse=values.optional_text,
+        check=values.always_valid,
         metavar="PATH",
     )
 
