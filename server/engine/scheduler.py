@@ -32,9 +32,9 @@ MAX_IDLE_S even with nothing to do, so ``stalled_for()`` (any thread) is how lon
 loop has been stuck in a task that does not yield: /healthz names such a loop.
 
 Threads: ``run``/``run_once``, ``spawn`` and ``tasks`` belong to the scheduler's own
-thread (tasks run there). ``call_soon_threadsafe``, ``request_stop`` and
-``stalled_for`` may be called from any thread: the first two go through a queue plus a
-socketpair wake-up.
+thread (tasks run there). ``call_soon_threadsafe``, ``spawn_threadsafe``,
+``request_stop`` and ``stalled_for`` may be called from any thread: all but the last go
+through the scheduler's Inbox (inbox.py).
 
 Stopping: ``request_stop(grace, abort)`` closes daemon tasks at once, throws Shutdown
 into the others at ``grace`` (they finish on their own terms), and closes whatever is
@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import select
 import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from server.engine.inbox import Inbox, StopRequest
 from server.engine.os_names import name_thread
 from server.engine.task import Task
 from server.engine.timers import Deadlines
@@ -68,7 +68,6 @@ from server.engine.waits import (
     WaitTimeout,
     reset_on_close,
 )
-from server.lib.waker import Waker
 
 MAX_IDLE_S = 1.0  # an idle loop still turns this often: its heartbeat
 # The echo step's two calls (waits.py): names here, so a test can play a socket that
@@ -84,14 +83,6 @@ log = logging.getLogger("echo.scheduler")
 
 def _name(task: Task) -> str:
     return getattr(task.gen, "__qualname__", repr(task.gen))
-
-
-class _StopRequest:
-    __slots__ = ("abort", "grace")
-
-    def __init__(self, grace: float, abort: float) -> None:
-        self.grace = grace
-        self.abort = abort
 
 
 class Scheduler:
@@ -117,15 +108,14 @@ class Scheduler:
             self._poller.poll if _HAS_EPOLL else lambda seconds: self._poller.poll(seconds * 1000.0)
         )
         self._by_fd: dict[int, Task] = {}  # the registered sockets' tasks
-        self._waker = Waker()
-        self._wake = self._waker.wake  # any thread
-        self._wake_fd = self._waker.fileno()
+        self._inbox = Inbox()
+        self._wake = self._inbox.wake  # any thread
+        self._wake_fd = self._inbox.fileno()
         self._poller.register(self._wake_fd, READ)
-        self._inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | _StopRequest] = queue.SimpleQueue()
         self._tasks: set[Task] = set()
         self._deadlines: Deadlines[Task] = Deadlines()
         self._heap = self._deadlines.heap  # the same list for good (timers.py)
-        self._stop: _StopRequest | None = None
+        self._stop: StopRequest | None = None
         self._shutdown_thrown = False
         self._closing = False  # run() is ending (stopped, or a fault escaped a turn)
         self._running = False  # inside run(): only then can the loop stall
@@ -135,7 +125,6 @@ class Scheduler:
     def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the scheduler's thread at its next turn."""
         self._inbox.put((fn, args))
-        self._wake()
 
     def spawn_threadsafe(
         self,
@@ -148,13 +137,11 @@ class Scheduler:
     ) -> None:
         """``spawn`` from any thread: the task starts at the scheduler's next turn."""
         self._inbox.put((lambda: self.spawn(gen, sock, daemon=daemon, critical=critical, state=state), ()))
-        self._wake()
 
     def request_stop(self, grace: float, abort: float) -> None:
         """Stop: daemon tasks now, Shutdown into the rest at ``grace``, reset at ``abort``
         (both on the scheduler's clock)."""
-        self._inbox.put(_StopRequest(grace, abort))
-        self._wake()
+        self._inbox.put(StopRequest(grace, abort))
 
     def stalled_for(self) -> float:
         """Seconds since the running loop last turned, less the idle wait it may take
@@ -382,20 +369,15 @@ class Scheduler:
         task.events = 0
 
     def _drain_inbox(self) -> None:
-        self._waker.drain()
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _StopRequest):
+        for item in self._inbox.take():
+            if isinstance(item, StopRequest):
                 self._begin_stop(item)
-            else:
-                fn, args = item
-                try:
-                    fn(*args)
-                except Exception:
-                    log.exception("call on %s failed", self.name)
+                continue
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("call on %s failed", self.name)
 
     def _next_timeout(self) -> float:
         when = self._deadlines.next_when()
@@ -411,11 +393,11 @@ class Scheduler:
 
     # --- stopping (the scheduler's thread) ------------------------------------------------
 
-    def _begin_stop(self, request: _StopRequest) -> None:
+    def _begin_stop(self, request: StopRequest) -> None:
         if self._stop is None:
             self._stop = request
         else:  # a later request may only make the stop sooner
-            self._stop = _StopRequest(min(self._stop.grace, request.grace), min(self._stop.abort, request.abort))
+            self._stop = StopRequest(min(self._stop.grace, request.grace), min(self._stop.abort, request.abort))
         for task in [t for t in self._tasks if t.daemon]:
             self._end(task, close_gen=True)
 
@@ -437,4 +419,4 @@ class Scheduler:
             self._end(task, close_gen=True, reset=True)
         if _HAS_EPOLL:
             self._poller.close()
-        self._waker.close()
+        self._inbox.close()
