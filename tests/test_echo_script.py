@@ -49,7 +49,7 @@ class ScriptedSocket:
         return len(step)
 
     def fileno(self) -> int:
-        return 1_000_000  # no real descriptor: Run routes the echo loop's read_fd/write_fd here
+        return 1_000_000  # no real descriptor: Run plays the scheduler's echo step with read/send
 
     def read(self, nbytes: int) -> bytes:
         """os.read's answer, played from the same script as recv_into."""

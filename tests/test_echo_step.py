@@ -15,8 +15,11 @@ import pytest
 
 from server.engine import scheduler as scheduler_module
 from server.engine.connection import Connection
+from server.engine.echo import plain_echo
+from server.engine.pipeline import EchoWaits, Pipeline
 from server.engine.scheduler import Scheduler
 from server.engine.waits import READ, WRITE, TaskGen, Wait, WaitTimeout
+from tests.helpers import read_exactly
 from tests.test_scheduler import FakeClock
 
 ECHO = Wait(READ, 5.0, echo=1024)
@@ -152,3 +155,64 @@ def test_an_echo_wait_without_byte_counters_is_a_bug_thrown_into_the_task(schedu
 def test_only_a_read_wait_can_carry_the_echo_step() -> None:
     with pytest.raises(ValueError, match="READ"):
         Wait(WRITE, 1.0, echo=1024)
+
+
+class PlainEcho:
+    """The real plain transport (echo.py) on the scheduler, over a socketpair."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.ours, self.peer = socket.socketpair()
+        self.peer.settimeout(5.0)
+        self.conn = Connection(1, "peer", "127.0.0.1", 0.0)
+        self.closed: list[Connection] = []
+        waits = EchoWaits.from_timeouts(300.0, 30.0, read_size=1024)
+        pipeline = Pipeline("tcp", (), plain_echo, waits, self.closed.append)
+        scheduler.spawn(plain_echo(self.ours, self.conn, scheduler.buffer, pipeline), self.ours, state=self.conn)
+
+    def received(self, count: int) -> bytes:
+        return read_exactly(self.peer, count)
+
+
+def test_a_partial_write_is_flushed_by_the_task_then_the_step_takes_over_again(
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+
+    def first_write_partial(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return os.write(fd, data[:2] if len(writes) == 1 else data)
+
+    monkeypatch.setattr(scheduler_module, "write_fd", first_write_partial)
+    echo = PlainEcho(scheduler)
+    with echo.peer:
+        echo.peer.sendall(b"abcdef")
+        scheduler.run_once(block=True)  # the step writes "ab"; the task owes "cdef"
+        scheduler.run_once(block=True)  # writable: the task's flush sends the rest
+        assert echo.received(6) == b"abcdef"
+        echo.peer.sendall(b"gh")
+        scheduler.run_once(block=True)  # the echo wait again: the step's own write
+        assert echo.received(2) == b"gh" and writes == [6, 2]
+        echo.peer.shutdown(socket.SHUT_WR)
+        scheduler.run_once(block=True)
+        assert echo.peer.recv(1) == b""  # FIN after the last echo
+    assert echo.closed == [echo.conn]
+    assert (echo.conn.reason, echo.conn.bytes_in, echo.conn.bytes_out) == ("eof", 8, 8)
+
+
+def test_shutdown_at_the_echo_wait_ends_with_fin_after_everything_echoed(
+    scheduler: Scheduler, clock: FakeClock
+) -> None:
+    echo = PlainEcho(scheduler)
+    with echo.peer:
+        echo.peer.sendall(b"hello")
+        scheduler.run_once(block=True)
+        assert echo.received(5) == b"hello"
+        scheduler.request_stop(clock.now, clock.now + 10.0)
+        scheduler.run_once(block=True)  # the stop arrives; its grace is now: Shutdown
+        scheduler.run_once(block=False)
+        assert echo.peer.recv(1) == b""  # FIN: read no more, nothing was owed
+        echo.peer.close()
+        for _ in range(3):
+            scheduler.run_once(block=False)
+    assert echo.closed == [echo.conn]
+    assert (echo.conn.reason, echo.conn.bytes_in, echo.conn.bytes_out) == ("shutdown", 5, 5)

@@ -8,7 +8,7 @@ deadline.
 
 Per message, the loop's steady state is the scheduler's echo step (waits.py): one
 ``os.read`` of up to ``buffer_size`` bytes on the socket's descriptor (the one
-allocation: the bytes object it returns, freed once written), one ``os.write`` of it,
+allocation: the bytes object it returns, freed by the end of the loop turn), one ``os.write`` of it,
 two counter updates on the Connection, and no resume of this generator. It is resumed
 only at EOF, on a partial write (then what is owed is a view of the bytes read, not a
 copy) or with the error either call raised. No lock, clock read, event or log line per

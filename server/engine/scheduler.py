@@ -2,7 +2,8 @@
 
 A task is a generator written like the blocking loop it replaces. It yields what it
 waits for (waits.py: Wait(READ | WRITE | ACCEPT, timeout), Sleep(seconds)) and is
-resumed when that happens, or has WaitTimeout or Shutdown thrown in.
+resumed when that happens, or has WaitTimeout or Shutdown thrown in (and, from an
+echo wait's step, the exception its read or write raised).
 
 A task owns at most one socket, given at ``spawn``; from then on the scheduler owns
 that socket's registration and closes it when the task ends (the task must not close
@@ -61,6 +62,7 @@ from server.engine.timers import Deadlines
 from server.engine.waits import (
     EXCLUSIVE,
     READ,
+    Echoed,
     Shutdown,
     Sleep,
     TaskGen,
@@ -201,6 +203,8 @@ class Scheduler:
         """
         poll, clock, by_fd, heap, wake_fd = self._poll, self._clock, self._by_fd, self._heap, self._wake_fd
         read, write = read_fd, write_fd
+        data: bytes | None = None
+        echoed: Echoed | None = None
         while True:
             if not block:
                 timeout = 0.0
@@ -265,6 +269,8 @@ class Scheduler:
                     task.wait_since = now
                 else:
                     self._settle(task, wait)
+            # The loop's frame outlives every connection: let it hold no payload.
+            data = echoed = None
             if heap and heap[0][0] <= now:
                 for task in self._deadlines.pop_due(now):
                     self._step(task, None if task.sleeping else WaitTimeout(task.timeout or 0.0))
@@ -293,7 +299,7 @@ class Scheduler:
     def _settle(self, task: Task, wait: object) -> None:
         """Register what ``task`` now waits for and arm its deadline."""
         if type(wait) is Wait:
-            if wait.echo and not hasattr(task.state, "bytes_out"):
+            if wait.echo and not (hasattr(task.state, "bytes_in") and hasattr(task.state, "bytes_out")):
                 task.wait = None
                 task.echo = 0
                 self._step(task, TypeError("an echo Wait needs a task state that counts bytes_in and bytes_out"))

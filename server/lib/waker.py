@@ -38,7 +38,7 @@ class Waker:
         try:
             while self.reader.recv(4096):
                 pass
-        except OSError:  # BlockingIOError: drained
+        except BlockingIOError:  # drained
             pass
 
     def close(self) -> None:
