@@ -52,6 +52,7 @@ from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
 import server
+from server.accounting import ConnectionAccounts
 from server.config import Config
 from server.engine.banner import Banner
 from server.engine.connection import Connection
@@ -132,6 +133,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
         self._next_id = next_id or itertools.count(1).__next__
         self.stats = stats or Stats()
         self.exchange = exchange or get_exchange("events")
+        self._accounts = ConnectionAccounts(self.stats, self.publish)
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self.listeners: tuple[Listener, ...] = ()
@@ -243,7 +245,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
             self._schedulers = tuple(self._loops) if shared else (self._acceptor_loop, *self._loops)
             self._pool = ThreadPoolExecutor(max_workers=len(self._schedulers), thread_name_prefix="echo")
             for loop in self._loops:
-                loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._fold, loop)), daemon=True)
+                loop.spawn_threadsafe(every(FOLD_INTERVAL_S, functools.partial(self._accounts.fold, loop)), daemon=True)
             names = tuple(listener.name for listener in listeners if listener.spec.streams)
             timeout = ASK_TIMEOUT_S if self.worker is None else WORKER_ASK_TIMEOUT_S
             self.connections = LocalConnections(self._loops, names, self.worker, self._reflect, timeout)
@@ -253,7 +255,7 @@ class EchoServer(FailureAttributes, ListenerAddresses):
                 publish=self.publish,
                 loops=self._loops,
                 next_id=self._next_id,
-                on_close=self._on_close,
+                on_close=self._accounts.closed,
                 on_ready=self._on_ready,
                 banner=self._banner(config),
                 tls=tls,
@@ -392,49 +394,3 @@ class EchoServer(FailureAttributes, ListenerAddresses):
 
     def _reflect(self, sock: socket.socket, conn: Connection) -> dict[str, Any]:  # the connection's scheduler thread
         return reflect(sock, conn, worker=self.worker, hostname=self._hostname)
-
-    def _on_close(self, conn: Connection) -> None:  # the connection's scheduler thread
-        duration = time.monotonic() - conn.opened_at
-        listener = conn.listener
-        extra: dict[str, str] = {}
-        if listener != "tcp":
-            extra["listener"] = listener
-        if conn.detail:
-            extra["detail"] = conn.detail
-        self.stats.connection_closed(
-            conn.ip,
-            conn.reason,
-            conn.bytes_in - conn.folded_in,
-            conn.bytes_out - conn.folded_out,
-            conn.bytes_in + conn.bytes_out,
-            duration,
-            listener,
-        )
-        self.publish(
-            event(
-                "closed",
-                level="warning" if conn.reason == "error" else "info",
-                conn_id=conn.id,
-                peer=conn.peer,
-                **({"via": conn.via} if conn.via else {}),
-                reason=conn.reason,
-                bytes_in=conn.bytes_in,
-                bytes_out=conn.bytes_out,
-                duration_s=round(duration, 6),
-                **extra,
-            )
-        )
-
-    def _fold(self, loop: Scheduler) -> None:
-        traffic: dict[str, list[int]] = {}  # listener -> [received, sent]
-        for task in loop.tasks():
-            conn = task.state
-            if isinstance(conn, Connection):
-                counts = traffic.setdefault(conn.listener, [0, 0])
-                counts[0] += conn.bytes_in - conn.folded_in
-                counts[1] += conn.bytes_out - conn.folded_out
-                conn.folded_in = conn.bytes_in
-                conn.folded_out = conn.bytes_out
-        for listener, (received, sent) in traffic.items():
-            if received or sent:
-                self.stats.add_traffic(received, sent, listener)
