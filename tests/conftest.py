@@ -13,8 +13,9 @@ import pytest
 
 from server.config import Config
 from server.core import EchoServer
+from server.engine.scheduler import Scheduler
 from server.observe.exchange import Exchange
-from tests.helpers import EventRecorder
+from tests.helpers import EventRecorder, FakeClock
 from tests.pki import pki  # noqa: F401  (a fixture: the TLS tests share one throwaway PKI per module)
 
 
@@ -93,3 +94,19 @@ def make_server() -> Iterator[ServerFactory]:
     leaked_fds = _open_fds() - fds_before
     assert not leaked_fds, f"file descriptors left open: {leaked_fds}"
     assert not errors.records, f"server logged errors: {[r.getMessage() for r in errors.records]}"
+
+
+# A scheduler on a fake clock, for the scheduler's own tests and the echo step's.
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def scheduler(clock: FakeClock) -> Iterator[Scheduler]:
+    sched = Scheduler("test", buffer_size=1024, clock=clock)
+    yield sched
+    sched.request_stop(clock.now, clock.now)
+    sched.run_once(block=False)
+    sched.run_once(block=False)
+    sched.run()  # closes what is left, and the selector

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,25 +18,9 @@ from server.engine.echo import plain_echo
 from server.engine.pipeline import EchoWaits, Pipeline
 from server.engine.scheduler import Scheduler
 from server.engine.waits import READ, WRITE, TaskGen, Wait, WaitTimeout
-from tests.helpers import read_exactly
-from tests.test_scheduler import FakeClock
+from tests.helpers import FakeClock, read_exactly
 
 ECHO = Wait(READ, 5.0, echo=1024)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def scheduler(clock: FakeClock) -> Iterator[Scheduler]:
-    sched = Scheduler("test", buffer_size=1024, clock=clock)
-    yield sched
-    sched.request_stop(clock.now, clock.now)
-    sched.run_once(block=False)
-    sched.run_once(block=False)
-    sched.run()
 
 
 class Echoer:

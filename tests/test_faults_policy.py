@@ -18,7 +18,7 @@ from server.faults.rules import (
     rule_from_json,
     rules_from_json_text,
 )
-from tests.test_timers import FakeClock
+from tests.helpers import FakeClock
 
 # chi-square, one degree of freedom: P(X > 10.828) = 0.001
 CHI2_1DOF_P001 = 10.828

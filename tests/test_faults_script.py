@@ -16,8 +16,8 @@ from server.engine.waits import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeou
 from server.faults.behaviours import BURST_S, faulted_loop
 from server.faults.policy import Fault
 from server.faults.rules import parse_flag
+from tests.helpers import FakeClock
 from tests.test_echo_script import Script, ScriptedSocket
-from tests.test_timers import FakeClock
 
 IDLE_S = 300.0
 

@@ -19,7 +19,7 @@ from server.observe.stats import Stats
 from server.workers.worker_counts import MONITOR_IDLE_S, WorkerCounts
 from server.workers.worker_process import WorkerProcess
 from tests.conftest import ServerFactory
-from tests.test_scheduler import FakeClock
+from tests.helpers import FakeClock
 
 
 def test_an_idle_loop_still_turns_every_max_idle_s() -> None:

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
 from server.engine.scheduler import Scheduler
 from server.engine.waits import READ, Shutdown, Sleep, TaskGen, Wait, WaitTimeout
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def scheduler(clock: FakeClock) -> Iterator[Scheduler]:
-    sched = Scheduler("test", buffer_size=1024, clock=clock)
-    yield sched
-    sched.request_stop(clock.now, clock.now)
-    sched.run_once(block=False)
-    sched.run_once(block=False)
-    sched.run()  # closes what is left, and the selector
+from tests.helpers import FakeClock
 
 
 def reader(log: list[str], timeout: float) -> TaskGen:

@@ -16,20 +16,13 @@ from dataclasses import dataclass
 from server.engine.scheduler import Scheduler
 from server.engine.timers import COMPACT_MIN, Deadlines
 from server.engine.waits import READ, Shutdown, TaskGen, Wait, WaitTimeout
+from tests.helpers import FakeClock
 
 # What a byte sent to a task means: its next wait's timeout (None: no deadline), or end.
 TIMEOUTS: dict[bytes, float | None] = {b"a": 10.0, b"b": 3.0, b"c": 0.5, b"n": None}
 END = b"x"
 SCHEDULES = 1_000
 STEPS = 100
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -300,9 +300,7 @@ class Scheduler:
         """Register what ``task`` now waits for and arm its deadline."""
         if type(wait) is Wait:
             if wait.echo and not (hasattr(task.state, "bytes_in") and hasattr(task.state, "bytes_out")):
-                task.wait = None
-                task.echo = 0
-                self._step(task, TypeError("an echo Wait needs a task state that counts bytes_in and bytes_out"))
+                self._reject(task, "an echo Wait needs a task state that counts bytes_in and bytes_out")
                 return
             events = wait.events
             if events != task.events:
@@ -331,9 +329,7 @@ class Scheduler:
             task.sleeping = True
             timeout = wait.seconds
         else:
-            task.wait = None
-            task.echo = 0
-            self._step(task, TypeError(f"a task yielded {wait!r}, not a Wait or Sleep"))
+            self._reject(task, f"a task yielded {wait!r}, not a Wait or Sleep")
             return
         now = task.wait_since = self.now
         task.timeout = timeout
@@ -341,6 +337,12 @@ class Scheduler:
             armed = task.armed
             if armed is None or now + timeout < armed:
                 self._deadlines.arm(task, now + timeout)
+
+    def _reject(self, task: Task, problem: str) -> None:
+        """A yield the scheduler cannot take on: a bug, thrown back into the task."""
+        task.wait = None
+        task.echo = 0
+        self._step(task, TypeError(problem))
 
     def _end(
         self, task: Task, *, close_gen: bool = False, reset: bool = False, failure: BaseException | None = None
