@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from client import loadgen
-from loadtest import churn_bench, report, tls_load
+from loadtest import chart, churn_bench, report, tls_load
 from loadtest.noise import NOISY_CORES, NoiseWindow, rerun_while_noisy
 from loadtest.scenarios import SCENARIOS, Scenario
 from loadtest.servers import (
@@ -353,7 +353,7 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], servers: list[str],
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "results.md").write_text(report.markdown(document))
-    (out / "results.svg").write_text(report.svg(summary))
+    (out / "results.svg").write_text(chart.svg(summary))
     print((out / "results.md").read_text())
     return 0
 

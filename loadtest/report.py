@@ -1,16 +1,15 @@
-"""The benchmark's outputs: ratios, target verdicts, a markdown table and an SVG bar chart.
+"""The benchmark's outputs: ratios, target verdicts and the markdown table (chart.py: the SVG).
 
 Pure functions of what loadtest.bench measured: its rows (one per server, scenario and
 repeat) and their summary (medians and ranges per scenario and server). Ratios are taken
 per repeat (servers are interleaved, so repeat i of each ran in the same minute), then
-their median and range reported. The SVG is written by hand with the standard library.
+their median and range reported.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-from html import escape
+from dataclasses import dataclass, field
 from typing import Any
 
 OURS = "echo-service"
@@ -18,7 +17,6 @@ REFERENCE = "asyncio-protocol"
 UVLOOP = "uvloop-protocol"
 CEILING = "c-epoll"
 BASELINE = "echo-service@baseline"
-COLORS = ["#1b7837", "#2166ac", "#67a9cf", "#ef8a62", "#b2182b", "#999999"]
 
 # The targets, as ratios to servers measured in the same run (see the README).
 THROUGHPUT_VS_REFERENCE_MIN = 0.9  # at parity with asyncio Protocol: not more than 10% slower
@@ -57,7 +55,7 @@ def _median(entry: dict[str, Any] | None, figure: str) -> float | None:
     return float(entry[figure]["median"])
 
 
-def _find(summary: list[dict[str, Any]], scenario: str, server: str) -> dict[str, Any] | None:
+def find_entry(summary: list[dict[str, Any]], scenario: str, server: str) -> dict[str, Any] | None:
     return next((e for e in summary if e["scenario"] == scenario and e["server"] == server), None)
 
 
@@ -65,37 +63,59 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
+@dataclass
+class Paired:
+    """One server's figures over another's, repeat by repeat, in one run's rows."""
+
+    throughput: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    cpu_ratio: str = "cpu_per_msg"  # or cpu_per_conn, in the churn scenario
+    pairs: int = 0
+    noisy_pairs: int = 0  # either row of the pair measured beside a busy neighbour
+
+
+Rows = dict[tuple[str, str, int], dict[str, Any]]
+
+
+def by_repeat(rows: list[dict[str, Any]]) -> Rows:
+    """One run's rows, keyed by (scenario, server, repeat)."""
+    return {(r["scenario"], r["server"], r.get("repeat", 0)): r for r in rows}
+
+
+def paired(by_key: Rows, scenario: str, ours: str, theirs: str) -> Paired:
+    """``ours`` / ``theirs`` in ``scenario``, for every repeat in which both ran."""
+    result = Paired()
+    for (s, name, repeat), their_row in by_key.items():
+        our_row = by_key.get((s, ours, repeat))
+        if s != scenario or name != theirs or our_row is None:
+            continue
+        result.pairs += 1
+        result.noisy_pairs += bool(our_row.get("noisy") or their_row.get("noisy"))
+        throughput, cpu_figure, result.cpu_ratio = figures_of(our_row)
+        if their_row.get(throughput):
+            result.throughput.append(our_row[throughput] / their_row[throughput])
+        if our_row.get(cpu_figure) and their_row.get(cpu_figure):
+            result.cpu.append(our_row[cpu_figure] / their_row[cpu_figure])
+    return result
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """echo-service against every other server (the baseline checkout's too), per
     scenario: throughput and CPU per message (per connection in the churn scenario) as
     ours / theirs, taken repeat by repeat; median and range of those."""
-    by_key = {(r["scenario"], r["server"], r.get("repeat", 0)): r for r in rows}
+    by_key = by_repeat(rows)
     out: list[dict[str, Any]] = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         for server in dict.fromkeys(r["server"] for r in rows if r["scenario"] == scenario):
             if server == OURS:
                 continue
-            rate: list[float] = []
-            cpu: list[float] = []
-            cpu_ratio = "cpu_per_msg"
-            pairs = noisy_pairs = 0
-            for (s, name, repeat), theirs in by_key.items():
-                ours = by_key.get((s, OURS, repeat))
-                if s != scenario or name != server or ours is None:
-                    continue
-                pairs += 1
-                noisy_pairs += bool(ours.get("noisy") or theirs.get("noisy"))
-                throughput, cpu_figure, cpu_ratio = figures_of(ours)
-                if theirs.get(throughput):
-                    rate.append(ours[throughput] / theirs[throughput])
-                if ours.get(cpu_figure) and theirs.get(cpu_figure):
-                    cpu.append(ours[cpu_figure] / theirs[cpu_figure])
-            entry: dict[str, Any] = {"scenario": scenario, "versus": server, "pairs": pairs}
-            entry["noisy_pairs"] = noisy_pairs  # either row of the pair measured beside a busy neighbour
-            if rate:
-                entry["throughput"] = _spread(rate)
-            if cpu:
-                entry[cpu_ratio] = _spread(cpu)
+            pair = paired(by_key, scenario, OURS, server)
+            entry: dict[str, Any] = {"scenario": scenario, "versus": server, "pairs": pair.pairs}
+            entry["noisy_pairs"] = pair.noisy_pairs
+            if pair.throughput:
+                entry["throughput"] = _spread(pair.throughput)
+            if pair.cpu:
+                entry[pair.cpu_ratio] = _spread(pair.cpu)
             out.append(entry)
     return out
 
@@ -110,7 +130,7 @@ def targets(summary: list[dict[str, Any]], ratio_list: list[dict[str, Any]]) -> 
     verdicts: list[dict[str, Any]] = []
     scenarios = list(dict.fromkeys(e["scenario"] for e in summary))
     for scenario in scenarios:
-        ours = _find(summary, scenario, OURS)
+        ours = find_entry(summary, scenario, OURS)
         versus = {r["versus"]: r for r in ratio_list if r["scenario"] == scenario}
         for server, figure, limit, wording in RATIO_TARGETS:
             spread = versus.get(server, {}).get(figure)
@@ -208,7 +228,7 @@ def markdown(document: dict[str, Any]) -> str:
                 "| errors | others |",
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             ]
-        ceiling_cpu = _median(_find(document["summary"], scenario, CEILING), cpu_figure)
+        ceiling_cpu = _median(find_entry(document["summary"], scenario, CEILING), cpu_figure)
         for entry in entries:
             cpu = _median(entry, cpu_figure)
             times_c = f"{cpu / ceiling_cpu:.1f}" if cpu and ceiling_cpu else "-"
@@ -295,84 +315,3 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 entry[figure] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
         summary.append(entry)
     return summary
-
-
-def nice_ticks(peak: float, most: int = 6) -> list[float]:
-    """Axis ticks from 0 past ``peak``, a step of 1, 2 or 5 x 10^n, at most ``most`` of them."""
-    if peak <= 0 or not math.isfinite(peak):
-        return [0.0, 1.0]
-    raw = peak / (most - 1)
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
-    count = math.ceil(peak / step - 1e-9)
-    return [round(i * step, 12) for i in range(count + 1)]
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
-    return f"{value:,.{decimals}f}"
-
-
-def svg(summary: list[dict[str, Any]]) -> str:
-    """Two grouped bar charts: median msgs/s and median server CPU us/msg, with ranges
-    (per-message scenarios only: the churn scenario's figures are per connection)."""
-    scenarios = list(dict.fromkeys(e["scenario"] for e in summary if "msgs_per_s" in e))
-    servers = list(dict.fromkeys(e["server"] for e in summary))
-    width, panel_height, top, left, gap = 980, 260, 40, 70, 60
-    group_width = (width - left - 20) / max(1, len(scenarios))
-    bar_width = group_width * 0.8 / max(1, len(servers))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * panel_height + gap + 90}" '
-        'font-family="sans-serif" font-size="11">',
-        '<rect width="100%" height="100%" fill="white"/>',
-    ]
-    for panel, (figure, title) in enumerate(
-        (
-            ("msgs_per_s", "Throughput, msgs/s (higher is better)"),
-            ("cpu_us_per_msg", "Server CPU per message, us (lower is better)"),
-        )
-    ):
-        y0 = top + panel * (panel_height + gap)
-        ticks = nice_ticks(max((e[figure]["max"] for e in summary if figure in e), default=1))
-        peak = ticks[-1]
-        parts.append(f'<text x="{left}" y="{y0 - 12}" font-size="13" font-weight="bold">{escape(title)}</text>')
-        parts.append(
-            f'<line x1="{left}" y1="{y0 + panel_height}" x2="{width - 20}" y2="{y0 + panel_height}" stroke="#333"/>'
-        )
-        for value in ticks:
-            y = y0 + panel_height - panel_height * value / peak
-            label = _tick_label(value, ticks[1])
-            parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{label}</text>')
-            parts.append(f'<line x1="{left}" y1="{y}" x2="{width - 20}" y2="{y}" stroke="#eee"/>')
-        for g, scenario in enumerate(scenarios):
-            gx = left + g * group_width + group_width * 0.1
-            for s, server in enumerate(servers):
-                entry = _find(summary, scenario, server)
-                if not entry or figure not in entry:
-                    continue
-                stats = entry[figure]
-                x = gx + s * bar_width
-                height = panel_height * stats["median"] / peak
-                parts.append(
-                    f'<rect x="{x:.1f}" y="{y0 + panel_height - height:.1f}" width="{bar_width * 0.9:.1f}" '
-                    f'height="{height:.1f}" fill="{COLORS[s % len(COLORS)]}">'
-                    f"<title>{escape(server)}: {stats['median']:,.2f}</title></rect>"
-                )
-                low = y0 + panel_height - panel_height * stats["min"] / peak
-                high = y0 + panel_height - panel_height * stats["max"] / peak
-                mid = x + bar_width * 0.45
-                if stats["max"] == 0:  # served nothing: say so rather than draw nothing
-                    parts.append(f'<text x="{mid:.1f}" y="{y0 + panel_height - 4}" text-anchor="middle">0</text>')
-                parts.append(f'<line x1="{mid:.1f}" y1="{low:.1f}" x2="{mid:.1f}" y2="{high:.1f}" stroke="#000"/>')
-            if panel == 1:
-                parts.append(
-                    f'<text x="{gx + group_width * 0.4:.1f}" y="{y0 + panel_height + 16}" '
-                    f'text-anchor="middle">{escape(scenario)}</text>'
-                )
-    legend_y = 2 * panel_height + gap + 75
-    for s, server in enumerate(servers):
-        x = left + s * 150
-        parts.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{COLORS[s % len(COLORS)]}"/>')
-        parts.append(f'<text x="{x + 16}" y="{legend_y}">{escape(server)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import churn_bench, noise, report, servers, warmup
+from loadtest import chart, churn_bench, noise, report, servers, warmup
 from tests.helpers import ROOT, closed_port, echo_round_trip, read_exactly
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -228,7 +228,7 @@ def test_ratios_pair_servers_repeat_by_repeat() -> None:
 
 @pytest.mark.parametrize("peak", [0.013, 0.7, 1, 3.2, 7, 10, 36.3, 82.5, 98_944, 107_007, 1e6])
 def test_axis_ticks_are_round_and_cover_the_peak(peak: float) -> None:
-    ticks = report.nice_ticks(peak)
+    ticks = chart.nice_ticks(peak)
     step = ticks[1]
     mantissa = step / 10 ** math.floor(math.log10(step))
     assert any(math.isclose(mantissa, m) for m in (1, 2, 5)), ticks
@@ -243,8 +243,8 @@ def test_chart_labels_its_axes_with_round_numbers() -> None:
         "msgs_per_s": {"median": 90_111, "min": 80_000, "max": 98_944},
         "cpu_us_per_msg": {"median": 9.5, "min": 9.1, "max": 36.3},
     }
-    chart = ElementTree.fromstring(report.svg([entry]))
-    labels = [t.text or "" for t in chart.iter(f"{SVG}text") if t.get("text-anchor") == "end"]
+    drawn = ElementTree.fromstring(chart.svg([entry]))
+    labels = [t.text or "" for t in drawn.iter(f"{SVG}text") if t.get("text-anchor") == "end"]
     assert labels == ["0", "20,000", "40,000", "60,000", "80,000", "100,000", "0", "10", "20", "30", "40"]
 
 
