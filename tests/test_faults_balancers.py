@@ -116,26 +116,32 @@ def test_haproxy_marks_a_resetting_replica_down_and_up_again(
 ) -> None:
     balancer = run_balancer(dataclasses.replace(HAPROXY, render=render_haproxy_echo_check), replicas, workdir)
     try:
-        with bench_with_victim(balancer, replicas) as (bench, _, number, victim):
+        with bench_with_victim(balancer, replicas) as (bench, held, number, victim):
+            before_reset = balancer.mark()
             set_at = time.monotonic()
             assert faults_request(victim, "PUT", [{"kind": "reset"}])[0] == 200
-            balancer.wait_for(f"echo-{number} is DOWN", 10)
+            balancer.wait_for(f"echo-{number} is DOWN", 10, after=before_reset)
             down_s = time.monotonic() - set_at
             down_at = time.monotonic()
             bench.wait_for_more(200)
             served_while_down = bench.served(victim.local)
+            before_clear = balancer.mark()
             cleared_at = time.monotonic()
             assert faults_request(victim, "DELETE")[0] == 200
-            balancer.wait_for(f"echo-{number} is UP", 10)
+            balancer.wait_for(f"echo-{number} is UP", 10, after=before_clear)
             up_s = time.monotonic() - cleared_at
-            bench.wait_for_more(100)
+            # leastconn sends new connections to the replica with the fewest: while the
+            # victim holds more of the held ones than another replica, it gets next to none.
+            for sock, _ in held:
+                sock.close()
+            served_again = bench.wait_until_served(victim.local, served_while_down)
         report(record_property, "reset_down_up", balancer, bench)
         print(f"HAProxy: DOWN {down_s:.2f} s after PUT reset=100%, UP {up_s:.2f} s after DELETE")
         record_property("haproxy_down_s", round(down_s, 2))
         record_property("haproxy_up_s", round(up_s, 2))
         assert down_s < 2 * 1.0 + 2.0 + 1.0  # fall 2 x inter 1 s, timeout check 2 s, a margin
         assert up_s < 2 * 1.0 + 2.0 + 1.0  # rise 2 x inter 1 s
-        assert bench.served(victim.local) > served_while_down  # it serves again once UP
+        assert served_again, f"{victim.local} served nothing after it was UP again: {bench.served_by}"
         # Only connections sent to the victim before HAProxy marked it down failed, and
         # those it already had in flight at that moment.
         assert len(bench.failed_since(down_at)) <= bench.threads, bench.failed_since(down_at)[:5]
@@ -170,13 +176,14 @@ def test_haproxy_readiness_flip_sends_no_new_connection_while_open_ones_echo(
     balancer = run_balancer(HAPROXY, replicas, workdir)
     try:
         with bench_with_victim(balancer, replicas) as (bench, held, number, victim):
+            before_fault = balancer.mark()
             assert faults_request(victim, "PUT", [{"kind": "unready", "for_s": 3}])[0] == 200
             assert victim.readyz() == 503
-            balancer.wait_for(f"echo-{number} is DOWN", 10)
+            balancer.wait_for(f"echo-{number} is DOWN", 10, after=before_fault)
             down_served = bench.served(victim.local)
             for sock, replica in held:  # meanwhile its open connections keep echoing
                 assert ping(sock, b"still here"), replica
-            balancer.wait_for(f"echo-{number} is UP", 10)
+            balancer.wait_for(f"echo-{number} is UP", 10, after=before_fault)
             # Nothing new reached it while DOWN: at most those in flight at the DOWN finished there.
             assert bench.served(victim.local) <= down_served + bench.threads
             bench.wait_for_more(100)
