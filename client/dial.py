@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from client import proxy_header
 from client.errors import BadOption, BannerError, ConnectFailed, ConnectionReset, EchoTimeout
+from server.lib import tls_wrap
 
 # The server renders a banner of at most 1,024 characters (4 bytes each in UTF-8 at
 # worst) plus CRLF: a first line longer than this is no banner.
@@ -202,7 +203,7 @@ def _send_proxy_header(sock: socket.socket, options: DialOptions, target: str) -
 
 def _handshake(sock: socket.socket, host: str, settings: TlsSettings, target: str, timeout: float) -> ssl.SSLSocket:
     try:
-        return settings.context().wrap_socket(sock, server_hostname=settings.sni or host)
+        return tls_wrap.wrap(settings.context(), sock, server_hostname=settings.sni or host)
     except ssl.SSLCertVerificationError as error:
         raise ConnectFailed(
             f"TLS: cannot verify {target}'s certificate: {error.verify_message} "

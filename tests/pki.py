@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from server.lib import tls_wrap
+
 
 @dataclass(frozen=True)
 class Pki:
@@ -74,5 +76,5 @@ def tls_client(
     with socket.create_connection(address, timeout=10) as raw:
         if first:
             raw.sendall(first)
-        with client_context(pki, with_cert=with_cert).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with tls_wrap.wrap(client_context(pki, with_cert=with_cert), raw, server_hostname="127.0.0.1") as tls:
             yield tls

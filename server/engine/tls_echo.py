@@ -40,6 +40,7 @@ from server.engine.echo import flush, half_close
 from server.engine.pipeline import EchoWaits, Pipeline, Step, ended_by
 from server.engine.tls import TlsContext
 from server.engine.waits import READ, WRITE, Shutdown, Sleep, TaskGen, Wait, WaitTimeout, reset_on_close
+from server.lib import tls_wrap
 from server.observe.throttle import Throttle
 
 log = logging.getLogger("echo.tls")
@@ -64,32 +65,15 @@ class HandshakeFailures:
 def wrapper(tls: TlsContext) -> Callable[[socket.socket], socket.socket]:
     """The hand-off's wrap: the accepted socket in the context current at that moment.
 
-    A peer that reset before the wrap: CPython's SSLSocket._create detaches the accepted
-    socket, then raises from its own peer check, leaving the descriptor in an SSLSocket
-    nobody holds (closed only by the garbage collector, with a ResourceWarning). So the
-    peer is checked first (the wrap is not tried on a connection already gone), and in
-    the microseconds between that check and the wrap's, the orphan is closed here."""
+    A peer that reset before the wrap: the peer is checked first, so the wrap is not
+    tried on a connection already gone; a reset in the microseconds between that check
+    and the wrap's own leaves no orphan either (lib/tls_wrap.py)."""
 
     def wrap(sock: socket.socket) -> socket.socket:
         sock.getpeername()  # OSError (ENOTCONN) for a peer already gone: the caller closes sock
-        try:
-            return tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        except OSError as error:
-            _close_orphan(error)
-            raise
+        return tls_wrap.wrap(tls.context, sock, server_side=True, do_handshake_on_connect=False)
 
     return wrap
-
-
-def _close_orphan(error: BaseException) -> None:
-    """Close the SSLSocket a failed wrap made and dropped (see ``wrapper``)."""
-    trace = error.__traceback__
-    while trace is not None:
-        made = trace.tb_frame.f_locals.get("self")
-        if isinstance(made, ssl.SSLSocket):
-            made.close()
-            return
-        trace = trace.tb_next
 
 
 def handshake_step(timeout_s: float, failures: HandshakeFailures) -> Step:
