@@ -12,12 +12,12 @@ neither server changed (docs/performance.md). So a target such as "CPU per messa
 range), each run's own median beside it, and how many runs met the target on theirs.
 
 The bare Python loop (``python-floor``) over uvloop is pooled alike. Where it is above
-1.0x, no Python event loop meets the uvloop target in that scenario: what is left
-between echo-service and uvloop is the interpreter's floor plus what the engine adds
-to the bare loop, shown in the column beside it.
+1.0x, even a loop that only reads and writes does not meet the uvloop target in that
+scenario; beside it, what the engine adds to the bare loop.
 
 Reads files and prints; touches no socket. A RUN that is missing or is not a bench
-result is a one-line error and exit 2.
+result, runs with nothing to pair, or an ``--out`` that cannot be written is a one-line
+error and exit 2.
 """
 
 from __future__ import annotations
@@ -73,16 +73,22 @@ class Pooled:
     ours: str
     theirs: str
     pairs: list[float]  # every run's pairs, pooled
-    run_medians: list[float]  # one per run that measured both servers
+    run_medians: list[float | None]  # one per run, in order; None where it lacked either server
     limit: float | None  # echo-service's CPU target against ``theirs``, if there is one
+    noisy_pairs: int = 0  # pairs with a row measured beside a busy neighbour (report.py)
 
     @property
     def median(self) -> float:
         return statistics.median(self.pairs)
 
     @property
+    def runs_measured(self) -> int:
+        return sum(1 for value in self.run_medians if value is not None)
+
+    @property
     def runs_meeting(self) -> int:
-        return sum(1 for value in self.run_medians if self.limit is not None and value <= self.limit)
+        limit = self.limit
+        return sum(1 for value in self.run_medians if value is not None and limit is not None and value <= limit)
 
 
 def load_run(path: Path) -> list[dict[str, Any]]:
@@ -95,9 +101,29 @@ def load_run(path: Path) -> list[dict[str, Any]]:
     except ValueError as error:
         raise BadRun(f"{file}: not JSON ({error})") from None
     rows = document.get("rows") if isinstance(document, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "scenario" in r for r in rows):
+    if not isinstance(rows, list) or not rows:
         raise BadRun(f"{file}: not a loadtest.bench results.json (no rows)")
+    for number, row in enumerate(rows):
+        problem = _row_problem(row)
+        if problem:
+            raise BadRun(f"{file}: row {number} {problem}")
     return rows
+
+
+def _row_problem(row: object) -> str | None:
+    """What makes ``row`` unlike a bench row, or None."""
+    if not isinstance(row, dict):
+        return "is not an object"
+    for key in ("scenario", "server"):
+        if not isinstance(row.get(key), str):
+            return f"has no {key} name"
+    if not isinstance(row.get("repeat", 0), int):
+        return "has a repeat that is not a whole number"
+    for figure in ("msgs_per_s", "cpu_us_per_msg", "conns_per_s", "cpu_us_per_conn"):
+        value = row.get(figure)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"has a {figure} that is not a number"
+    return None
 
 
 def _limit(theirs: str, cpu_ratio: str) -> float | None:
@@ -112,27 +138,32 @@ def pool(runs: list[list[dict[str, Any]]]) -> list[Pooled]:
     for scenario in scenarios:
         for ours, theirs in COLUMNS:
             values: list[float] = []
-            medians: list[float] = []
+            medians: list[float | None] = []
             cpu_ratio = "cpu_per_msg"
+            noisy = 0
             for by_key in keyed:
                 pair = paired(by_key, scenario, ours, theirs)
+                medians.append(statistics.median(pair.cpu) if pair.cpu else None)
                 if pair.cpu:
                     values += pair.cpu
-                    medians.append(statistics.median(pair.cpu))
                     cpu_ratio = pair.cpu_ratio
+                    noisy += pair.noisy_pairs
             if values:
                 limit = _limit(theirs, cpu_ratio) if ours == OURS else None
-                pooled.append(Pooled(scenario, ours, theirs, values, medians, limit))
+                pooled.append(Pooled(scenario, ours, theirs, values, medians, limit, noisy))
     return pooled
 
 
 def _cell(entry: Pooled) -> str:
-    text = f"{entry.median:.2f}x ({min(entry.pairs):.2f}-{max(entry.pairs):.2f}); runs " + ", ".join(
-        f"{value:.2f}" for value in entry.run_medians
-    )
+    """Pooled median (range); each run's median ("-" where that run lacked a server); the
+    target's verdict; noisy pairs, if any."""
+    runs = ", ".join("-" if value is None else f"{value:.2f}" for value in entry.run_medians)
+    text = f"{entry.median:.2f}x ({min(entry.pairs):.2f}-{max(entry.pairs):.2f}); runs {runs}"
     if entry.limit is not None:
         mark = "" if entry.median <= entry.limit else "**"
-        text += f"; {mark}{entry.runs_meeting}/{len(entry.run_medians)} runs <= {entry.limit:g}x{mark}"
+        text += f"; {mark}{entry.runs_meeting}/{entry.runs_measured} runs <= {entry.limit:g}x{mark}"
+    if entry.noisy_pairs:
+        text += f"; {entry.noisy_pairs} noisy pairs"
     return text
 
 
@@ -145,8 +176,10 @@ def markdown(pooled: list[Pooled], sources: list[str]) -> str:
         f"{len(sources)} runs: " + ", ".join(f"`{source}`" for source in sources) + ".",
         "",
         "Each cell: CPU per message (churn: per connection) of the first server over the second's, "
-        "median (min-max) of every same-run pair of every run; then each run's own median; then, for "
-        "echo-service's targets, how many runs met it on their median (in bold when the pooled median misses it).",
+        "median (min-max) of every same-run pair of every run; then each run's own median, in the order "
+        "above (- where that run lacked either server); then, for echo-service's targets, how many of the "
+        "runs that measured it met it on their median (in bold when the pooled median misses it); then "
+        "how many pairs had a row measured beside a busy neighbour, if any did.",
         "",
         "| scenario | " + " | ".join(heads) + " |",
         "| --- |" + " ---: |" * len(heads),
@@ -170,10 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     except BadRun as error:
         print(f"loadtest.pool: {error}", file=sys.stderr)
         return 2
-    table = markdown(pool(runs), [str(path) for path in args.runs])
-    sys.stdout.write(table)
+    pooled = pool(runs)
+    if not pooled:
+        print("loadtest.pool: no scenario has two servers measured in the same run: nothing to pool", file=sys.stderr)
+        return 2
+    table = markdown(pooled, [str(path) for path in args.runs])
     if args.out:
-        args.out.write_text(table)
+        try:
+            args.out.write_text(table)
+        except OSError as error:
+            print(f"loadtest.pool: --out {args.out}: cannot write it ({error.strerror or error})", file=sys.stderr)
+            return 2
+    sys.stdout.write(table)
     return 0
 
 

@@ -47,17 +47,25 @@ def test_pairs_stay_within_their_run_and_are_pooled_across_runs() -> None:
     assert floor.pairs == pytest.approx([1.05] * 4) and floor.limit is None
 
 
-def test_a_server_missing_from_a_run_leaves_that_run_out_of_its_column() -> None:
+def test_a_server_missing_from_a_run_shows_as_a_dash_and_is_not_counted() -> None:
     run_a = _run({"echo-service": [10.0], "uvloop-protocol": [8.0]})
     run_b = _run({"echo-service": [10.0], "asyncio-protocol": [12.5]})
     pooled = pool.pool([run_a, run_b])
-    assert _entry(pooled, "echo-service", "uvloop-protocol").run_medians == [1.25]
-    assert _entry(pooled, "echo-service", "asyncio-protocol").run_medians == [0.8]
+    assert _entry(pooled, "echo-service", "uvloop-protocol").run_medians == [1.25, None]
+    assert _entry(pooled, "echo-service", "asyncio-protocol").run_medians == [None, 0.8]
     table = pool.markdown(pooled, ["a", "b"])
     assert "| echo-service / uvloop | echo-service / asyncio |" in table
     # uvloop's target is missed on the pooled median, so its verdict is in bold.
-    assert "1.25x (1.25-1.25); runs 1.25; **0/1 runs <= 1x**" in table
-    assert "0.80x (0.80-0.80); runs 0.80; 1/1 runs <= 1.1x" in table
+    assert "1.25x (1.25-1.25); runs 1.25, -; **0/1 runs <= 1x**" in table
+    assert "0.80x (0.80-0.80); runs -, 0.80; 1/1 runs <= 1.1x" in table
+
+
+def test_noisy_pairs_are_counted_in_the_cell() -> None:
+    run = _run({"echo-service": [10.0, 10.0], "uvloop-protocol": [10.0, 10.0]})
+    run[1]["noisy"] = True  # echo-service's second repeat ran beside a busy neighbour
+    [entry] = [p for p in pool.pool([run]) if p.theirs == "uvloop-protocol"]
+    assert entry.noisy_pairs == 1
+    assert "; 1 noisy pairs" in pool.markdown([entry], ["a"])
 
 
 def test_the_cli_reads_run_directories_and_writes_the_table(tmp_path: Path) -> None:
@@ -79,12 +87,26 @@ def test_the_cli_reads_run_directories_and_writes_the_table(tmp_path: Path) -> N
     assert out.read_text() == result.stdout
 
 
+def _file(tmp_path: Path, name: str, document: object) -> Path:
+    path = tmp_path / name
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
 def test_a_run_that_is_not_a_bench_result_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    not_json = tmp_path / "notes.txt"
-    not_json.write_text("hello")
-    no_rows = tmp_path / "other.json"
-    no_rows.write_text(json.dumps({"rows": "none"}))
-    for path, why in ((tmp_path / "missing", "cannot read it"), (not_json, "not JSON"), (no_rows, "no rows")):
+    row = {"scenario": SCENARIO, "server": "echo-service", "repeat": 0, "cpu_us_per_msg": 10.0}
+    unpaired = _file(tmp_path, "alone.json", {"rows": [row]})
+    cases = [
+        (tmp_path / "missing", "cannot read it"),
+        (_file(tmp_path, "notes.txt", "hello"), "not JSON"),
+        (_file(tmp_path, "list.json", [row]), "no rows"),
+        (_file(tmp_path, "other.json", {"rows": "none"}), "no rows"),
+        (_file(tmp_path, "empty.json", {"rows": []}), "no rows"),
+        (_file(tmp_path, "nameless.json", {"rows": [{"scenario": SCENARIO}]}), "row 0 has no server name"),
+        (_file(tmp_path, "words.json", {"rows": [{**row, "cpu_us_per_msg": "ten"}]}), "not a number"),
+        (unpaired, "nothing to pool"),
+    ]
+    for path, why in cases:
         result = subprocess.run(
             [sys.executable, "-m", "loadtest.pool", str(path)],
             cwd=ROOT,
@@ -93,6 +115,22 @@ def test_a_run_that_is_not_a_bench_result_is_one_line_and_exit_2(tmp_path: Path)
             timeout=60,
             check=False,
         )
-        assert result.returncode == 2
-        assert result.stderr.count("\n") == 1 and why in result.stderr and str(path) in result.stderr
+        assert result.returncode == 2, (path, result.stderr)
+        assert result.stderr.count("\n") == 1 and why in result.stderr, (path, result.stderr)
+        assert path == unpaired or str(path) in result.stderr
         assert result.stdout == ""
+
+
+def test_an_out_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    run = _file(tmp_path, "run.json", {"rows": _run({"echo-service": [9.0], "uvloop-protocol": [10.0]})})
+    out = tmp_path / "no-such-directory" / "pooled.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.pool", str(run), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "--out" in result.stderr and "cannot write it" in result.stderr
