@@ -1,4 +1,4 @@
-"""wrap_socket that leaves no orphan: the one TLS wrap of the server, the client and the tests.
+"""wrap_socket that leaves no orphan: the server's hand-off, echo-client and tests' tls_client.
 
 CPython's ``SSLContext.wrap_socket`` detaches the socket it is given, then checks the
 peer (``getpeername``, and a ``recv(1)`` when that says not connected). When the peer
