@@ -329,6 +329,43 @@ def test_refuse_completes_no_handshake_for_for_s_then_accepts_again(make_server:
     assert 1.0 <= time.monotonic() - set_at < 2.0
 
 
+REFUSE_A_MINUTE = b'[{"kind": "refuse", "for_s": 60}]'
+
+
+def test_a_put_refuse_answers_only_once_the_listener_refuses(make_server: ServerFactory) -> None:
+    # The filter goes on in the acceptor's thread. Hold that thread: the PUT must not
+    # answer until it has run there, else a client connecting right after a 200 gets in.
+    server, _ = faulty(make_server, admin_port=0)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(30)
+
+    acceptor_loop = server._acceptor_loop
+    assert acceptor_loop is not None
+    acceptor_loop.call_soon_threadsafe(hold)
+    answers: list[int] = []
+    put = threading.Thread(target=lambda: answers.append(get(server, "/faults", "PUT", REFUSE_A_MINUTE)[0]))
+    try:
+        assert entered.wait(10)
+        put.start()
+        put.join(0.3)
+        assert put.is_alive() and not answers, f"PUT /faults answered ({answers}) before the acceptor's thread ran"
+    finally:
+        release.set()
+    put.join(10)
+    assert answers == [200]
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    with probe, pytest.raises(TimeoutError):
+        probe.connect(address(server))  # refused from the moment of the answer: the SYN goes unanswered
+    assert get(server, "/faults", "DELETE")[0] == 200
+    with socket.create_connection(address(server), timeout=5) as sock:  # and DELETE's answer lifts it
+        sock.sendall(b"back")
+        assert read_exactly(sock, 4) == b"back"
+
+
 def test_the_dashboard_feed_shows_the_active_policy(make_server: ServerFactory) -> None:
     server, _ = faulty(make_server, "reset:count=2", admin_port=0)
     assert get(server, "/faults", "PUT", b'[{"kind": "reset", "count": 2}, {"kind": "unready", "for_s": 60}]')[0] == 200
