@@ -217,12 +217,13 @@ class ServerProcess:
 
 
 def run_cli(
-    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 20.0
+    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 20.0, *, module: str = "server"
 ) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the checkout, with no ECHO_ setting inherited."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=full_env,
         capture_output=True,

@@ -25,17 +25,14 @@ from typing import Any
 import pytest
 
 from loadtest import chart, churn_bench, noise, report, servers, warmup
-from tests.helpers import ROOT, closed_port, echo_round_trip, read_exactly
+from tests.helpers import ROOT, closed_port, echo_round_trip, read_exactly, run_cli
 
 SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_bench_driver_writes_json_markdown_and_svg(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = run_cli(
         [
-            sys.executable,
-            "-m",
-            "loadtest.bench",
             "--repeats",
             "2",
             "--duration",
@@ -49,11 +46,8 @@ def test_bench_driver_writes_json_markdown_and_svg(tmp_path: Path) -> None:
             "--out",
             str(tmp_path),
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=180,
-        check=False,
+        module="loadtest.bench",
     )
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "results.json").read_text())

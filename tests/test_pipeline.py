@@ -154,7 +154,7 @@ def test_a_bad_or_missing_header_on_the_tls_port_is_rejected_as_on_tcp(
 
 def test_clients_that_reset_before_the_tls_wrap_leave_no_socket_behind(make_server: ServerFactory, pki: Pki) -> None:
     """A peer gone before the hand-off's wrap: CPython's wrap detaches the accepted socket
-    and raises, leaving an SSLSocket only the garbage collector would close (tls_echo.wrapper)."""
+    and raises, leaving an SSLSocket only the garbage collector would close (lib/tls_wrap.py closes it)."""
     server, _ = make_server(**_tls_settings(pki))
     for _ in range(300):
         with socket.create_connection(_address(server, "tls"), timeout=5) as sock:

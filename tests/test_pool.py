@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtest import pool
-from tests.helpers import ROOT
+from tests.helpers import run_cli
 
 SCENARIO = "1 conn, 64 B"
 
@@ -74,14 +72,7 @@ def test_the_cli_reads_run_directories_and_writes_the_table(tmp_path: Path) -> N
         rows = _run({"echo-service": [echo_cpu], "uvloop-protocol": [10.0]})
         (tmp_path / name / "results.json").write_text(json.dumps({"rows": rows}))
     out = tmp_path / "pooled.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.pool", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)], module="loadtest.pool")
     assert result.returncode == 0, result.stderr
     assert "1.00x (0.90-1.10); runs 0.90, 1.10; 1/2 runs <= 1x" in result.stdout
     assert out.read_text() == result.stdout
@@ -107,14 +98,7 @@ def test_a_run_that_is_not_a_bench_result_is_one_line_and_exit_2(tmp_path: Path)
         (unpaired, "nothing to pool"),
     ]
     for path, why in cases:
-        result = subprocess.run(
-            [sys.executable, "-m", "loadtest.pool", str(path)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli([str(path)], module="loadtest.pool")
         assert result.returncode == 2, (path, result.stderr)
         assert result.stderr.count("\n") == 1 and why in result.stderr, (path, result.stderr)
         assert path == unpaired or str(path) in result.stderr
@@ -124,13 +108,6 @@ def test_a_run_that_is_not_a_bench_result_is_one_line_and_exit_2(tmp_path: Path)
 def test_an_out_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
     run = _file(tmp_path, "run.json", {"rows": _run({"echo-service": [9.0], "uvloop-protocol": [10.0]})})
     out = tmp_path / "no-such-directory" / "pooled.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.pool", str(run), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli([str(run), "--out", str(out)], module="loadtest.pool")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "--out" in result.stderr and "cannot write it" in result.stderr

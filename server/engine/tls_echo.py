@@ -65,12 +65,10 @@ class HandshakeFailures:
 def wrapper(tls: TlsContext) -> Callable[[socket.socket], socket.socket]:
     """The hand-off's wrap: the accepted socket in the context current at that moment.
 
-    A peer that reset before the wrap: the peer is checked first, so the wrap is not
-    tried on a connection already gone; a reset in the microseconds between that check
-    and the wrap's own leaves no orphan either (lib/tls_wrap.py)."""
+    A peer that reset before the wrap: the wrap raises OSError (the caller closes and
+    abandons the connection) and leaves no SSLSocket open behind it (lib/tls_wrap.py)."""
 
     def wrap(sock: socket.socket) -> socket.socket:
-        sock.getpeername()  # OSError (ENOTCONN) for a peer already gone: the caller closes sock
         return tls_wrap.wrap(tls.context, sock, server_side=True, do_handshake_on_connect=False)
 
     return wrap
